@@ -1,0 +1,17 @@
+//! The skygate domain: typed ids, credential formats and their checksums, key hashing, the records the
+//! store keeps, and the model registry. Pure: no I/O, no HTTP, no SQL. The caller passes the current
+//! time in, so expiry and windows are testable with a fixed clock.
+
+pub mod apikey;
+pub mod base62;
+pub mod ids;
+pub mod models;
+pub mod records;
+pub mod secret;
+pub mod time;
+
+pub use apikey::{ApiKey, KeyFormatError, KeyHasher, Pepper};
+pub use ids::{AccountId, KeyId, ProjectId};
+pub use records::{Account, ApiKeyRecord, KeyAuthRecord, Mode, NewAccount, NewApiKey, NewProject, Project, Tier};
+pub use secret::SecretString;
+pub use time::Timestamp;

@@ -1,0 +1,16 @@
+//! Wire types of the skygate API, kept byte-compatible with the Skytells predictions API so that the
+//! official SDKs work unchanged. serde only: no HTTP, storage or domain logic lives here.
+
+pub mod error;
+pub mod model;
+
+pub use error::{ErrorBody, ErrorEnvelope, ErrorId};
+pub use model::{Model, ModelPricing};
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /healthz` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}

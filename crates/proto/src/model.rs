@@ -1,0 +1,39 @@
+//! The Model object of `GET /v1/models` and `GET /v1/model(s)/{slug}`, in the shape the Skytells SDKs
+//! read (`name`, `namespace`, `type`, `privacy`, `vendor`, `billable`, `pricing`, `status`), plus the
+//! optional `input_schema` / `output_schema` requested with `?fields=`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelPricing {
+    pub amount: f64,
+    pub currency: String,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Human-readable name.
+    pub name: String,
+    /// The slug used in `model` of a prediction and in `/v1/model/{slug}`.
+    pub namespace: String,
+    pub slug: String,
+    pub description: String,
+    /// `image`, `video`, `audio`, `music`, `text`, `code` or `multimodal`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `public` or `private`.
+    pub privacy: String,
+    pub vendor: String,
+    pub billable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<ModelPricing>,
+    /// `operational` while the model can be run.
+    pub status: String,
+    /// Whether `sk_test_` keys may run it.
+    pub test_mode: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+}

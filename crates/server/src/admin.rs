@@ -1,0 +1,129 @@
+//! Operator actions on accounts, projects and API keys: what the `skygate` CLI runs on the host,
+//! directly against the same store as a running server. Each takes the current time from the caller.
+
+use std::time::Duration;
+
+use skygate_core::records::normalize_email;
+use skygate_core::{
+    Account, AccountId, ApiKey, ApiKeyRecord, KeyHasher, KeyId, Mode, NewAccount, NewApiKey, NewProject, Project,
+    ProjectId, Tier, Timestamp,
+};
+use skygate_store::{DynStore, RevokeOutcome, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storage error: {0}")]
+    Store(#[from] StoreError),
+    #[error("the system random source failed")]
+    Random,
+}
+
+type Result<T> = std::result::Result<T, AdminError>;
+
+fn check_name(what: &str, name: &str) -> Result<String> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(format!("{what} must be 1-100 characters with no control characters")));
+    }
+    Ok(n.to_owned())
+}
+
+pub async fn create_account(store: &DynStore, email: &str, tier: Tier, now: Timestamp) -> Result<Account> {
+    let email = normalize_email(email).map_err(AdminError::Invalid)?;
+    let id = AccountId::generate().map_err(|_| AdminError::Random)?;
+    store.create_account(&NewAccount { id, email: email.clone(), tier, created_at: now }).await.map_err(|e| match e {
+        StoreError::Conflict(_) => AdminError::Conflict(format!("an account with email {email} already exists")),
+        other => other.into(),
+    })
+}
+
+/// Finds an account by email or by `acct_…` id.
+pub async fn find_account(store: &DynStore, who: &str) -> Result<Account> {
+    let found = if let Ok(id) = who.parse::<AccountId>() {
+        store.account(&id).await?
+    } else {
+        let email = normalize_email(who).map_err(AdminError::Invalid)?;
+        store.account_by_email(&email).await?
+    };
+    found.ok_or_else(|| AdminError::NotFound(format!("no account {who}")))
+}
+
+pub async fn set_tier(store: &DynStore, who: &str, tier: Tier) -> Result<Account> {
+    let acct = find_account(store, who).await?;
+    store.set_account_tier(&acct.id, tier).await?;
+    Ok(Account { tier, ..acct })
+}
+
+pub async fn create_project(store: &DynStore, account: &str, name: &str, now: Timestamp) -> Result<Project> {
+    let acct = find_account(store, account).await?;
+    let name = check_name("a project name", name)?;
+    let id = ProjectId::generate().map_err(|_| AdminError::Random)?;
+    Ok(store.create_project(&acct.id, &NewProject { id, name, created_at: now }).await?)
+}
+
+fn parse_project(project: &str) -> Result<ProjectId> {
+    project.parse().map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))
+}
+
+/// Creates a key; the returned [`ApiKey`] is the only copy of the secret there will ever be.
+pub async fn create_key(
+    store: &DynStore,
+    hasher: &dyn KeyHasher,
+    project: &str,
+    mode: Mode,
+    name: Option<&str>,
+    expires_in: Option<Duration>,
+    now: Timestamp,
+) -> Result<(ApiKeyRecord, ApiKey)> {
+    let project = parse_project(project)?;
+    if store.find_project(&project).await?.is_none() {
+        return Err(AdminError::NotFound(format!("no project {project}")));
+    }
+    let name = match name {
+        Some(n) => check_name("a key name", n)?,
+        None => format!("{mode} key"),
+    };
+    if expires_in.is_some_and(|d| d.is_zero()) {
+        return Err(AdminError::Invalid("--expires-in must be longer than 0".into()));
+    }
+    let key = ApiKey::generate(mode).map_err(|_| AdminError::Random)?;
+    let new = NewApiKey {
+        id: KeyId::generate().map_err(|_| AdminError::Random)?,
+        mode,
+        name,
+        hash: hasher.hash(key.expose().as_bytes()),
+        prefix: key.prefix().to_owned(),
+        last4: key.last4().to_owned(),
+        created_at: now,
+        expires_at: expires_in.map(|d| now.saturating_add(d)),
+    };
+    let record = store.create_api_key(&project, &new).await?;
+    Ok((record, key))
+}
+
+pub async fn list_keys(store: &DynStore, project: Option<&str>) -> Result<Vec<ApiKeyRecord>> {
+    match project {
+        Some(p) => {
+            let p = parse_project(p)?;
+            if store.find_project(&p).await?.is_none() {
+                return Err(AdminError::NotFound(format!("no project {p}")));
+            }
+            Ok(store.list_api_keys(&p).await?)
+        }
+        None => Ok(store.list_all_api_keys().await?),
+    }
+}
+
+pub async fn revoke_key(store: &DynStore, key: &str, now: Timestamp) -> Result<RevokeOutcome> {
+    let id: KeyId = key.parse().map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))?;
+    match store.revoke_api_key(&id, now).await? {
+        RevokeOutcome::NotFound => Err(AdminError::NotFound(format!("no key {id}"))),
+        other => Ok(other),
+    }
+}

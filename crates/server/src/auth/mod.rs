@@ -1,0 +1,173 @@
+//! Where the API key gets checked.
+//!
+//! [`ApiKeyAuth`] is the typed extractor handlers put in their signature. [`Authenticator`] does the
+//! check: it hashes whatever was presented with the pepper (always, whatever its shape), looks the hash
+//! up (a ≤ 1 s cache in front of one indexed store query), compares the stored hash in constant time,
+//! and folds format, existence, revocation and expiry into one yes/no. Every failure is the same
+//! `401 UNAUTHORIZED` body. The checksum is public (anyone can compute it), so refusing a bad checksum
+//! before the lookup leaks nothing; it spares the store from typos and random junk.
+
+mod cache;
+mod usage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use skygate_core::{AccountId, ApiKey, KeyAuthRecord, KeyHasher, KeyId, Mode, ProjectId, Tier, Timestamp};
+use skygate_store::DynStore;
+use subtle::ConstantTimeEq;
+
+pub use cache::KeyCache;
+pub use usage::UsageLog;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller of an API request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyAuth {
+    pub key_id: KeyId,
+    pub project: ProjectId,
+    pub account: AccountId,
+    pub mode: Mode,
+    pub tier: Tier,
+}
+
+impl FromRequestParts<AppState> for ApiKeyAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let now = Timestamp::now();
+        let presented = presented_credential(&parts.headers);
+        state.auth().authenticate(presented, now).await
+    }
+}
+
+/// The credential bytes: `x-api-key` if present (the SDK's header), else `Authorization: Bearer …`.
+pub fn presented_credential(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get("x-api-key") {
+        return Some(v.as_bytes());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = auth.split_at(auth.len().min(7));
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+}
+
+pub struct Authenticator {
+    store: DynStore,
+    hasher: Arc<dyn KeyHasher>,
+    cache: KeyCache,
+    usage: UsageLog,
+}
+
+/// Outcome of looking a hash up in the cache alone.
+pub enum CacheLookup {
+    /// Decided without the store.
+    Decided(Result<ApiKeyAuth, ApiError>),
+    /// Not cached (or stale): ask the store.
+    Miss { hash: [u8; 32] },
+}
+
+impl Authenticator {
+    pub fn new(store: DynStore, hasher: Arc<dyn KeyHasher>, cache_ttl: Duration) -> Self {
+        Authenticator { store, hasher, cache: KeyCache::new(cache_ttl), usage: UsageLog::default() }
+    }
+
+    pub fn usage(&self) -> &UsageLog {
+        &self.usage
+    }
+
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    /// Checks a presented credential. Every failure is [`ApiError::unauthorized`].
+    pub async fn authenticate(&self, presented: Option<&[u8]>, now: Timestamp) -> Result<ApiKeyAuth, ApiError> {
+        match self.check_cached(presented, now) {
+            CacheLookup::Decided(r) => r,
+            CacheLookup::Miss { hash } => {
+                let found = self.store.api_key_by_hash(&hash).await.map_err(|e| ApiError::internal(&e))?;
+                self.cache.insert(hash, found.clone());
+                self.decide(found.as_ref(), &hash, now)
+            }
+        }
+    }
+
+    /// The in-memory part of the check: hash, format, and a cached record if there is a fresh one.
+    pub fn check_cached(&self, presented: Option<&[u8]>, now: Timestamp) -> CacheLookup {
+        let raw = presented.unwrap_or_default();
+        // Hash first, whatever the input, so the work done does not depend on which check fails.
+        let hash = self.hasher.hash(raw);
+        let well_formed = std::str::from_utf8(raw).ok().map(ApiKey::parse).is_some_and(|r| r.is_ok());
+        if !well_formed {
+            return CacheLookup::Decided(Err(ApiError::unauthorized()));
+        }
+        match self.cache.get(&hash) {
+            Some(found) => CacheLookup::Decided(self.decide(found.as_ref(), &hash, now)),
+            None => CacheLookup::Miss { hash },
+        }
+    }
+
+    fn decide(&self, found: Option<&KeyAuthRecord>, hash: &[u8; 32], now: Timestamp) -> Result<ApiKeyAuth, ApiError> {
+        let ok = found.is_some_and(|r| bool::from(r.hash.ct_eq(hash)) & r.is_active(now));
+        match found {
+            Some(r) if ok => {
+                self.usage.record(&r.key_id, now);
+                Ok(ApiKeyAuth {
+                    key_id: r.key_id.clone(),
+                    project: r.project.clone(),
+                    account: r.account.clone(),
+                    mode: r.mode,
+                    tier: r.tier,
+                })
+            }
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+
+    /// Writes the coalesced `last_used_at` updates in one batch.
+    pub async fn flush_usage(&self) -> Result<usize, skygate_store::StoreError> {
+        let batch = self.usage.drain();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let n = batch.len();
+        if let Err(e) = self.store.touch_api_keys(&batch).await {
+            // Put them back so the next flush retries; never lose a use.
+            for (id, ts) in batch {
+                self.usage.record(&id, ts);
+            }
+            return Err(e);
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x_api_key_wins_over_bearer() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented_credential(&h), Some(&b"abc"[..]));
+        h.insert("x-api-key", "xyz".parse().unwrap());
+        assert_eq!(presented_credential(&h), Some(&b"xyz"[..]));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(presented_credential(&h), Some(&b"abc"[..]));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(presented_credential(&h), None);
+        h.insert(header::AUTHORIZATION, "Bear".parse().unwrap());
+        assert_eq!(presented_credential(&h), None);
+    }
+}

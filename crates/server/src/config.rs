@@ -1,0 +1,419 @@
+//! Configuration: embedded defaults, then a TOML file, then `SKYGATE_*` environment variables, then
+//! command-line flags; parsed and validated once, then shared read-only as `Arc<Config>`.
+//!
+//! Unknown keys are an error that names the key and its source. Environment variables map onto keys as
+//! `SKYGATE_<SECTION>__<KEY>` (e.g. `SKYGATE_SERVER__BODY_LIMIT`), plus the shorthands
+//! `SKYGATE_LISTEN`, `SKYGATE_DATA_DIR`, `SKYGATE_DATABASE_URL` and `SKYGATE_PUBLIC_URL`. Variables
+//! without `__` (such as `SKYGATE_MASTER_KEY` or the test variables) are not configuration keys.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+use skygate_core::models::{self, Backend, ModelSpec};
+
+/// A validated configuration. Build it with [`Config::load`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, TLS files, pepper and outputs live.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base of the absolute URLs the API returns; defaults to `https://<listen>`.
+    pub public_url: Option<String>,
+    /// Operator-supplied certificate chain and key (PEM); both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IPs for the generated server certificate.
+    pub tls_names: Vec<String>,
+    /// Largest accepted request body.
+    pub body_limit: ByteSize,
+    /// Time a client gets to complete the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time a client gets to send the request headers (slowloris defence).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Upper bound on one request, body included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest a `POST … {"await": true}` waits for the final result.
+    #[serde(with = "humantime_serde")]
+    pub await_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Open connections accepted at once; further ones wait in the kernel backlog.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` or `postgres://…`; defaults to `sqlite://<data_dir>/skygate.db`.
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a cached credential lookup. At most 1 s, so a revocation is in force everywhere
+    /// within 1 s; `0s` turns the cache off.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    /// How often coalesced `last_used_at` updates are written.
+    #[serde(with = "humantime_serde")]
+    pub last_used_flush: Duration,
+}
+
+/// `[models.<slug>]`: a model this deployment serves (besides the built-ins).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `builtin`, `command` or `cog`.
+    pub backend: String,
+    /// For `builtin`: which built-in model runs (defaults to the slug).
+    pub builtin: Option<String>,
+    /// For `command`: the argv to execute.
+    pub command: Option<Vec<String>>,
+    /// For `cog`: the predictor's directory.
+    pub cog_dir: Option<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// `text`, `image`, `video`, `audio`, `music`, `code` or `multimodal`.
+    #[serde(rename = "type", default = "default_model_type")]
+    pub kind: String,
+    #[serde(default)]
+    pub test_ok: bool,
+    #[serde(default = "default_true")]
+    pub billable: bool,
+    /// JSON Schema of the input object (a TOML table).
+    pub input_schema: Option<serde_json::Value>,
+    pub output_schema: Option<serde_json::Value>,
+}
+
+fn default_model_type() -> String {
+    "text".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("skygate-data"),
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
+            body_limit: ByteSize(1024 * 1024),
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(90),
+            await_timeout: Duration::from_secs(55),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { key_cache_ttl: Duration::from_secs(1), last_used_flush: Duration::from_secs(5) }
+    }
+}
+
+/// A byte count written as an integer or as `"1MiB"`, `"512KiB"`, `"2MB"`, `"100kb"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1048576 or \"1MiB\")"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1024,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1024 * 1024,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1024 * 1024 * 1024,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Why the configuration was refused. One line, naming the file or key.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Flags that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Loads defaults → file → environment → flags, then validates. The file is `--config` if given
+    /// (it must exist), else `<data_dir>/skygate.toml` if that exists.
+    pub fn load(over: &Overrides) -> Result<Config, ConfigError> {
+        let env_data_dir = std::env::var_os("SKYGATE_DATA_DIR").map(PathBuf::from);
+        let data_dir_hint = over
+            .data_dir
+            .clone()
+            .or(env_data_dir)
+            .unwrap_or_else(|| Config::default().data_dir);
+        let file = match &over.config_file {
+            Some(f) if !f.is_file() => {
+                return Err(ConfigError(format!("config file {} does not exist", f.display())))
+            }
+            Some(f) => Some(f.clone()),
+            None => Some(data_dir_hint.join("skygate.toml")).filter(|f| f.is_file()),
+        };
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = &file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig
+            .merge(Env::prefixed("SKYGATE_").filter(|k| k.as_str().contains("__")).split("__"))
+            .merge(Env::raw().filter_map(|k| {
+                let mapped = match k.as_str().to_ascii_uppercase().as_str() {
+                    "SKYGATE_LISTEN" => "server.listen",
+                    "SKYGATE_DATA_DIR" => "data_dir",
+                    "SKYGATE_DATABASE_URL" => "storage.database_url",
+                    "SKYGATE_PUBLIC_URL" => "server.public_url",
+                    _ => return None,
+                };
+                Some(mapped.into())
+            }));
+        if let Some(d) = &over.data_dir {
+            fig = fig.merge(Serialized::default("data_dir", d));
+        }
+        if let Some(l) = &over.listen {
+            fig = fig.merge(Serialized::default("server.listen", l.to_string()));
+        }
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(one_line(&e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field rules that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.data_dir.as_os_str().is_empty() {
+            return err("data_dir must not be empty".into());
+        }
+        let s = &self.server;
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return err("server.tls_cert and server.tls_key must be given together".into());
+        }
+        if let Some(u) = &s.public_url {
+            if !u.starts_with("https://") || u.len() <= "https://".len() || u.contains(char::is_whitespace) {
+                return err(format!("server.public_url must be an https:// URL, got {u:?}"));
+            }
+        }
+        if s.body_limit.0 == 0 || s.body_limit.0 > 1024 * 1024 * 1024 {
+            return err("server.body_limit must be between 1 byte and 1GiB".into());
+        }
+        for (name, d) in [
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.request_timeout", s.request_timeout),
+            ("server.await_timeout", s.await_timeout),
+        ] {
+            if d.is_zero() {
+                return err(format!("{name} must be greater than 0"));
+            }
+        }
+        if s.await_timeout >= s.request_timeout {
+            return err("server.await_timeout must be shorter than server.request_timeout".into());
+        }
+        if s.max_connections == 0 {
+            return err("server.max_connections must be at least 1".into());
+        }
+        if self.auth.key_cache_ttl > Duration::from_secs(1) {
+            return err("auth.key_cache_ttl must be at most 1s (revocations must apply within 1s)".into());
+        }
+        if self.auth.last_used_flush.is_zero() {
+            return err("auth.last_used_flush must be greater than 0".into());
+        }
+        if let Some(u) = &self.storage.database_url {
+            let ok = ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| u.starts_with(p));
+            if !ok {
+                return err("storage.database_url must start with sqlite://, postgres:// or postgresql://".into());
+            }
+        }
+        for (slug, m) in &self.models {
+            m.to_spec(slug).map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.storage.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("skygate.db").display()),
+        }
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// The operator-configured models as registry entries (validated in [`Config::validate`]).
+    pub fn model_specs(&self) -> Result<Vec<ModelSpec>, ConfigError> {
+        self.models
+            .iter()
+            .map(|(slug, m)| m.to_spec(slug).map_err(|e| ConfigError(format!("models.{slug}: {e}"))))
+            .collect()
+    }
+
+    /// Base URL for absolute links in responses, without a trailing slash.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("https://{bound}"),
+        }
+    }
+}
+
+const MODEL_TYPES: [&str; 7] = ["image", "video", "audio", "music", "text", "code", "multimodal"];
+
+impl ModelConfig {
+    fn to_spec(&self, slug: &str) -> Result<ModelSpec, String> {
+        if !models::is_valid_slug(slug) {
+            return Err("a model slug is 1-64 of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".into());
+        }
+        if !MODEL_TYPES.contains(&self.kind.as_str()) {
+            return Err(format!("type must be one of {}", MODEL_TYPES.join(", ")));
+        }
+        let backend = match self.backend.as_str() {
+            "builtin" => {
+                let id = self.builtin.clone().unwrap_or_else(|| slug.to_owned());
+                if !models::builtin_models().iter().any(|b| b.slug == id) {
+                    return Err(format!("no built-in model named {id:?}"));
+                }
+                Backend::Builtin(id)
+            }
+            "command" => match &self.command {
+                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Backend::Command(argv.clone()),
+                _ => return Err("backend \"command\" needs command = [\"/path/to/exe\", …]".into()),
+            },
+            "cog" => match &self.cog_dir {
+                Some(d) if !d.is_empty() => Backend::Cog(d.clone()),
+                _ => return Err("backend \"cog\" needs cog_dir = \"/path/to/predictor\"".into()),
+            },
+            other => return Err(format!("unknown backend {other:?} (expected builtin, command or cog)")),
+        };
+        let builtin = match &backend {
+            Backend::Builtin(id) => models::builtin_models().into_iter().find(|b| &b.slug == id),
+            _ => None,
+        };
+        let schema = |given: &Option<serde_json::Value>, fallback: Option<serde_json::Value>, what: &str| {
+            match given.clone().or(fallback) {
+                Some(v) if v.is_object() => Ok(v),
+                Some(_) => Err(format!("{what} must be a table (a JSON Schema object)")),
+                None => Ok(serde_json::json!({"type": "object"})),
+            }
+        };
+        Ok(ModelSpec {
+            slug: slug.to_owned(),
+            name: self.name.clone().unwrap_or_else(|| slug.to_owned()),
+            description: self.description.clone(),
+            kind: self.kind.clone(),
+            vendor: "skygate".into(),
+            billable: self.billable,
+            test_ok: self.test_ok,
+            input_schema: schema(&self.input_schema, builtin.as_ref().map(|b| b.input_schema.clone()), "input_schema")?,
+            output_schema: schema(
+                &self.output_schema,
+                builtin.as_ref().map(|b| b.output_schema.clone()),
+                "output_schema",
+            )?,
+            backend,
+        })
+    }
+}
+
+fn one_line(e: &figment::Error) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// Creates `dir` (mode 0700) if missing and checks it is a writable directory.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ConfigError(format!("cannot create data dir {}: {e}", dir.display())))?;
+    }
+    if !dir.is_dir() {
+        return Err(ConfigError(format!("data dir {} is not a directory", dir.display())));
+    }
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| ConfigError(format!("data dir {} is not writable: {e}", dir.display())))
+}

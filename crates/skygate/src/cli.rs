@@ -1,0 +1,118 @@
+//! Argument definitions (clap derive). `--config` and `--data-dir` are accepted by every command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "skygate", version, about = "A self-hosted, secure-by-design AI inference API")]
+pub struct Cli {
+    /// Configuration file (TOML). Default: <data-dir>/skygate.toml if it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, TLS files, pepper). Default: ./skygate-data or $SKYGATE_DATA_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS API server.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCmd),
+    /// Manage projects.
+    #[command(subcommand)]
+    Projects(ProjectsCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Inspect the model registry.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (HTTPS). Default: 127.0.0.1:8443 or $SKYGATE_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCmd {
+    /// Create an account. Last stdout line: the account id.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "free", value_parser = ["free", "pro", "business", "enterprise"])]
+        tier: String,
+    },
+    /// Change an account's tier.
+    SetTier {
+        /// Email or account id.
+        account: String,
+        #[arg(value_parser = ["free", "pro", "business", "enterprise"])]
+        tier: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectsCmd {
+    /// Create a project. Last stdout line: the project id.
+    Create {
+        /// Owning account (email or account id).
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create an API key. Last stdout line: the key itself, shown this once.
+    Create {
+        #[arg(long)]
+        project: String,
+        /// A test-mode key (sk_test_…): test data only, test-enabled models only.
+        #[arg(long)]
+        test: bool,
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 30d, 12h.
+        #[arg(long, value_parser = humantime_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; when this returns, every node refuses it.
+    Revoke {
+        /// The key's id (key_…), as shown by `keys list`.
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCmd {
+    /// List the models this deployment serves.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30d, 12h, 90m)"))
+}

@@ -1,0 +1,199 @@
+//! What each command does: load the configuration, call one server/admin function, print the result.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+use skygate_core::models::ModelRegistry;
+use skygate_core::{ApiKeyRecord, Mode, Tier, Timestamp};
+use skygate_server::config::{Config, Overrides};
+use skygate_server::{admin, open_store, Server};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{AccountsCmd, Cli, Command, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let listen = match &cli.command {
+        Command::Serve(ServeArgs { listen }) => *listen,
+        _ => None,
+    };
+    let over = Overrides { config_file: cli.config.clone(), data_dir: cli.data_dir.clone(), listen };
+    let config = Arc::new(Config::load(&over)?);
+    match cli.command {
+        Command::Serve(_) => serve(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.close().await;
+            eprintln!("migrations applied ({})", store.backend());
+            Ok(())
+        }
+        Command::Accounts(cmd) => accounts(&config, cmd).await,
+        Command::Projects(cmd) => projects(&config, cmd).await,
+        Command::Keys(cmd) => keys(&config, cmd).await,
+        Command::Models(ModelsCmd::List { json }) => models(&config, json),
+    }
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+    let addr = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let server = Server::prepare(config.clone(), bound).await?;
+    println!("skygate {} listening on https://{bound}", env!("CARGO_PKG_VERSION"));
+    if let Some(ca) = server.ca_path() {
+        println!("CA certificate: {}", ca.display());
+        eprintln!("hint: curl --cacert {} https://{bound}/healthz", ca.display());
+    }
+    eprintln!("hint: create an account with: skygate accounts create --email you@example.com");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    server.serve(listener, shutdown).await?;
+    eprintln!("skygate stopped");
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. A second one: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!("shutting down (signal again to exit at once)");
+            shutdown.cancel();
+        } else {
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let now = Timestamp::now();
+    match cmd {
+        AccountsCmd::Create { email, tier } => {
+            let tier: Tier = tier.parse().map_err(anyhow::Error::msg)?;
+            let acct = admin::create_account(&store, &email, tier, now).await?;
+            eprintln!("created account {} ({}, tier {})", acct.id, acct.email, acct.tier);
+            println!("{}", acct.id);
+        }
+        AccountsCmd::SetTier { account, tier } => {
+            let tier: Tier = tier.parse().map_err(anyhow::Error::msg)?;
+            let acct = admin::set_tier(&store, &account, tier).await?;
+            eprintln!("account {} is now on tier {}", acct.id, acct.tier);
+            println!("{}", acct.id);
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn projects(config: &Config, cmd: ProjectsCmd) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    match cmd {
+        ProjectsCmd::Create { account, name } => {
+            let p = admin::create_project(&store, &account, &name, Timestamp::now()).await?;
+            eprintln!("created project {} ({:?}) for account {}", p.id, p.name, p.account_id);
+            println!("{}", p.id);
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let now = Timestamp::now();
+    match cmd {
+        KeysCmd::Create { project, test, name, expires_in } => {
+            let hasher = skygate_server::load_hasher(config)?;
+            let mode = if test { Mode::Test } else { Mode::Live };
+            let (rec, key) =
+                admin::create_key(&store, hasher.as_ref(), &project, mode, name.as_deref(), expires_in, now).await?;
+            eprintln!("created {} key {} for project {}", rec.mode, rec.id, rec.project);
+            if let Some(exp) = rec.expires_at {
+                eprintln!("it expires at {exp}");
+            }
+            eprintln!("this is the only time the key is shown; store it now:");
+            println!("{}", key.expose());
+        }
+        KeysCmd::List { project, json } => {
+            let keys = admin::list_keys(&store, project.as_deref()).await?;
+            print_keys(&keys, json)?;
+        }
+        KeysCmd::Revoke { key_id } => {
+            let outcome = admin::revoke_key(&store, &key_id, now).await?;
+            // Servers cache lookups for at most key_cache_ttl; once that has passed, no node accepts it.
+            tokio::time::sleep(config.auth.key_cache_ttl).await;
+            match outcome {
+                skygate_store::RevokeOutcome::AlreadyRevoked => eprintln!("key {key_id} was already revoked"),
+                _ => eprintln!("revoked key {key_id}; every node refuses it from now on"),
+            }
+            println!("{key_id}");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn print_keys(keys: &[ApiKeyRecord], as_json: bool) -> anyhow::Result<()> {
+    let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339());
+    if as_json {
+        let rows: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "id": k.id, "project": k.project, "mode": k.mode, "name": k.name,
+                    "prefix": k.prefix, "last4": k.last4, "created_at": k.created_at.to_rfc3339(),
+                    "last_used_at": ts(k.last_used_at), "expires_at": ts(k.expires_at),
+                    "revoked_at": ts(k.revoked_at),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<27} {:<27} {:<5} {:<16} {:<12} {:<8} LAST USED", "ID", "PROJECT", "MODE", "NAME", "KEY", "STATUS");
+    for k in keys {
+        let now = Timestamp::now();
+        let status = if k.revoked_at.is_some() {
+            "revoked"
+        } else if k.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        let name: String = k.name.chars().take(16).collect();
+        println!(
+            "{:<27} {:<27} {:<5} {:<16} {:<12} {:<8} {}",
+            k.id,
+            k.project,
+            k.mode,
+            name,
+            format!("{}…{}", k.prefix, k.last4),
+            status,
+            ts(k.last_used_at).unwrap_or_else(|| "never".into())
+        );
+    }
+    Ok(())
+}
+
+fn models(config: &Config, as_json: bool) -> anyhow::Result<()> {
+    let registry = ModelRegistry::new(config.model_specs()?);
+    if as_json {
+        let rows: Vec<_> = registry.iter().map(|m| m.to_wire(false, false)).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<10} {:<6} DESCRIPTION", "SLUG", "TYPE", "TEST");
+    for m in registry.iter() {
+        println!("{:<24} {:<10} {:<6} {}", m.slug, m.kind, if m.test_ok { "yes" } else { "no" }, m.description);
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The `skygate` binary: a shim over [`skygate::main`].
+
+fn main() -> std::process::ExitCode {
+    skygate::main()
+}

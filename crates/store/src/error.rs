@@ -1,0 +1,34 @@
+//! The store's one error type. Database errors keep their chain for the log, but their `Display` never
+//! includes connection strings or row values (which may be secret).
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken (e.g. an email already registered). The string names the rule.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// A referenced row (account, project) does not exist. The string names what was missing.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A stored value could not be decoded (corrupt row).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// Bad storage configuration (unsupported URL scheme, unopenable path).
+    #[error("{0}")]
+    Config(String),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
