@@ -56,6 +56,8 @@ pub async fn serve_tls(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    // Cancelled when the grace period is over: connection tasks then drop their connections.
+    let force_close = CancellationToken::new();
 
     loop {
         let permit = tokio::select! {
@@ -80,6 +82,7 @@ pub async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = settings.handshake_timeout;
+        let force_close = force_close.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -98,8 +101,13 @@ pub async fn serve_tls(
                 req
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = watcher.watch(conn.into_owned()) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = force_close.cancelled() => tracing::debug!(%peer, "connection closed at the end of the grace period"),
             }
         });
     }
@@ -108,6 +116,7 @@ pub async fn serve_tls(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(settings.shutdown_grace) => {
             tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
+            force_close.cancel();
         }
     }
 }

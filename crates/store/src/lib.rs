@@ -7,6 +7,7 @@
 //! Tenant scoping: methods that act inside a tenant take it first (`account`, then `project`), so no query
 //! can forget it. Operator-level methods (used by the CLI on the host) say so in their docs.
 
+mod common;
 pub mod error;
 pub mod postgres;
 pub mod sqlite;

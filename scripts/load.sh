@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Load benchmark: skygate's authenticated GET /v1/models over TLS 1.3 keep-alive, beside a bare
+# hyper+rustls hello-world (same TLS config and certificate) measured in the same run with the same
+# client. Loopback only; each run is bounded by -d. Needs wrk (apt-get install wrk).
+# Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dur="${1:-10}"; conns="${2:-32}"
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+cargo build --release -q -p skygate -p skygate-server --example bare_tls
+bin=target/release/skygate
+tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+data="$tmp/data"
+acct=$($bin --data-dir "$data" accounts create --email load@example.com 2>/dev/null | tail -1)
+proj=$($bin --data-dir "$data" projects create --account "$acct" --name load 2>/dev/null | tail -1)
+key=$($bin --data-dir "$data" keys create --project "$proj" 2>/dev/null | tail -1)
+
+wait_url() { # file -> url
+  for _ in $(seq 1 200); do
+    url=$(grep -o 'https://[0-9.:]*' "$1" | head -1 || true)
+    [[ -n "$url" ]] && { echo "$url"; return; }
+    sleep 0.05
+  done
+  echo "server did not start" >&2; exit 1
+}
+SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/sg.out" 2>"$tmp/sg.err" &
+sg=$(wait_url "$tmp/sg.out")
+target/release/examples/bare_tls "$data" >"$tmp/bare.out" 2>&1 &
+bare=$(wait_url "$tmp/bare.out")
+
+run() { # name url [header]
+  local out
+  if [[ $# -gt 2 ]]; then out=$(wrk -t1 -c"$conns" -d"${dur}s" -H "$3" "$2"); else out=$(wrk -t1 -c"$conns" -d"${dur}s" "$2"); fi
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local lat; lat=$(awk '/Latency/ {print $2; exit}' <<<"$out")
+  local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  echo "$1: ${rps} req/s, mean latency ${lat}, non-2xx ${non2xx:-0}" >&2
+  echo "$rps"
+}
+# Warm both up, then measure (bare, skygate, bare, skygate) and keep the best of each.
+wrk -t1 -c"$conns" -d2s "$bare/" >/dev/null; wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
+b1=$(run bare "$bare/"); s1=$(run skygate "$sg/v1/models" "x-api-key: $key")
+b2=$(run bare "$bare/"); s2=$(run skygate "$sg/v1/models" "x-api-key: $key")
+python3 - "$b1" "$b2" "$s1" "$s2" <<'PY'
+import sys
+b1, b2, s1, s2 = map(float, sys.argv[1:])
+b, s = max(b1, b2), max(s1, s2)
+print(f"bare hyper+rustls: {b:.0f} req/s; skygate GET /v1/models (auth + middleware): {s:.0f} req/s; ratio {s / b:.2f}")
+PY
