@@ -282,7 +282,7 @@ fn local_ca(paths: &LocalPaths, now: OffsetDateTime) -> Result<(Issuer<'static, 
     let ca_facts = facts(&ca_chain[0], &paths.ca_pem)?;
     let key_pem = String::from_utf8(read(&paths.ca_key)?).map_err(|e| parse_err(&paths.ca_key, e))?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| parse_err(&paths.ca_key, e))?;
-    if key.public_key_der() != ca_public_key(&ca_chain[0], &paths.ca_pem)? {
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != ca_public_key(&ca_chain[0], &paths.ca_pem)? {
         return Err(parse_err(&paths.ca_key, format!("key does not belong to {}", shown(&paths.ca_pem))));
     }
     let ca_pem_text = String::from_utf8(read(&paths.ca_pem)?).map_err(|e| parse_err(&paths.ca_pem, e))?;
