@@ -1,5 +1,5 @@
 //! skygate persistence. [`Store`] is the one interface the server and CLI use; it has two
-//! implementations with the same behaviour, proven by one conformance suite (`tests/conformance.rs`):
+//! implementations with the same behaviour, proven by one conformance suite (`tests/conformance/`):
 //! [`sqlite::SqliteStore`] (embedded default, WAL mode) and [`postgres::PgStore`] (scale-out). Each has
 //! its own embedded migrations tree under `migrations/`. SQL dialect differences stay inside the two
 //! modules; nothing outside this crate sees SQL.
@@ -7,9 +7,10 @@
 //! Tenant scoping: methods that act inside a tenant take it first (`account`, then `project`), so no query
 //! can forget it. Operator-level methods (used by the CLI on the host) say so in their docs.
 
-mod common;
 pub mod error;
 pub mod postgres;
+mod queries;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -83,16 +84,47 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store a `database_url` names: `sqlite://PATH` (or a bare path ending `.db`) or
-/// `postgres://…` / `postgresql://…`. Does not migrate.
+/// Opens the store a `database_url` names: `sqlite://PATH` (or `sqlite:PATH`, or a bare path ending `.db`)
+/// or `postgres://…` / `postgresql://…`. Does not migrate.
 pub async fn connect(database_url: &str) -> Result<DynStore> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(database_url).await?))
-    } else if let Some(path) = database_url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
-    } else {
-        Err(StoreError::Config(
+        return Ok(Arc::new(postgres::PgStore::connect(database_url).await?));
+    }
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .or_else(|| database_url.ends_with(".db").then_some(database_url));
+    match path {
+        Some(path) if !path.is_empty() => Ok(Arc::new(
+            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
+        )),
+        _ => Err(StoreError::Config(
             "storage.database_url must start with sqlite:// or postgres:// (or postgresql://)".into(),
-        ))
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_picks_the_backend_from_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.db");
+        for url in [
+            format!("sqlite://{}", p.display()),
+            format!("sqlite:{}", p.display()),
+            p.display().to_string(),
+        ] {
+            let s = connect(&url).await.unwrap();
+            assert_eq!(s.backend(), "sqlite");
+            s.close().await;
+        }
+        for bad in ["mysql://x/y", "", "sqlite://", "/tmp/file.txt"] {
+            let e = connect(bad).await.err().unwrap();
+            assert!(matches!(e, StoreError::Config(_)), "{bad}: {e:?}");
+        }
     }
 }

@@ -1,24 +1,27 @@
 //! The scale-out store: PostgreSQL, shared by several stateless skygate nodes. Migrations take
-//! PostgreSQL's advisory lock, so nodes starting together apply them once.
+//! PostgreSQL's advisory lock (sqlx does this), so nodes starting together apply them once. Connection
+//! errors never echo the URL, which may hold a password.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
-use crate::common::impl_store;
+use crate::queries::impl_store;
 use crate::{Result, StoreError};
 
 pub struct PgStore {
     pool: PgPool,
+    /// Set by [`PgStore::connect_in_schema`]: the schema every pooled connection uses.
     schema: Option<String>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 fn options(url: &str) -> Result<PgConnectOptions> {
-    // The URL may hold a password: never echo it.
-    PgConnectOptions::from_str(url).map_err(|_| StoreError::Config("storage.database_url is not a valid postgres:// URL".into()))
+    PgConnectOptions::from_str(url)
+        .map_err(|_| StoreError::Config("storage.database_url is not a valid postgres:// URL".into()))
 }
 
 async fn pool(opts: PgConnectOptions) -> Result<PgPool> {
@@ -41,42 +44,116 @@ fn redact(e: &sqlx::Error) -> String {
     }
 }
 
+/// `[a-z_][a-z0-9_]*`, at most 63 bytes (PostgreSQL's identifier limit): safe to splice unquoted.
+fn valid_schema_name(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(PgStore { pool: pool(options(url)?).await?, schema: None })
+        Ok(PgStore {
+            pool: pool(options(url)?).await?,
+            schema: None,
+        })
     }
 
-    /// Connects with every pooled connection's `search_path` set to `schema`, creating it if missing.
-    /// Used by tests to give each run its own fresh schema.
+    /// Connects with every pooled connection's `search_path` set to `schema`, creating the schema if
+    /// missing. Tests use it to give each case a fresh schema in one shared database.
     pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self> {
-        let valid = schema.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && schema.len() <= 63;
-        if !valid {
-            return Err(StoreError::Config(format!("invalid schema name {schema:?}")));
+        if !valid_schema_name(schema) {
+            return Err(StoreError::Config(format!(
+                "invalid schema name {schema:?} (expected [a-z_][a-z0-9_]*)"
+            )));
         }
-        let admin = pool(options(url)?).await?;
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&admin).await?;
-        admin.close().await;
+        let mut admin = options(url)?
+            .connect()
+            .await
+            .map_err(|e| StoreError::Config(format!("cannot connect to PostgreSQL: {}", redact(&e))))?;
+        let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut admin)
+            .await;
+        admin.close().await?;
+        match created {
+            Ok(_) => {}
+            // Two connections creating the same schema at once: IF NOT EXISTS does not cover the race,
+            // the loser gets a unique violation on the catalog, and the schema exists either way.
+            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {}
+            Err(e) => return Err(e.into()),
+        }
         let opts = options(url)?.options([("search_path", schema)]);
-        Ok(PgStore { pool: pool(opts).await?, schema: Some(schema.to_owned()) })
+        Ok(PgStore {
+            pool: pool(opts).await?,
+            schema: Some(schema.to_owned()),
+        })
     }
 
-    /// Drops the schema made by [`PgStore::connect_in_schema`] (test cleanup).
+    /// Drops the schema made by [`PgStore::connect_in_schema`], with everything in it (test cleanup).
+    /// Does nothing for a store opened with [`PgStore::connect`].
     pub async fn drop_schema(&self) -> Result<()> {
         if let Some(s) = &self.schema {
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE")).execute(&self.pool).await?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
 
-    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
-        &MIGRATOR
-    }
-
+    /// The pool, for backend-specific tests and tools.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    async fn run_migrations(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    const TOUCH_SQL: &'static str =
+        "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2";
 }
 
-impl_store!(PgStore, sqlx::Postgres, backend = "postgres", greatest = "GREATEST");
+impl_store!(PgStore, backend = "postgres");
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        for ok in ["t_0a1b", "_x", "skygate"] {
+            assert!(valid_schema_name(ok), "{ok}");
+        }
+        for bad in ["", "1abc", "T_x", "a-b", "a;drop", "a b", "é", &"a".repeat(64)] {
+            assert!(!valid_schema_name(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_schema_name_is_refused_before_connecting() {
+        let r = PgStore::connect_in_schema("postgres://nobody@127.0.0.1:1/x", "x; DROP TABLE y").await;
+        assert!(matches!(r, Err(StoreError::Config(m)) if m.contains("invalid schema name")));
+    }
+
+    #[test]
+    fn errors_do_not_echo_the_url() {
+        let Err(StoreError::Config(m)) = options("postgres://user:hunter2@[::1/db") else {
+            panic!("a malformed URL was accepted")
+        };
+        assert!(!m.contains("hunter2"), "{m}");
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert_eq!(redact(&io), "refused");
+        assert_eq!(
+            redact(&sqlx::Error::Configuration("postgres://user:hunter2@h/db".into())),
+            "connection failed"
+        );
+    }
+}

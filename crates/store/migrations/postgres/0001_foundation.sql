@@ -1,5 +1,6 @@
 -- Accounts, projects and API keys. Timestamps are microseconds since the Unix epoch (UTC).
 -- API keys are stored only as HMAC-SHA256(pepper, key); the pepper is not in the database.
+-- Keep in step with ../sqlite/0001_foundation.sql (tests/conformance.rs compares the two).
 CREATE TABLE accounts (
     id          TEXT PRIMARY KEY,
     email       TEXT NOT NULL UNIQUE,

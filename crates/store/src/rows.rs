@@ -1,0 +1,154 @@
+//! Row decoding and constraint-error mapping, shared by both backends. Decoding never panics: a value
+//! the domain types reject (bad id, unknown tier or mode, a hash that is not 32 bytes, a NULL or mistyped
+//! column) becomes [`StoreError::Corrupt`] naming the table and column, so a damaged row fails one request
+//! with a clear log line instead of taking the process down.
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+use skygate_core::{Account, ApiKeyRecord, KeyAuthRecord, Project, Timestamp};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use crate::{Result, StoreError};
+
+/// The four column types this crate stores, read from either backend's row type. `table` is where the
+/// column is stored (a joined query reads some columns from another table); errors name `table.col`.
+pub(crate) trait StoreRow {
+    fn text(&self, table: &str, col: &'static str) -> Result<String>;
+    fn int(&self, table: &str, col: &'static str) -> Result<i64>;
+    fn opt_int(&self, table: &str, col: &'static str) -> Result<Option<i64>>;
+    fn bytes(&self, table: &str, col: &'static str) -> Result<Vec<u8>>;
+}
+
+impl<R> StoreRow for R
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, table: &str, col: &'static str) -> Result<String> {
+        self.try_get(col).map_err(|e| decode_error(table, col, e))
+    }
+
+    fn int(&self, table: &str, col: &'static str) -> Result<i64> {
+        self.try_get(col).map_err(|e| decode_error(table, col, e))
+    }
+
+    fn opt_int(&self, table: &str, col: &'static str) -> Result<Option<i64>> {
+        self.try_get(col).map_err(|e| decode_error(table, col, e))
+    }
+
+    fn bytes(&self, table: &str, col: &'static str) -> Result<Vec<u8>> {
+        self.try_get(col).map_err(|e| decode_error(table, col, e))
+    }
+}
+
+/// A value that cannot be read as its column's type (NULL, wrong type) is corrupt data; anything else (a
+/// column missing from the query) is a bug in this crate and stays a database error.
+fn decode_error(table: &str, col: &str, e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::ColumnDecode { source, .. } => corrupt(table, col, source),
+        other => StoreError::Database(other),
+    }
+}
+
+fn corrupt(table: &str, col: &str, why: impl Display) -> StoreError {
+    StoreError::Corrupt(format!("{table}.{col}: {why}"))
+}
+
+/// A text column parsed into a domain type (typed ids, tier, mode).
+fn parsed<T>(r: &impl StoreRow, table: &str, col: &'static str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    r.text(table, col)?.parse().map_err(|e| corrupt(table, col, e))
+}
+
+fn ts(r: &impl StoreRow, table: &str, col: &'static str) -> Result<Timestamp> {
+    Ok(Timestamp::from_micros(r.int(table, col)?))
+}
+
+fn opt_ts(r: &impl StoreRow, table: &str, col: &'static str) -> Result<Option<Timestamp>> {
+    Ok(r.opt_int(table, col)?.map(Timestamp::from_micros))
+}
+
+fn hash(r: &impl StoreRow, table: &str, col: &'static str) -> Result<[u8; 32]> {
+    let b = r.bytes(table, col)?;
+    b.as_slice()
+        .try_into()
+        .map_err(|_| corrupt(table, col, format_args!("{} bytes, expected 32", b.len())))
+}
+
+/// Columns: `id, email, tier, created_at` of `accounts`.
+pub(crate) fn account(r: &impl StoreRow) -> Result<Account> {
+    let t = "accounts";
+    Ok(Account {
+        id: parsed(r, t, "id")?,
+        email: r.text(t, "email")?,
+        tier: parsed(r, t, "tier")?,
+        created_at: ts(r, t, "created_at")?,
+    })
+}
+
+/// Columns: `id, account_id, name, created_at` of `projects`.
+pub(crate) fn project(r: &impl StoreRow) -> Result<Project> {
+    let t = "projects";
+    Ok(Project {
+        id: parsed(r, t, "id")?,
+        account_id: parsed(r, t, "account_id")?,
+        name: r.text(t, "name")?,
+        created_at: ts(r, t, "created_at")?,
+    })
+}
+
+/// Columns: the key's own columns plus its project's `account_id` (see `queries::key_select!`).
+pub(crate) fn api_key(r: &impl StoreRow) -> Result<ApiKeyRecord> {
+    let t = "api_keys";
+    Ok(ApiKeyRecord {
+        id: parsed(r, t, "id")?,
+        project: parsed(r, t, "project_id")?,
+        account: parsed(r, "projects", "account_id")?,
+        mode: parsed(r, t, "mode")?,
+        name: r.text(t, "name")?,
+        prefix: r.text(t, "prefix")?,
+        last4: r.text(t, "last4")?,
+        created_at: ts(r, t, "created_at")?,
+        last_used_at: opt_ts(r, t, "last_used_at")?,
+        expires_at: opt_ts(r, t, "expires_at")?,
+        revoked_at: opt_ts(r, t, "revoked_at")?,
+    })
+}
+
+/// Columns: `id, project_id, account_id, mode, tier, key_hash, expires_at, revoked_at` (see
+/// `queries::SELECT_KEY_AUTH`).
+pub(crate) fn key_auth(r: &impl StoreRow) -> Result<KeyAuthRecord> {
+    let t = "api_keys";
+    Ok(KeyAuthRecord {
+        key_id: parsed(r, t, "id")?,
+        project: parsed(r, t, "project_id")?,
+        account: parsed(r, "projects", "account_id")?,
+        mode: parsed(r, t, "mode")?,
+        tier: parsed(r, "accounts", "tier")?,
+        hash: hash(r, t, "key_hash")?,
+        expires_at: opt_ts(r, t, "expires_at")?,
+        revoked_at: opt_ts(r, t, "revoked_at")?,
+    })
+}
+
+/// Maps the constraint errors an insert can raise to the store's own errors, at the call site that knows
+/// what they mean: a unique violation is a `Conflict` naming `conflict`, a foreign-key violation means
+/// the referenced row is missing (`NotFound` naming `missing`). Anything else stays a database error.
+pub(crate) fn constraint(e: sqlx::Error, conflict: &str, missing: impl FnOnce() -> String) -> StoreError {
+    if let Some(db) = e.as_database_error() {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(conflict.to_owned());
+        }
+        if db.is_foreign_key_violation() {
+            return StoreError::NotFound(missing());
+        }
+    }
+    StoreError::Database(e)
+}

@@ -1,0 +1,456 @@
+//! The conformance cases: each gets a fresh, unmigrated database and must pass on every backend.
+
+use skygate_core::{AccountId, KeyId, Mode, NewAccount, NewApiKey, NewProject, ProjectId, Tier, Timestamp};
+use skygate_store::{DynStore, RevokeOutcome, StoreError};
+
+use crate::Db;
+
+fn t(us: i64) -> Timestamp {
+    Timestamp::from_micros(us)
+}
+
+fn account(email: &str, at: i64) -> NewAccount {
+    NewAccount {
+        id: AccountId::generate().unwrap(),
+        email: email.into(),
+        tier: Tier::Free,
+        created_at: t(at),
+    }
+}
+
+async fn new_account(s: &DynStore, email: &str) -> AccountId {
+    s.create_account(&account(email, 1)).await.unwrap().id
+}
+
+async fn new_project(s: &DynStore, a: &AccountId, at: i64) -> ProjectId {
+    let new = NewProject {
+        id: ProjectId::generate().unwrap(),
+        name: format!("p{at}"),
+        created_at: t(at),
+    };
+    s.create_project(a, &new).await.unwrap().id
+}
+
+fn new_key(hash_byte: u8, at: i64) -> NewApiKey {
+    NewApiKey {
+        id: KeyId::generate().unwrap(),
+        mode: Mode::Live,
+        name: format!("k{hash_byte}"),
+        hash: [hash_byte; 32],
+        prefix: "sk_live_".into(),
+        last4: format!("{hash_byte:04}"),
+        created_at: t(at),
+        expires_at: None,
+    }
+}
+
+fn ids<T, I>(items: Vec<T>, id: impl Fn(T) -> I) -> Vec<I> {
+    items.into_iter().map(id).collect()
+}
+
+pub async fn accounts_round_trip(db: Db) {
+    let s = db.migrated().await;
+    let new = account("a@example.com", 42);
+    let created = s.create_account(&new).await.unwrap();
+    assert_eq!(
+        (&created.id, created.email.as_str(), created.tier),
+        (&new.id, "a@example.com", Tier::Free)
+    );
+    assert_eq!(created.created_at, t(42));
+    assert_eq!(s.account(&new.id).await.unwrap(), Some(created.clone()));
+    assert_eq!(s.account_by_email("a@example.com").await.unwrap(), Some(created));
+    assert_eq!(s.account_by_email("b@example.com").await.unwrap(), None);
+    assert_eq!(s.account(&AccountId::generate().unwrap()).await.unwrap(), None);
+}
+
+pub async fn duplicate_email_conflicts(db: Db) {
+    let s = db.migrated().await;
+    let first = new_account(&s, "a@example.com").await;
+    let mut again = account("a@example.com", 2);
+    again.tier = Tier::Pro;
+    let r = s.create_account(&again).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    let kept = s.account_by_email("a@example.com").await.unwrap().unwrap();
+    assert_eq!((kept.id, kept.tier), (first, Tier::Free));
+    assert_eq!(s.account(&again.id).await.unwrap(), None);
+}
+
+pub async fn set_tier(db: Db) {
+    let s = db.migrated().await;
+    let id = new_account(&s, "a@example.com").await;
+    let other = new_account(&s, "b@example.com").await;
+    for tier in Tier::ALL {
+        assert!(s.set_account_tier(&id, tier).await.unwrap());
+        assert_eq!(s.account(&id).await.unwrap().unwrap().tier, tier);
+    }
+    assert_eq!(
+        s.account(&other).await.unwrap().unwrap().tier,
+        Tier::Free,
+        "only the named account changes"
+    );
+    assert!(!s
+        .set_account_tier(&AccountId::generate().unwrap(), Tier::Pro)
+        .await
+        .unwrap());
+}
+
+pub async fn projects_are_scoped_to_their_account(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    let b = new_account(&s, "b@example.com").await;
+    let p1 = new_project(&s, &a, 10).await;
+    let p2 = new_project(&s, &a, 20).await;
+    let pb = new_project(&s, &b, 30).await;
+    let got = s.project(&a, &p1).await.unwrap().unwrap();
+    assert_eq!(
+        (&got.account_id, got.name.as_str(), got.created_at),
+        (&a, "p10", t(10))
+    );
+    assert_eq!(
+        s.project(&a, &pb).await.unwrap(),
+        None,
+        "another account's project must not be found"
+    );
+    assert_eq!(s.project(&b, &p1).await.unwrap(), None);
+    assert_eq!(ids(s.list_projects(&a).await.unwrap(), |p| p.id), vec![p2, p1]);
+    assert_eq!(
+        ids(s.list_projects(&b).await.unwrap(), |p| p.id),
+        vec![pb.clone()]
+    );
+    assert!(s
+        .list_projects(&AccountId::generate().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.find_project(&pb).await.unwrap().unwrap().account_id, b);
+    assert_eq!(
+        s.find_project(&ProjectId::generate().unwrap()).await.unwrap(),
+        None
+    );
+
+    // Equal creation times fall back to id order, newest-first meaning descending.
+    let mut same = vec![
+        new_project(&s, &b, 5).await,
+        new_project(&s, &b, 5).await,
+        new_project(&s, &b, 5).await,
+    ];
+    same.sort();
+    same.reverse();
+    same.insert(0, pb);
+    assert_eq!(ids(s.list_projects(&b).await.unwrap(), |p| p.id), same);
+}
+
+pub async fn project_for_unknown_account_is_not_found(db: Db) {
+    let s = db.migrated().await;
+    let new = NewProject {
+        id: ProjectId::generate().unwrap(),
+        name: "x".into(),
+        created_at: t(1),
+    };
+    let r = s.create_project(&AccountId::generate().unwrap(), &new).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    assert_eq!(s.find_project(&new.id).await.unwrap(), None);
+}
+
+pub async fn keys_create_and_list_newest_first(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    let p = new_project(&s, &a, 1).await;
+    let other = new_project(&s, &a, 2).await;
+    let nk = new_key(1, 100);
+    let k1 = s.create_api_key(&p, &nk).await.unwrap();
+    assert_eq!(
+        (&k1.id, &k1.project, &k1.account, k1.mode),
+        (&nk.id, &p, &a, Mode::Live)
+    );
+    assert_eq!(
+        (k1.name.as_str(), k1.prefix.as_str(), k1.last4.as_str()),
+        ("k1", "sk_live_", "0001")
+    );
+    assert_eq!(
+        (k1.created_at, k1.last_used_at, k1.expires_at, k1.revoked_at),
+        (t(100), None, None, None)
+    );
+    let k2 = s.create_api_key(&p, &new_key(2, 200)).await.unwrap();
+    let k3 = s.create_api_key(&other, &new_key(3, 300)).await.unwrap();
+    let listed = s.list_api_keys(&p).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![k2.clone(), k1.clone()],
+        "what create returns is what list shows"
+    );
+    assert_eq!(
+        ids(s.list_api_keys(&other).await.unwrap(), |k| k.id),
+        vec![k3.id.clone()]
+    );
+    assert!(s
+        .list_api_keys(&ProjectId::generate().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(s.list_all_api_keys().await.unwrap(), |k| k.id),
+        vec![k3.id, k2.id, k1.id.clone()]
+    );
+
+    let mut same = [
+        s.create_api_key(&p, &new_key(4, 100)).await.unwrap().id,
+        s.create_api_key(&p, &new_key(5, 100)).await.unwrap().id,
+        k1.id,
+    ];
+    same.sort();
+    same.reverse();
+    let listed = ids(s.list_api_keys(&p).await.unwrap(), |k| k.id);
+    assert_eq!(
+        &listed[1..],
+        &same[..],
+        "equal creation times fall back to id, descending"
+    );
+}
+
+pub async fn duplicate_key_hash_conflicts(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    let p = new_project(&s, &a, 1).await;
+    let q = new_project(&s, &a, 2).await;
+    s.create_api_key(&p, &new_key(9, 1)).await.unwrap();
+    let r = s.create_api_key(&p, &new_key(9, 2)).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    let r = s.create_api_key(&q, &new_key(9, 3)).await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(_))),
+        "the hash is unique across projects: {r:?}"
+    );
+    assert_eq!(s.list_all_api_keys().await.unwrap().len(), 1);
+}
+
+pub async fn key_for_unknown_project_is_not_found(db: Db) {
+    let s = db.migrated().await;
+    let r = s
+        .create_api_key(&ProjectId::generate().unwrap(), &new_key(1, 1))
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    assert!(s.list_all_api_keys().await.unwrap().is_empty());
+}
+
+pub async fn lookup_by_hash(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    s.set_account_tier(&a, Tier::Business).await.unwrap();
+    let p = new_project(&s, &a, 1).await;
+    let mut nk = new_key(5, 1);
+    nk.mode = Mode::Test;
+    let k = s.create_api_key(&p, &nk).await.unwrap();
+    let r = s.api_key_by_hash(&[5; 32]).await.unwrap().unwrap();
+    assert_eq!((&r.key_id, &r.project, &r.account), (&k.id, &p, &a));
+    assert_eq!((r.mode, r.tier, r.hash), (Mode::Test, Tier::Business, [5; 32]));
+    assert_eq!((r.expires_at, r.revoked_at), (None, None));
+    assert!(r.is_active(t(2)));
+    assert_eq!(s.api_key_by_hash(&[6; 32]).await.unwrap(), None);
+
+    // The tier is read at lookup time, so a tier change applies to the next request.
+    s.set_account_tier(&a, Tier::Free).await.unwrap();
+    assert_eq!(
+        s.api_key_by_hash(&[5; 32]).await.unwrap().unwrap().tier,
+        Tier::Free
+    );
+}
+
+pub async fn revoke_outcomes(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    let p = new_project(&s, &a, 1).await;
+    let k = s.create_api_key(&p, &new_key(1, 1)).await.unwrap();
+    let kept = s.create_api_key(&p, &new_key(2, 2)).await.unwrap();
+    assert_eq!(
+        s.revoke_api_key(&k.id, t(50)).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert_eq!(
+        s.revoke_api_key(&k.id, t(60)).await.unwrap(),
+        RevokeOutcome::AlreadyRevoked
+    );
+    let auth = s.api_key_by_hash(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(auth.revoked_at, Some(t(50)), "the first revocation time is kept");
+    assert!(!auth.is_active(t(51)));
+    let listed = s.list_api_keys(&p).await.unwrap();
+    assert_eq!(
+        ids(listed, |k| (k.id, k.revoked_at)),
+        vec![(kept.id, None), (k.id, Some(t(50)))]
+    );
+    assert_eq!(
+        s.revoke_api_key(&KeyId::generate().unwrap(), t(1)).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
+}
+
+pub async fn expiry_round_trips(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    let p = new_project(&s, &a, 1).await;
+    let far = 1_000_000_000_000_007;
+    let mut nk = new_key(1, 1);
+    nk.expires_at = Some(t(far));
+    let k = s.create_api_key(&p, &nk).await.unwrap();
+    assert_eq!(k.expires_at, Some(t(far)));
+    let r = s.api_key_by_hash(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(r.expires_at, Some(t(far)));
+    assert!(r.is_active(t(far - 1)));
+    assert!(!r.is_active(t(far)));
+
+    // The full 64-bit range survives (BIGINT / INTEGER, not a 32-bit or floating column).
+    let mut nk = new_key(2, i64::MAX);
+    nk.expires_at = Some(t(i64::MIN));
+    s.create_api_key(&p, &nk).await.unwrap();
+    let listed = s.list_api_keys(&p).await.unwrap();
+    assert_eq!(
+        (listed[0].created_at, listed[0].expires_at),
+        (t(i64::MAX), Some(t(i64::MIN)))
+    );
+}
+
+pub async fn touch_takes_the_max_and_ignores_unknown(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "a@example.com").await;
+    let p = new_project(&s, &a, 1).await;
+    let k = s.create_api_key(&p, &new_key(1, 1)).await.unwrap().id;
+    let idle = s.create_api_key(&p, &new_key(2, 2)).await.unwrap().id;
+    s.touch_api_keys(&[(k.clone(), t(500)), (KeyId::generate().unwrap(), t(9))])
+        .await
+        .unwrap();
+    assert_eq!(last_used(&s, &p, &k).await, Some(t(500)));
+    assert_eq!(last_used(&s, &p, &idle).await, None, "other keys are untouched");
+    s.touch_api_keys(&[(k.clone(), t(400))]).await.unwrap();
+    assert_eq!(
+        last_used(&s, &p, &k).await,
+        Some(t(500)),
+        "an older use never moves it back"
+    );
+    s.touch_api_keys(&[(k.clone(), t(600)), (k.clone(), t(550)), (idle.clone(), t(7))])
+        .await
+        .unwrap();
+    assert_eq!(
+        last_used(&s, &p, &k).await,
+        Some(t(600)),
+        "the latest of a batch wins"
+    );
+    assert_eq!(last_used(&s, &p, &idle).await, Some(t(7)));
+    s.touch_api_keys(&[]).await.unwrap();
+}
+
+async fn last_used(s: &DynStore, p: &ProjectId, key: &KeyId) -> Option<Timestamp> {
+    s.list_api_keys(p)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| &k.id == key)
+        .unwrap()
+        .last_used_at
+}
+
+pub async fn migrate_is_idempotent(db: Db) {
+    let s = db.open().await;
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap();
+    new_account(&s, "a@example.com").await;
+    s.migrate().await.unwrap();
+    db.migrated().await;
+    assert!(
+        s.account_by_email("a@example.com").await.unwrap().is_some(),
+        "migrating again keeps the data"
+    );
+}
+
+/// Two nodes (or the server and the CLI) starting together on a fresh database both migrate it.
+pub async fn concurrent_migrate(db: Db) {
+    let (a, b, c) = (db.open().await, db.open().await, db.open().await);
+    let (ra, rb, rc) = tokio::join!(a.migrate(), b.migrate(), c.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    rc.unwrap();
+    new_account(&a, "a@example.com").await;
+    assert!(b.account_by_email("a@example.com").await.unwrap().is_some());
+}
+
+/// The server and the operator CLI hold separate handles: a revocation through one is seen by the next
+/// lookup through the other, with no cache in between.
+pub async fn handles_see_each_others_writes(db: Db) {
+    let server = db.migrated().await;
+    let cli = db.open().await;
+    let a = new_account(&cli, "a@example.com").await;
+    let p = new_project(&cli, &a, 1).await;
+    let k = cli.create_api_key(&p, &new_key(1, 1)).await.unwrap();
+    assert!(server
+        .api_key_by_hash(&[1; 32])
+        .await
+        .unwrap()
+        .unwrap()
+        .is_active(t(2)));
+    assert_eq!(
+        cli.revoke_api_key(&k.id, t(3)).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert!(!server
+        .api_key_by_hash(&[1; 32])
+        .await
+        .unwrap()
+        .unwrap()
+        .is_active(t(4)));
+    server.touch_api_keys(&[(k.id.clone(), t(5))]).await.unwrap();
+    assert_eq!(cli.list_api_keys(&p).await.unwrap()[0].last_used_at, Some(t(5)));
+}
+
+pub async fn ping(db: Db) {
+    let s = db.migrated().await;
+    s.ping().await.unwrap();
+    let want = match db {
+        Db::Sqlite(_) => "sqlite",
+        Db::Postgres { .. } => "postgres",
+    };
+    assert_eq!(s.backend(), want);
+    s.close().await;
+}
+
+/// Writers on separate handles at once (server flushing key use while the CLI creates and revokes keys)
+/// all succeed: SQLite writers wait on the busy timeout instead of failing, and overlapping touch batches
+/// lock rows in one order on PostgreSQL, so they cannot deadlock.
+pub async fn concurrent_writers(db: Db) {
+    let server = db.migrated().await;
+    let cli = db.open().await;
+    let a = new_account(&cli, "a@example.com").await;
+    let p = new_project(&cli, &a, 1).await;
+    let mut keys = Vec::new();
+    for i in 0..8u8 {
+        keys.push(
+            cli.create_api_key(&p, &new_key(i, i64::from(i)))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..20i64 {
+        let (server, cli, p, keys) = (server.clone(), cli.clone(), p.clone(), keys.clone());
+        tasks.spawn(async move {
+            let mut batch: Vec<_> = keys.iter().map(|k| (k.clone(), t(1_000 + round))).collect();
+            if round % 2 == 0 {
+                batch.reverse();
+            }
+            server.touch_api_keys(&batch).await.unwrap();
+            let hash_byte = u8::try_from(100 + round).unwrap();
+            let k = cli
+                .create_api_key(&p, &new_key(hash_byte, 10 + round))
+                .await
+                .unwrap();
+            assert_eq!(
+                cli.revoke_api_key(&k.id, t(2_000)).await.unwrap(),
+                RevokeOutcome::Revoked
+            );
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(last_used(&server, &p, &keys[0]).await, Some(t(1_019)));
+    assert_eq!(cli.list_api_keys(&p).await.unwrap().len(), 28);
+}

@@ -1,0 +1,175 @@
+//! One conformance suite for every `Store` backend. Each case is written once, as an async fn taking a
+//! fresh, unmigrated [`Db`], and [`conformance!`] runs it as `sqlite::<case>` (a new temp-file database)
+//! and `postgres::<case>` (a new schema in `SKYGATE_TEST_DATABASE_URL`, dropped afterwards even if the
+//! case fails). Without that variable the PostgreSQL runs print `SKIPPED …` and pass, unless
+//! `SKYGATE_TEST_REQUIRE_ALL` is set (CI), in which case they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cases;
+mod schema;
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use skygate_store::postgres::PgStore;
+use skygate_store::sqlite::SqliteStore;
+use skygate_store::DynStore;
+
+/// A fresh database for one test; [`Db::open`] gives another handle on the same one.
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl Db {
+    /// A new handle (own pool) on this database, not migrated.
+    pub async fn open(&self) -> DynStore {
+        match self {
+            Db::Sqlite(path) => Arc::new(SqliteStore::open(path).await.unwrap()),
+            Db::Postgres { url, schema } => Arc::new(PgStore::connect_in_schema(url, schema).await.unwrap()),
+        }
+    }
+
+    /// A new handle, migrated.
+    pub async fn migrated(&self) -> DynStore {
+        let s = self.open().await;
+        s.migrate().await.unwrap();
+        s
+    }
+}
+
+fn require_all() -> bool {
+    std::env::var("SKYGATE_TEST_REQUIRE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The PostgreSQL URL, or `None` after saying loudly why `test` is skipped (or failing under
+/// `SKYGATE_TEST_REQUIRE_ALL`).
+fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var("SKYGATE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let msg = format!("SKIPPED {test}: SKYGATE_TEST_DATABASE_URL not set");
+            if require_all() {
+                panic!("{msg} (SKYGATE_TEST_REQUIRE_ALL is set, so this may not be skipped)");
+            }
+            // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+            let _ = writeln!(std::io::stderr(), "{msg}");
+            None
+        }
+    }
+}
+
+pub async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    case(Db::Sqlite(dir.path().join("test.db"))).await;
+}
+
+/// Runs `case` in its own schema and drops the schema afterwards, also when the case panics (the panic
+/// is then re-raised), so failed runs do not leave schemas behind.
+pub async fn on_postgres<F, Fut>(test: &str, case: F)
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(url) = postgres_url(test) else { return };
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let owner = PgStore::connect_in_schema(&url, &schema).await.unwrap();
+    let outcome = tokio::spawn(case(Db::Postgres { url, schema })).await;
+    owner.drop_schema().await.unwrap();
+    skygate_store::Store::close(&owner).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::on_sqlite(super::cases::$case).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::on_postgres(concat!("postgres::", stringify!($case)), super::cases::$case).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accounts_round_trip,
+    duplicate_email_conflicts,
+    set_tier,
+    projects_are_scoped_to_their_account,
+    project_for_unknown_account_is_not_found,
+    keys_create_and_list_newest_first,
+    duplicate_key_hash_conflicts,
+    key_for_unknown_project_is_not_found,
+    lookup_by_hash,
+    revoke_outcomes,
+    expiry_round_trips,
+    touch_takes_the_max_and_ignores_unknown,
+    migrate_is_idempotent,
+    concurrent_migrate,
+    handles_see_each_others_writes,
+    concurrent_writers,
+    ping,
+);
+
+/// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's
+/// side always runs; PostgreSQL's skips (or fails) like the rest of the suite.
+#[tokio::test]
+async fn both_migration_trees_reach_the_same_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    skygate_store::Store::migrate(&lite).await.unwrap();
+    let lite_schema = schema::sqlite_schema(&lite).await;
+    for expected in [
+        "table accounts",
+        "column accounts.id NOT NULL",
+        "column api_keys.key_hash NOT NULL",
+    ] {
+        assert!(
+            lite_schema.contains(expected),
+            "{expected} missing from {lite_schema:#?}"
+        );
+    }
+    for expected in [
+        "column api_keys.revoked_at NULL",
+        "index api_keys_project_id",
+        "index projects_account_id",
+    ] {
+        assert!(
+            lite_schema.contains(expected),
+            "{expected} missing from {lite_schema:#?}"
+        );
+    }
+
+    on_postgres(
+        "both_migration_trees_reach_the_same_schema",
+        move |db| async move {
+            let Db::Postgres { url, schema } = db else {
+                unreachable!()
+            };
+            let pg = PgStore::connect_in_schema(&url, &schema).await.unwrap();
+            skygate_store::Store::migrate(&pg).await.unwrap();
+            let pg_schema = schema::postgres_schema(&pg, &schema).await;
+            assert_eq!(pg_schema, lite_schema);
+        },
+    )
+    .await;
+}
