@@ -148,7 +148,10 @@ impl Default for ServerConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { key_cache_ttl: Duration::from_secs(1), last_used_flush: Duration::from_secs(5) }
+        AuthConfig {
+            key_cache_ttl: Duration::from_secs(1),
+            last_used_flush: Duration::from_secs(5),
+        }
     }
 }
 
@@ -162,7 +165,9 @@ impl ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1048576 or \"1MiB\")"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 1048576 or \"1MiB\")"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1000,
@@ -173,7 +178,9 @@ impl ByteSize {
             "gib" => 1024 * 1024 * 1024,
             other => return Err(format!("unknown size unit {other:?} in {s:?}")),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
@@ -234,7 +241,11 @@ impl Config {
             fig = fig.merge(Toml::file_exact(f));
         }
         fig = fig
-            .merge(Env::prefixed("SKYGATE_").filter(|k| k.as_str().contains("__")).split("__"))
+            .merge(
+                Env::prefixed("SKYGATE_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
             .merge(Env::raw().filter_map(|k| {
                 let mapped = match k.as_str().to_ascii_uppercase().as_str() {
                     "SKYGATE_LISTEN" => "server.listen",
@@ -297,13 +308,18 @@ impl Config {
             return err("auth.last_used_flush must be greater than 0".into());
         }
         if let Some(u) = &self.storage.database_url {
-            let ok = ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| u.starts_with(p));
+            let ok = ["sqlite://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| u.starts_with(p));
             if !ok {
-                return err("storage.database_url must start with sqlite://, postgres:// or postgresql://".into());
+                return err(
+                    "storage.database_url must start with sqlite://, postgres:// or postgresql://".into(),
+                );
             }
         }
         for (slug, m) in &self.models {
-            m.to_spec(slug).map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
+            m.to_spec(slug)
+                .map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
         }
         Ok(())
     }
@@ -324,7 +340,10 @@ impl Config {
     pub fn model_specs(&self) -> Result<Vec<ModelSpec>, ConfigError> {
         self.models
             .iter()
-            .map(|(slug, m)| m.to_spec(slug).map_err(|e| ConfigError(format!("models.{slug}: {e}"))))
+            .map(|(slug, m)| {
+                m.to_spec(slug)
+                    .map_err(|e| ConfigError(format!("models.{slug}: {e}")))
+            })
             .collect()
     }
 
@@ -342,7 +361,9 @@ const MODEL_TYPES: [&str; 7] = ["image", "video", "audio", "music", "text", "cod
 impl ModelConfig {
     fn to_spec(&self, slug: &str) -> Result<ModelSpec, String> {
         if !models::is_valid_slug(slug) {
-            return Err("a model slug is 1-64 of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".into());
+            return Err(
+                "a model slug is 1-64 of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".into(),
+            );
         }
         if !MODEL_TYPES.contains(&self.kind.as_str()) {
             return Err(format!("type must be one of {}", MODEL_TYPES.join(", ")));
@@ -363,19 +384,25 @@ impl ModelConfig {
                 Some(d) if !d.is_empty() => Backend::Cog(d.clone()),
                 _ => return Err("backend \"cog\" needs cog_dir = \"/path/to/predictor\"".into()),
             },
-            other => return Err(format!("unknown backend {other:?} (expected builtin, command or cog)")),
+            other => {
+                return Err(format!(
+                    "unknown backend {other:?} (expected builtin, command or cog)"
+                ))
+            }
         };
         let builtin = match &backend {
             Backend::Builtin(id) => models::builtin_models().into_iter().find(|b| &b.slug == id),
             _ => None,
         };
-        let schema = |given: &Option<serde_json::Value>, fallback: Option<serde_json::Value>, what: &str| {
-            match given.clone().or(fallback) {
+        let schema =
+            |given: &Option<serde_json::Value>, fallback: Option<serde_json::Value>, what: &str| match given
+                .clone()
+                .or(fallback)
+            {
                 Some(v) if v.is_object() => Ok(v),
                 Some(_) => Err(format!("{what} must be a table (a JSON Schema object)")),
                 None => Ok(serde_json::json!({"type": "object"})),
-            }
-        };
+            };
         Ok(ModelSpec {
             slug: slug.to_owned(),
             name: self.name.clone().unwrap_or_else(|| slug.to_owned()),
@@ -384,7 +411,11 @@ impl ModelConfig {
             vendor: "skygate".into(),
             billable: self.billable,
             test_ok: self.test_ok,
-            input_schema: schema(&self.input_schema, builtin.as_ref().map(|b| b.input_schema.clone()), "input_schema")?,
+            input_schema: schema(
+                &self.input_schema,
+                builtin.as_ref().map(|b| b.input_schema.clone()),
+                "input_schema",
+            )?,
             output_schema: schema(
                 &self.output_schema,
                 builtin.as_ref().map(|b| b.output_schema.clone()),
@@ -410,7 +441,10 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), ConfigError> {
             .map_err(|e| ConfigError(format!("cannot create data dir {}: {e}", dir.display())))?;
     }
     if !dir.is_dir() {
-        return Err(ConfigError(format!("data dir {} is not a directory", dir.display())));
+        return Err(ConfigError(format!(
+            "data dir {} is not a directory",
+            dir.display()
+        )));
     }
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"")

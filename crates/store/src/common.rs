@@ -33,7 +33,9 @@ pub(crate) fn mode(s: String) -> Result<Mode, StoreError> {
 }
 
 pub(crate) fn hash(b: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    b.as_slice().try_into().map_err(|_| corrupt("key_hash", format!("{} bytes, expected 32", b.len())))
+    b.as_slice()
+        .try_into()
+        .map_err(|_| corrupt("key_hash", format!("{} bytes, expected 32", b.len())))
 }
 
 pub(crate) fn ts(v: i64) -> Timestamp {

@@ -89,7 +89,9 @@ pub async fn connect(database_url: &str) -> Result<DynStore> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(database_url).await?))
     } else if let Some(path) = database_url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
+        ))
     } else {
         Err(StoreError::Config(
             "storage.database_url must start with sqlite:// or postgres:// (or postgresql://)".into(),

@@ -18,7 +18,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 fn options(url: &str) -> Result<PgConnectOptions> {
     // The URL may hold a password: never echo it.
-    PgConnectOptions::from_str(url).map_err(|_| StoreError::Config("storage.database_url is not a valid postgres:// URL".into()))
+    PgConnectOptions::from_str(url)
+        .map_err(|_| StoreError::Config("storage.database_url is not a valid postgres:// URL".into()))
 }
 
 async fn pool(opts: PgConnectOptions) -> Result<PgPool> {
@@ -43,29 +44,44 @@ fn redact(e: &sqlx::Error) -> String {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(PgStore { pool: pool(options(url)?).await?, schema: None })
+        Ok(PgStore {
+            pool: pool(options(url)?).await?,
+            schema: None,
+        })
     }
 
     /// Connects with every pooled connection's `search_path` set to `schema`, creating it if missing.
     /// Used by tests to give each run its own fresh schema.
     pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self> {
-        let valid = schema.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        let valid = schema
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && schema.len() <= 63;
         if !valid {
             return Err(StoreError::Config(format!("invalid schema name {schema:?}")));
         }
         let admin = pool(options(url)?).await?;
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&admin).await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         let opts = options(url)?.options([("search_path", schema)]);
-        Ok(PgStore { pool: pool(opts).await?, schema: Some(schema.to_owned()) })
+        Ok(PgStore {
+            pool: pool(opts).await?,
+            schema: Some(schema.to_owned()),
+        })
     }
 
     /// Drops the schema made by [`PgStore::connect_in_schema`] (test cleanup).
     pub async fn drop_schema(&self) -> Result<()> {
         if let Some(s) = &self.schema {
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE")).execute(&self.pool).await?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
@@ -79,4 +95,9 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, sqlx::Postgres, backend = "postgres", greatest = "GREATEST");
+impl_store!(
+    PgStore,
+    sqlx::Postgres,
+    backend = "postgres",
+    greatest = "GREATEST"
+);

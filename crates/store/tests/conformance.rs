@@ -7,9 +7,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use skygate_core::{
-    AccountId, KeyId, Mode, NewAccount, NewApiKey, NewProject, ProjectId, Tier, Timestamp,
-};
+use skygate_core::{AccountId, KeyId, Mode, NewAccount, NewApiKey, NewProject, ProjectId, Tier, Timestamp};
 use skygate_store::postgres::PgStore;
 use skygate_store::sqlite::SqliteStore;
 use skygate_store::{DynStore, RevokeOutcome, Store, StoreError};
@@ -85,15 +83,29 @@ fn t(us: i64) -> Timestamp {
 
 pub async fn new_account(s: &DynStore, email: &str) -> AccountId {
     let id = AccountId::generate().unwrap();
-    s.create_account(&NewAccount { id: id.clone(), email: email.into(), tier: Tier::Free, created_at: t(1) })
-        .await
-        .unwrap();
+    s.create_account(&NewAccount {
+        id: id.clone(),
+        email: email.into(),
+        tier: Tier::Free,
+        created_at: t(1),
+    })
+    .await
+    .unwrap();
     id
 }
 
 pub async fn new_project(s: &DynStore, a: &AccountId, at: i64) -> ProjectId {
     let id = ProjectId::generate().unwrap();
-    s.create_project(a, &NewProject { id: id.clone(), name: "p".into(), created_at: t(at) }).await.unwrap();
+    s.create_project(
+        a,
+        &NewProject {
+            id: id.clone(),
+            name: "p".into(),
+            created_at: t(at),
+        },
+    )
+    .await
+    .unwrap();
     id
 }
 
@@ -121,7 +133,11 @@ mod cases {
         assert_eq!(a.created_at, t(1));
         assert_eq!(s.account_by_email("a@example.com").await.unwrap().unwrap().id, id);
         assert!(s.account_by_email("b@example.com").await.unwrap().is_none());
-        assert!(s.account(&AccountId::generate().unwrap()).await.unwrap().is_none());
+        assert!(s
+            .account(&AccountId::generate().unwrap())
+            .await
+            .unwrap()
+            .is_none());
     }
 
     pub async fn duplicate_email_conflicts(s: DynStore, _: String) {
@@ -132,14 +148,20 @@ mod cases {
             tier: Tier::Pro,
             created_at: t(2),
         };
-        assert!(matches!(s.create_account(&again).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.create_account(&again).await,
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     pub async fn set_tier(s: DynStore, _: String) {
         let id = new_account(&s, "a@example.com").await;
         assert!(s.set_account_tier(&id, Tier::Enterprise).await.unwrap());
         assert_eq!(s.account(&id).await.unwrap().unwrap().tier, Tier::Enterprise);
-        assert!(!s.set_account_tier(&AccountId::generate().unwrap(), Tier::Pro).await.unwrap());
+        assert!(!s
+            .set_account_tier(&AccountId::generate().unwrap(), Tier::Pro)
+            .await
+            .unwrap());
     }
 
     pub async fn projects_are_scoped_to_their_account(s: DynStore, _: String) {
@@ -149,18 +171,35 @@ mod cases {
         let p2 = new_project(&s, &a, 20).await;
         let pb = new_project(&s, &b, 30).await;
         assert_eq!(s.project(&a, &p1).await.unwrap().unwrap().account_id, a);
-        assert!(s.project(&a, &pb).await.unwrap().is_none(), "another account's project must not be found");
-        let list: Vec<_> = s.list_projects(&a).await.unwrap().into_iter().map(|p| p.id).collect();
+        assert!(
+            s.project(&a, &pb).await.unwrap().is_none(),
+            "another account's project must not be found"
+        );
+        let list: Vec<_> = s
+            .list_projects(&a)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
         assert_eq!(list, vec![p2, p1.clone()]);
         assert_eq!(s.find_project(&pb).await.unwrap().unwrap().account_id, b);
-        assert!(s.find_project(&ProjectId::generate().unwrap()).await.unwrap().is_none());
+        assert!(s
+            .find_project(&ProjectId::generate().unwrap())
+            .await
+            .unwrap()
+            .is_none());
     }
 
     pub async fn project_for_unknown_account_is_not_found(s: DynStore, _: String) {
         let r = s
             .create_project(
                 &AccountId::generate().unwrap(),
-                &NewProject { id: ProjectId::generate().unwrap(), name: "x".into(), created_at: t(1) },
+                &NewProject {
+                    id: ProjectId::generate().unwrap(),
+                    name: "x".into(),
+                    created_at: t(1),
+                },
             )
             .await;
         assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
@@ -177,9 +216,21 @@ mod cases {
         assert!(k1.last_used_at.is_none() && k1.revoked_at.is_none());
         let k2 = s.create_api_key(&p, &new_key(2, 200)).await.unwrap();
         let k3 = s.create_api_key(&other, &new_key(3, 300)).await.unwrap();
-        let ids: Vec<_> = s.list_api_keys(&p).await.unwrap().into_iter().map(|k| k.id).collect();
+        let ids: Vec<_> = s
+            .list_api_keys(&p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
         assert_eq!(ids, vec![k2.id.clone(), k1.id.clone()]);
-        let all: Vec<_> = s.list_all_api_keys().await.unwrap().into_iter().map(|k| k.id).collect();
+        let all: Vec<_> = s
+            .list_all_api_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
         assert_eq!(all, vec![k3.id, k2.id, k1.id]);
     }
 
@@ -187,11 +238,16 @@ mod cases {
         let a = new_account(&s, "a@example.com").await;
         let p = new_project(&s, &a, 1).await;
         s.create_api_key(&p, &new_key(9, 1)).await.unwrap();
-        assert!(matches!(s.create_api_key(&p, &new_key(9, 2)).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.create_api_key(&p, &new_key(9, 2)).await,
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     pub async fn key_for_unknown_project_is_not_found(s: DynStore, _: String) {
-        let r = s.create_api_key(&ProjectId::generate().unwrap(), &new_key(1, 1)).await;
+        let r = s
+            .create_api_key(&ProjectId::generate().unwrap(), &new_key(1, 1))
+            .await;
         assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
     }
 
@@ -216,10 +272,22 @@ mod cases {
         let a = new_account(&s, "a@example.com").await;
         let p = new_project(&s, &a, 1).await;
         let k = s.create_api_key(&p, &new_key(1, 1)).await.unwrap();
-        assert_eq!(s.revoke_api_key(&k.id, t(50)).await.unwrap(), RevokeOutcome::Revoked);
-        assert_eq!(s.revoke_api_key(&k.id, t(60)).await.unwrap(), RevokeOutcome::AlreadyRevoked);
-        assert_eq!(s.api_key_by_hash(&[1; 32]).await.unwrap().unwrap().revoked_at, Some(t(50)));
-        assert_eq!(s.revoke_api_key(&KeyId::generate().unwrap(), t(1)).await.unwrap(), RevokeOutcome::NotFound);
+        assert_eq!(
+            s.revoke_api_key(&k.id, t(50)).await.unwrap(),
+            RevokeOutcome::Revoked
+        );
+        assert_eq!(
+            s.revoke_api_key(&k.id, t(60)).await.unwrap(),
+            RevokeOutcome::AlreadyRevoked
+        );
+        assert_eq!(
+            s.api_key_by_hash(&[1; 32]).await.unwrap().unwrap().revoked_at,
+            Some(t(50))
+        );
+        assert_eq!(
+            s.revoke_api_key(&KeyId::generate().unwrap(), t(1)).await.unwrap(),
+            RevokeOutcome::NotFound
+        );
     }
 
     pub async fn expiry_round_trips(s: DynStore, _: String) {
@@ -239,7 +307,9 @@ mod cases {
         let a = new_account(&s, "a@example.com").await;
         let p = new_project(&s, &a, 1).await;
         let k = s.create_api_key(&p, &new_key(1, 1)).await.unwrap();
-        s.touch_api_keys(&[(k.id.clone(), t(500)), (KeyId::generate().unwrap(), t(9))]).await.unwrap();
+        s.touch_api_keys(&[(k.id.clone(), t(500)), (KeyId::generate().unwrap(), t(9))])
+            .await
+            .unwrap();
         assert_eq!(s.list_api_keys(&p).await.unwrap()[0].last_used_at, Some(t(500)));
         s.touch_api_keys(&[(k.id.clone(), t(400))]).await.unwrap();
         assert_eq!(s.list_api_keys(&p).await.unwrap()[0].last_used_at, Some(t(500)));

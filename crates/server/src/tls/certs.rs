@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,7 +38,9 @@ pub enum TlsError {
     Write { path: String, reason: String },
     #[error("cannot parse TLS file {path}: {reason}")]
     Parse { path: String, reason: String },
-    #[error("TLS file {missing} is missing while {present} exists; restore it or remove both to make a new CA")]
+    #[error(
+        "TLS file {missing} is missing while {present} exists; restore it or remove both to make a new CA"
+    )]
     Incomplete { missing: String, present: String },
     #[error("certificate generation failed: {0}")]
     Generate(String),
@@ -71,7 +73,10 @@ fn shown(p: &Path) -> String {
 }
 
 fn parse_err(p: &Path, reason: impl ToString) -> TlsError {
-    TlsError::Parse { path: shown(p), reason: reason.to_string() }
+    TlsError::Parse {
+        path: shown(p),
+        reason: reason.to_string(),
+    }
 }
 
 fn gen_err(e: impl ToString) -> TlsError {
@@ -79,17 +84,36 @@ fn gen_err(e: impl ToString) -> TlsError {
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(p).map_err(|e| TlsError::Read { path: shown(p), reason: e.to_string() })
+    std::fs::read(p).map_err(|e| TlsError::Read {
+        path: shown(p),
+        reason: e.to_string(),
+    })
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename), with `mode`.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let werr = |e: std::io::Error| TlsError::Write { path: shown(path), reason: e.to_string() };
+    let werr = |e: std::io::Error| TlsError::Write {
+        path: shown(path),
+        reason: e.to_string(),
+    };
     let mut suffix = [0u8; 8];
-    SystemRandom::new().fill(&mut suffix).map_err(|_| gen_err("the system random source failed"))?;
-    let tmp = path.with_extension(format!("tmp-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(werr)?;
-    let r = f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+    SystemRandom::new()
+        .fill(&mut suffix)
+        .map_err(|_| gen_err("the system random source failed"))?;
+    let tmp = path.with_extension(format!(
+        "tmp-{}",
+        suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(werr)?;
+    let r = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -98,7 +122,9 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
 
 fn load_chain(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(p)?;
-    let chain = CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| parse_err(p, e))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_err(p, e))?;
     if chain.is_empty() {
         return Err(parse_err(p, "no PEM certificate found"));
     }
@@ -113,7 +139,11 @@ fn load_key(p: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| parse_err(p, e))
 }
 
-fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    key_path: &Path,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let ck = CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| parse_err(key_path, format!("key does not fit the certificate ({e})")))?;
     Ok(Arc::new(ck))
@@ -163,7 +193,11 @@ fn facts(der: &[u8], p: &Path) -> Result<CertFacts, TlsError> {
 /// The names the server certificate must cover, normalised (IPs in canonical form, DNS lower-case).
 fn wanted_names(extra: &[String]) -> Result<BTreeSet<String>, TlsError> {
     let mut out = BTreeSet::new();
-    for n in ALWAYS_NAMES.iter().map(|s| s.to_string()).chain(extra.iter().cloned()) {
+    for n in ALWAYS_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+    {
         let n = n.trim().to_ascii_lowercase();
         if n.is_empty() {
             return Err(TlsError::Config("server.tls_names has an empty name".into()));
@@ -178,7 +212,9 @@ fn wanted_names(extra: &[String]) -> Result<BTreeSet<String>, TlsError> {
 
 fn random_serial() -> Result<SerialNumber, TlsError> {
     let mut b = [0u8; 16];
-    SystemRandom::new().fill(&mut b).map_err(|_| gen_err("the system random source failed"))?;
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| gen_err("the system random source failed"))?;
     b[0] &= 0x7f; // positive
     Ok(SerialNumber::from(b.to_vec()))
 }
@@ -195,7 +231,11 @@ fn create_ca(ca_pem: &Path, ca_key: &Path, now: OffsetDateTime) -> Result<(), Tl
     dn.push(DnType::OrganizationName, "skygate");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = now - BACKDATE;
     params.not_after = now + CA_VALIDITY;
     params.serial_number = Some(random_serial()?);
@@ -222,7 +262,11 @@ fn issue_server_cert(
         .iter()
         .map(|n| match n.parse::<IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(|e| TlsError::Config(format!("server.tls_names: {n:?}: {e}"))),
+            Err(_) => n
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e| TlsError::Config(format!("server.tls_names: {n:?}: {e}"))),
         })
         .collect::<Result<_, _>>()?;
     params.is_ca = IsCa::ExplicitNoCa;
@@ -261,20 +305,32 @@ fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| TlsError::Write { path: shown(dir), reason: e.to_string() })?;
+            .map_err(|e| TlsError::Write {
+                path: shown(dir),
+                reason: e.to_string(),
+            })?;
     }
     Ok(())
 }
 
 /// Loads the local CA, creating it if neither file exists.
-fn local_ca(paths: &LocalPaths, now: OffsetDateTime) -> Result<(Issuer<'static, KeyPair>, CertFacts), TlsError> {
+fn local_ca(
+    paths: &LocalPaths,
+    now: OffsetDateTime,
+) -> Result<(Issuer<'static, KeyPair>, CertFacts), TlsError> {
     match (paths.ca_pem.exists(), paths.ca_key.exists()) {
         (false, false) => create_ca(&paths.ca_pem, &paths.ca_key, now)?,
         (true, false) => {
-            return Err(TlsError::Incomplete { missing: shown(&paths.ca_key), present: shown(&paths.ca_pem) })
+            return Err(TlsError::Incomplete {
+                missing: shown(&paths.ca_key),
+                present: shown(&paths.ca_pem),
+            })
         }
         (false, true) => {
-            return Err(TlsError::Incomplete { missing: shown(&paths.ca_pem), present: shown(&paths.ca_key) })
+            return Err(TlsError::Incomplete {
+                missing: shown(&paths.ca_pem),
+                present: shown(&paths.ca_key),
+            })
         }
         (true, true) => {}
     }
@@ -283,7 +339,10 @@ fn local_ca(paths: &LocalPaths, now: OffsetDateTime) -> Result<(Issuer<'static, 
     let key_pem = String::from_utf8(read(&paths.ca_key)?).map_err(|e| parse_err(&paths.ca_key, e))?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| parse_err(&paths.ca_key, e))?;
     if rcgen::PublicKeyData::subject_public_key_info(&key) != ca_public_key(&ca_chain[0], &paths.ca_pem)? {
-        return Err(parse_err(&paths.ca_key, format!("key does not belong to {}", shown(&paths.ca_pem))));
+        return Err(parse_err(
+            &paths.ca_key,
+            format!("key does not belong to {}", shown(&paths.ca_pem)),
+        ));
     }
     let ca_pem_text = String::from_utf8(read(&paths.ca_pem)?).map_err(|e| parse_err(&paths.ca_pem, e))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem_text, key).map_err(|e| parse_err(&paths.ca_pem, e))?;
@@ -296,11 +355,26 @@ fn ca_public_key(der: &[u8], p: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Whether the existing server certificate must be replaced.
-fn needs_renewal(paths: &LocalPaths, ca: &CertFacts, wanted: &BTreeSet<String>, now: OffsetDateTime) -> Result<bool, TlsError> {
+fn needs_renewal(
+    paths: &LocalPaths,
+    ca: &CertFacts,
+    wanted: &BTreeSet<String>,
+    now: OffsetDateTime,
+) -> Result<bool, TlsError> {
     match (paths.pem.exists(), paths.key.exists()) {
         (false, false) => return Ok(true),
-        (true, false) => return Err(TlsError::Incomplete { missing: shown(&paths.key), present: shown(&paths.pem) }),
-        (false, true) => return Err(TlsError::Incomplete { missing: shown(&paths.pem), present: shown(&paths.key) }),
+        (true, false) => {
+            return Err(TlsError::Incomplete {
+                missing: shown(&paths.key),
+                present: shown(&paths.pem),
+            })
+        }
+        (false, true) => {
+            return Err(TlsError::Incomplete {
+                missing: shown(&paths.pem),
+                present: shown(&paths.key),
+            })
+        }
         (true, true) => {}
     }
     let chain = load_chain(&paths.pem)?;
@@ -316,7 +390,12 @@ pub fn prepare(tls_dir: &Path, settings: &TlsSettings, now: OffsetDateTime) -> R
             let chain = load_chain(cert)?;
             let f = facts(&chain[0], cert)?;
             let ck = certified(chain, load_key(key)?, key)?;
-            Ok(TlsMaterial { certified_key: ck, ca_path: None, not_after: f.not_after, renewed: false })
+            Ok(TlsMaterial {
+                certified_key: ck,
+                ca_path: None,
+                not_after: f.not_after,
+                renewed: false,
+            })
         }
         (None, None) => {
             ensure_dir(tls_dir)?;
@@ -332,9 +411,16 @@ pub fn prepare(tls_dir: &Path, settings: &TlsSettings, now: OffsetDateTime) -> R
             chain.truncate(1);
             chain.extend(load_chain(&paths.ca_pem)?);
             let ck = certified(chain, load_key(&paths.key)?, &paths.key)?;
-            Ok(TlsMaterial { certified_key: ck, ca_path: Some(paths.ca_pem), not_after: f.not_after, renewed })
+            Ok(TlsMaterial {
+                certified_key: ck,
+                ca_path: Some(paths.ca_pem),
+                not_after: f.not_after,
+                renewed,
+            })
         }
-        _ => Err(TlsError::Config("server.tls_cert and server.tls_key must be given together".into())),
+        _ => Err(TlsError::Config(
+            "server.tls_cert and server.tls_key must be given together".into(),
+        )),
     }
 }
 

@@ -26,10 +26,18 @@ fn verify(dir: &Path, ck: &CertifiedKey, name: &str, at: OffsetDateTime) -> Resu
     for c in load_chain(&dir.join("ca.pem")).unwrap() {
         roots.add(c).unwrap();
     }
-    let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+    let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .unwrap();
     let when = UnixTime::since_unix_epoch(std::time::Duration::from_secs(at.unix_timestamp() as u64));
-    v.verify_server_cert(&ck.cert[0], &ck.cert[1..], &ServerName::try_from(name.to_owned()).unwrap(), &[], when)
-        .map(|_| ())
+    v.verify_server_cert(
+        &ck.cert[0],
+        &ck.cert[1..],
+        &ServerName::try_from(name.to_owned()).unwrap(),
+        &[],
+        when,
+    )
+    .map(|_| ())
 }
 
 #[test]
@@ -55,10 +63,16 @@ fn second_start_reuses_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tls");
     prepare(&dir, &local(), now()).unwrap();
-    let before: Vec<Vec<u8>> = ["ca.pem", "ca.key", "server.pem", "server.key"].iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    let before: Vec<Vec<u8>> = ["ca.pem", "ca.key", "server.pem", "server.key"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
     let m = prepare(&dir, &local(), now() + Duration::days(10)).unwrap();
     assert!(!m.renewed);
-    let after: Vec<Vec<u8>> = ["ca.pem", "ca.key", "server.pem", "server.key"].iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    let after: Vec<Vec<u8>> = ["ca.pem", "ca.key", "server.pem", "server.key"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
     assert_eq!(before, after);
 }
 
@@ -72,7 +86,11 @@ fn renews_within_30_days_of_expiry_keeping_the_ca() {
     let later = now() + Duration::days(61);
     let m = prepare(&dir, &local(), later).unwrap();
     assert!(m.renewed);
-    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca, "the CA must never change");
+    assert_eq!(
+        std::fs::read(dir.join("ca.pem")).unwrap(),
+        ca,
+        "the CA must never change"
+    );
     assert_ne!(std::fs::read(dir.join("server.pem")).unwrap(), old);
     verify(&dir, &m.certified_key, "localhost", later).unwrap();
     assert!(m.not_after > later + Duration::days(89));
@@ -83,7 +101,10 @@ fn new_names_trigger_renewal() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tls");
     prepare(&dir, &local(), now()).unwrap();
-    let s = TlsSettings { extra_names: vec!["api.example.test".into(), "10.1.2.3".into()], ..local() };
+    let s = TlsSettings {
+        extra_names: vec!["api.example.test".into(), "10.1.2.3".into()],
+        ..local()
+    };
     let m = prepare(&dir, &s, now()).unwrap();
     assert!(m.renewed);
     verify(&dir, &m.certified_key, "api.example.test", now()).unwrap();
@@ -105,10 +126,16 @@ fn renew_if_needed_swaps_the_resolver() {
 #[test]
 fn corrupt_files_are_reported_by_name_and_left_alone() {
     for (file, content) in [
-        ("ca.pem", &b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"[..]),
+        (
+            "ca.pem",
+            &b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"[..],
+        ),
         ("ca.pem", &b"not pem at all"[..]),
         ("ca.key", &b"garbage"[..]),
-        ("server.key", &b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"[..]),
+        (
+            "server.key",
+            &b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"[..],
+        ),
         ("server.pem", &b""[..]),
     ] {
         let tmp = tempfile::tempdir().unwrap();
@@ -116,8 +143,15 @@ fn corrupt_files_are_reported_by_name_and_left_alone() {
         prepare(&dir, &local(), now()).unwrap();
         std::fs::write(dir.join(file), content).unwrap();
         let err = prepare(&dir, &local(), now()).err().unwrap().to_string();
-        assert!(err.contains(&dir.join(file).display().to_string()), "{file}: {err}");
-        assert_eq!(std::fs::read(dir.join(file)).unwrap(), content, "{file} was overwritten");
+        assert!(
+            err.contains(&dir.join(file).display().to_string()),
+            "{file}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(file)).unwrap(),
+            content,
+            "{file} was overwritten"
+        );
     }
 }
 
@@ -146,15 +180,25 @@ fn a_foreign_ca_key_is_refused() {
 fn operator_certificate_is_loaded_and_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let key = new_key().unwrap();
-    let cert = CertificateParams::new(vec!["api.example.test".to_string()]).unwrap().self_signed(&key).unwrap();
+    let cert = CertificateParams::new(vec!["api.example.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     let (cp, kp) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
     std::fs::write(&cp, cert.pem()).unwrap();
     std::fs::write(&kp, key.serialize_pem()).unwrap();
-    let s = TlsSettings { cert: Some(cp.clone()), key: Some(kp.clone()), extra_names: vec![] };
+    let s = TlsSettings {
+        cert: Some(cp.clone()),
+        key: Some(kp.clone()),
+        extra_names: vec![],
+    };
     let m = prepare(&tmp.path().join("tls"), &s, now()).unwrap();
     assert!(m.ca_path.is_none() && !m.renewed);
     assert!(!tmp.path().join("tls").exists(), "operator mode writes nothing");
     std::fs::write(&kp, new_key().unwrap().serialize_pem()).unwrap();
-    let err = prepare(&tmp.path().join("tls"), &s, now()).err().unwrap().to_string();
+    let err = prepare(&tmp.path().join("tls"), &s, now())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("k.pem"), "{err}");
 }

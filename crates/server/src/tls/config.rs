@@ -41,7 +41,9 @@ pub struct CertResolver {
 
 impl CertResolver {
     pub fn new(ck: Arc<CertifiedKey>) -> Self {
-        CertResolver { current: RwLock::new(ck) }
+        CertResolver {
+            current: RwLock::new(ck),
+        }
     }
 
     pub fn replace(&self, ck: Arc<CertifiedKey>) {
