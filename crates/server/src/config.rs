@@ -451,3 +451,119 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), ConfigError> {
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| ConfigError(format!("data dir {} is not writable: {e}", dir.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_in(jail: &figment::Jail, over: Overrides) -> Result<Config, ConfigError> {
+        let mut over = over;
+        if over.data_dir.is_none() {
+            over.data_dir = Some(jail.directory().join("data"));
+        }
+        Config::load(&over)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        figment::Jail::expect_with(|jail| {
+            let c = load_in(jail, Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8443)));
+            assert_eq!(c.server.body_limit, ByteSize(1024 * 1024));
+            assert!(c.database_url().starts_with("sqlite://"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        figment::Jail::expect_with(|jail| {
+            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../skygate.example.toml");
+            let over = Overrides { config_file: Some(PathBuf::from(example)), ..Overrides::default() };
+            let c = load_in(jail, over).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.key_cache_ttl, Duration::from_secs(1));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:1111\"\nbody_limit = \"2MiB\"\n")?;
+            let file = Some(jail.directory().join("c.toml"));
+            let c = load_in(jail, Overrides { config_file: file.clone(), ..Default::default() })
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 1111);
+            assert_eq!(c.server.body_limit, ByteSize(2 * 1024 * 1024));
+            jail.set_env("SKYGATE_LISTEN", "127.0.0.1:2222");
+            jail.set_env("SKYGATE_SERVER__BODY_LIMIT", "4096");
+            jail.set_env("SKYGATE_MASTER_KEY", "not a config key");
+            let c = load_in(jail, Overrides { config_file: file.clone(), ..Default::default() })
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 2222);
+            assert_eq!(c.server.body_limit, ByteSize(4096));
+            let flag = Some(SocketAddr::from(([127, 0, 0, 1], 3333)));
+            let c = load_in(jail, Overrides { config_file: file, listen: flag, ..Default::default() })
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 3333);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[storage]\ndatabase_uri = \"x\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("c.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("database_uri") && e.contains("c.toml"), "{e}");
+            jail.create_file("d.toml", "[storage]\ndatabase_url = \"mysql://x\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("d.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("storage.database_url"), "{e}");
+            jail.create_file("e.toml", "[server]\ntls_cert = \"/x.pem\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("e.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("tls_key"), "{e}");
+            jail.create_file("f.toml", "[models.x]\nbackend = \"command\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("f.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("models.x") && e.contains("command"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(ByteSize::parse("1MiB").unwrap(), ByteSize(1 << 20));
+        assert_eq!(ByteSize::parse("512kib").unwrap(), ByteSize(512 * 1024));
+        assert_eq!(ByteSize::parse("2MB").unwrap(), ByteSize(2_000_000));
+        assert_eq!(ByteSize::parse("77").unwrap(), ByteSize(77));
+        assert!(ByteSize::parse("lots").is_err());
+        assert!(ByteSize::parse("5 parsecs").is_err());
+        assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn operator_models_are_validated() {
+        let m = |backend: &str| ModelConfig {
+            backend: backend.into(),
+            builtin: None,
+            command: Some(vec!["/bin/true".into()]),
+            cog_dir: None,
+            name: None,
+            description: String::new(),
+            kind: "text".into(),
+            test_ok: false,
+            billable: true,
+            input_schema: None,
+            output_schema: None,
+        };
+        assert!(m("command").to_spec("ok-slug").is_ok());
+        assert!(m("command").to_spec("Bad").is_err());
+        assert!(m("builtin").to_spec("no-such-builtin").is_err());
+        assert_eq!(m("builtin").to_spec("echo").unwrap().input_schema["required"][0], "prompt");
+        assert!(m("cog").to_spec("x").is_err());
+        assert!(m("docker").to_spec("x").is_err());
+    }
+}
