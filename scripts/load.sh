@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 dur="${1:-10}"; conns="${2:-32}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 cargo build --release -q -p skygate -p skygate-server --example bare_tls
-bin=target/release/skygate
+target_dir="${CARGO_TARGET_DIR:-target}"
+bin="$target_dir/release/skygate"
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 data="$tmp/data"
 acct=$($bin --data-dir "$data" accounts create --email load@example.com 2>/dev/null | tail -1)
@@ -25,7 +26,7 @@ wait_url() { # file -> url
 }
 SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/sg.out" 2>"$tmp/sg.err" &
 sg=$(wait_url "$tmp/sg.out")
-target/release/examples/bare_tls "$data" >"$tmp/bare.out" 2>&1 &
+"$target_dir/release/examples/bare_tls" "$data" >"$tmp/bare.out" 2>&1 &
 bare=$(wait_url "$tmp/bare.out")
 
 run() { # name url [header]

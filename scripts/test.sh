@@ -32,4 +32,4 @@ if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; th
   fi
   echo "$want" > "$stamp"
 fi
-SKYGATE_BIN="$PWD/target/debug/skygate" "$venv/bin/python" -m pytest tests/interop -q -p no:cacheprovider
+SKYGATE_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/skygate" "$venv/bin/python" -m pytest tests/interop -q -p no:cacheprovider

@@ -60,7 +60,10 @@ impl ApiKey {
         s.push_str(&base62::random(RANDOM_LEN)?);
         let sum = checksum(s.as_bytes());
         s.push_str(&sum);
-        Ok(ApiKey { secret: SecretString::new(s), mode })
+        Ok(ApiKey {
+            secret: SecretString::new(s),
+            mode,
+        })
     }
 
     /// Checks length, prefix, alphabet and checksum. Constant work for every input of the right length
@@ -75,11 +78,16 @@ impl ApiKey {
             p if p == TEST_PREFIX.as_bytes() => Mode::Test,
             _ => return Err(KeyFormatError::Prefix),
         };
-        let alphabet_ok = b[PREFIX_LEN..].iter().fold(true, |ok, c| ok & c.is_ascii_alphanumeric());
+        let alphabet_ok = b[PREFIX_LEN..]
+            .iter()
+            .fold(true, |ok, c| ok & c.is_ascii_alphanumeric());
         let (head, sum) = b.split_at(PREFIX_LEN + RANDOM_LEN);
         let sum_ok = checksum(head).as_bytes() == sum;
         match (alphabet_ok, sum_ok) {
-            (true, true) => Ok(ApiKey { secret: SecretString::new(raw), mode }),
+            (true, true) => Ok(ApiKey {
+                secret: SecretString::new(raw),
+                mode,
+            }),
             (false, _) => Err(KeyFormatError::Alphabet),
             (true, false) => Err(KeyFormatError::Checksum),
         }
@@ -164,7 +172,10 @@ mod tests {
             assert_eq!(p.mode(), mode);
             assert_eq!(p, k);
         }
-        assert!(ApiKey::generate(Mode::Test).unwrap().expose().starts_with("sk_test_"));
+        assert!(ApiKey::generate(Mode::Test)
+            .unwrap()
+            .expose()
+            .starts_with("sk_test_"));
     }
 
     #[test]
@@ -185,7 +196,10 @@ mod tests {
         let s = k.expose();
         assert_eq!(ApiKey::parse(""), Err(KeyFormatError::Length));
         assert_eq!(ApiKey::parse(&s[..KEY_LEN - 1]), Err(KeyFormatError::Length));
-        assert_eq!(ApiKey::parse(&s.replace("sk_live_", "sk_prod_")), Err(KeyFormatError::Prefix));
+        assert_eq!(
+            ApiKey::parse(&s.replace("sk_live_", "sk_prod_")),
+            Err(KeyFormatError::Prefix)
+        );
         let bad = format!("{}é{}", &s[..10], &s[12..]);
         assert_eq!(bad.len(), KEY_LEN);
         assert!(ApiKey::parse(&bad).is_err());

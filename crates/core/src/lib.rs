@@ -12,6 +12,8 @@ pub mod time;
 
 pub use apikey::{ApiKey, KeyFormatError, KeyHasher, Pepper};
 pub use ids::{AccountId, KeyId, ProjectId};
-pub use records::{Account, ApiKeyRecord, KeyAuthRecord, Mode, NewAccount, NewApiKey, NewProject, Project, Tier};
+pub use records::{
+    Account, ApiKeyRecord, KeyAuthRecord, Mode, NewAccount, NewApiKey, NewProject, Project, Tier,
+};
 pub use secret::SecretString;
 pub use time::Timestamp;

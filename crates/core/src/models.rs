@@ -62,7 +62,8 @@ pub fn is_valid_slug(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// The demo models compiled into the binary.
@@ -111,8 +112,8 @@ pub fn builtin_models() -> Vec<ModelSpec> {
         ModelSpec {
             slug: "countdown".into(),
             name: "Countdown".into(),
-            description: "Counts down for the given seconds, reporting progress; for testing cancel and await."
-                .into(),
+            description:
+                "Counts down for the given seconds, reporting progress; for testing cancel and await.".into(),
             kind: "text".into(),
             vendor: "skygate".into(),
             billable: false,
@@ -139,12 +140,16 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     /// Built-ins overlaid by `extra` (an operator entry with a built-in's slug replaces it).
     pub fn new(extra: impl IntoIterator<Item = ModelSpec>) -> Self {
-        let mut map: BTreeMap<String, ModelSpec> =
-            builtin_models().into_iter().map(|m| (m.slug.clone(), m)).collect();
+        let mut map: BTreeMap<String, ModelSpec> = builtin_models()
+            .into_iter()
+            .map(|m| (m.slug.clone(), m))
+            .collect();
         for m in extra {
             map.insert(m.slug.clone(), m);
         }
-        ModelRegistry { models: Arc::new(map) }
+        ModelRegistry {
+            models: Arc::new(map),
+        }
     }
 
     pub fn get(&self, slug: &str) -> Option<&ModelSpec> {

@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn email_is_normalised_and_checked() {
-        assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        assert_eq!(
+            normalize_email("  Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
         for bad in ["", "alice", "@x", "a@", "a@@b", "a b@c", "a@b\nc"] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }

@@ -104,7 +104,12 @@ impl ErrorEnvelope {
         ErrorEnvelope {
             status: false,
             response: message.clone(),
-            error: ErrorBody { http_status: id.http_status(), message, details: details.into(), error_id: id },
+            error: ErrorBody {
+                http_status: id.http_status(),
+                message,
+                details: details.into(),
+                error_id: id,
+            },
         }
     }
 }
@@ -126,8 +131,16 @@ mod tests {
 
     #[test]
     fn as_str_matches_serde() {
-        for id in [ErrorId::RateLimitExceeded, ErrorId::InvalidJson, ErrorId::ModelNotFound, ErrorId::InternalError] {
-            assert_eq!(serde_json::to_value(id).unwrap(), serde_json::Value::String(id.as_str().into()));
+        for id in [
+            ErrorId::RateLimitExceeded,
+            ErrorId::InvalidJson,
+            ErrorId::ModelNotFound,
+            ErrorId::InternalError,
+        ] {
+            assert_eq!(
+                serde_json::to_value(id).unwrap(),
+                serde_json::Value::String(id.as_str().into())
+            );
         }
     }
 }

@@ -17,7 +17,11 @@ use skygate_server::tls;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "skygate-data".into()));
-    let settings = tls::TlsSettings { cert: None, key: None, extra_names: Vec::new() };
+    let settings = tls::TlsSettings {
+        cert: None,
+        key: None,
+        extra_names: Vec::new(),
+    };
     let material = tls::prepare(&dir.join("tls"), &settings, time::OffsetDateTime::now_utc())?;
     let config = tls::server_config(Arc::new(tls::CertResolver::new(material.certified_key)))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -28,9 +32,15 @@ async fn main() -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
-            let svc = service_fn(|_req| async { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"hello")))) });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"hello"))))
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         });
     }
 }

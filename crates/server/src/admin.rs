@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use skygate_core::records::normalize_email;
 use skygate_core::{
-    Account, AccountId, ApiKey, ApiKeyRecord, KeyHasher, KeyId, Mode, NewAccount, NewApiKey, NewProject, Project,
-    ProjectId, Tier, Timestamp,
+    Account, AccountId, ApiKey, ApiKeyRecord, KeyHasher, KeyId, Mode, NewAccount, NewApiKey, NewProject,
+    Project, ProjectId, Tier, Timestamp,
 };
 use skygate_store::{DynStore, RevokeOutcome, StoreError};
 
@@ -29,7 +29,9 @@ type Result<T> = std::result::Result<T, AdminError>;
 fn check_name(what: &str, name: &str) -> Result<String> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
-        return Err(AdminError::Invalid(format!("{what} must be 1-100 characters with no control characters")));
+        return Err(AdminError::Invalid(format!(
+            "{what} must be 1-100 characters with no control characters"
+        )));
     }
     Ok(n.to_owned())
 }
@@ -37,10 +39,20 @@ fn check_name(what: &str, name: &str) -> Result<String> {
 pub async fn create_account(store: &DynStore, email: &str, tier: Tier, now: Timestamp) -> Result<Account> {
     let email = normalize_email(email).map_err(AdminError::Invalid)?;
     let id = AccountId::generate().map_err(|_| AdminError::Random)?;
-    store.create_account(&NewAccount { id, email: email.clone(), tier, created_at: now }).await.map_err(|e| match e {
-        StoreError::Conflict(_) => AdminError::Conflict(format!("an account with email {email} already exists")),
-        other => other.into(),
-    })
+    store
+        .create_account(&NewAccount {
+            id,
+            email: email.clone(),
+            tier,
+            created_at: now,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                AdminError::Conflict(format!("an account with email {email} already exists"))
+            }
+            other => other.into(),
+        })
 }
 
 /// Finds an account by email or by `acct_…` id.
@@ -64,11 +76,22 @@ pub async fn create_project(store: &DynStore, account: &str, name: &str, now: Ti
     let acct = find_account(store, account).await?;
     let name = check_name("a project name", name)?;
     let id = ProjectId::generate().map_err(|_| AdminError::Random)?;
-    Ok(store.create_project(&acct.id, &NewProject { id, name, created_at: now }).await?)
+    Ok(store
+        .create_project(
+            &acct.id,
+            &NewProject {
+                id,
+                name,
+                created_at: now,
+            },
+        )
+        .await?)
 }
 
 fn parse_project(project: &str) -> Result<ProjectId> {
-    project.parse().map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))
+    project
+        .parse()
+        .map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))
 }
 
 /// Creates a key; the returned [`ApiKey`] is the only copy of the secret there will ever be.
@@ -121,7 +144,9 @@ pub async fn list_keys(store: &DynStore, project: Option<&str>) -> Result<Vec<Ap
 }
 
 pub async fn revoke_key(store: &DynStore, key: &str, now: Timestamp) -> Result<RevokeOutcome> {
-    let id: KeyId = key.parse().map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))?;
+    let id: KeyId = key
+        .parse()
+        .map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))?;
     match store.revoke_api_key(&id, now).await? {
         RevokeOutcome::NotFound => Err(AdminError::NotFound(format!("no key {id}"))),
         other => Ok(other),

@@ -148,7 +148,10 @@ impl Default for ServerConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { key_cache_ttl: Duration::from_secs(1), last_used_flush: Duration::from_secs(5) }
+        AuthConfig {
+            key_cache_ttl: Duration::from_secs(1),
+            last_used_flush: Duration::from_secs(5),
+        }
     }
 }
 
@@ -162,7 +165,9 @@ impl ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1048576 or \"1MiB\")"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 1048576 or \"1MiB\")"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1000,
@@ -173,7 +178,9 @@ impl ByteSize {
             "gib" => 1024 * 1024 * 1024,
             other => return Err(format!("unknown size unit {other:?} in {s:?}")),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
@@ -234,7 +241,11 @@ impl Config {
             fig = fig.merge(Toml::file_exact(f));
         }
         fig = fig
-            .merge(Env::prefixed("SKYGATE_").filter(|k| k.as_str().contains("__")).split("__"))
+            .merge(
+                Env::prefixed("SKYGATE_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
             .merge(Env::raw().filter_map(|k| {
                 let mapped = match k.as_str().to_ascii_uppercase().as_str() {
                     "SKYGATE_LISTEN" => "server.listen",
@@ -297,13 +308,18 @@ impl Config {
             return err("auth.last_used_flush must be greater than 0".into());
         }
         if let Some(u) = &self.storage.database_url {
-            let ok = ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| u.starts_with(p));
+            let ok = ["sqlite://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| u.starts_with(p));
             if !ok {
-                return err("storage.database_url must start with sqlite://, postgres:// or postgresql://".into());
+                return err(
+                    "storage.database_url must start with sqlite://, postgres:// or postgresql://".into(),
+                );
             }
         }
         for (slug, m) in &self.models {
-            m.to_spec(slug).map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
+            m.to_spec(slug)
+                .map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
         }
         Ok(())
     }
@@ -324,7 +340,10 @@ impl Config {
     pub fn model_specs(&self) -> Result<Vec<ModelSpec>, ConfigError> {
         self.models
             .iter()
-            .map(|(slug, m)| m.to_spec(slug).map_err(|e| ConfigError(format!("models.{slug}: {e}"))))
+            .map(|(slug, m)| {
+                m.to_spec(slug)
+                    .map_err(|e| ConfigError(format!("models.{slug}: {e}")))
+            })
             .collect()
     }
 
@@ -342,7 +361,9 @@ const MODEL_TYPES: [&str; 7] = ["image", "video", "audio", "music", "text", "cod
 impl ModelConfig {
     fn to_spec(&self, slug: &str) -> Result<ModelSpec, String> {
         if !models::is_valid_slug(slug) {
-            return Err("a model slug is 1-64 of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".into());
+            return Err(
+                "a model slug is 1-64 of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".into(),
+            );
         }
         if !MODEL_TYPES.contains(&self.kind.as_str()) {
             return Err(format!("type must be one of {}", MODEL_TYPES.join(", ")));
@@ -363,19 +384,25 @@ impl ModelConfig {
                 Some(d) if !d.is_empty() => Backend::Cog(d.clone()),
                 _ => return Err("backend \"cog\" needs cog_dir = \"/path/to/predictor\"".into()),
             },
-            other => return Err(format!("unknown backend {other:?} (expected builtin, command or cog)")),
+            other => {
+                return Err(format!(
+                    "unknown backend {other:?} (expected builtin, command or cog)"
+                ))
+            }
         };
         let builtin = match &backend {
             Backend::Builtin(id) => models::builtin_models().into_iter().find(|b| &b.slug == id),
             _ => None,
         };
-        let schema = |given: &Option<serde_json::Value>, fallback: Option<serde_json::Value>, what: &str| {
-            match given.clone().or(fallback) {
+        let schema =
+            |given: &Option<serde_json::Value>, fallback: Option<serde_json::Value>, what: &str| match given
+                .clone()
+                .or(fallback)
+            {
                 Some(v) if v.is_object() => Ok(v),
                 Some(_) => Err(format!("{what} must be a table (a JSON Schema object)")),
                 None => Ok(serde_json::json!({"type": "object"})),
-            }
-        };
+            };
         Ok(ModelSpec {
             slug: slug.to_owned(),
             name: self.name.clone().unwrap_or_else(|| slug.to_owned()),
@@ -384,7 +411,11 @@ impl ModelConfig {
             vendor: "skygate".into(),
             billable: self.billable,
             test_ok: self.test_ok,
-            input_schema: schema(&self.input_schema, builtin.as_ref().map(|b| b.input_schema.clone()), "input_schema")?,
+            input_schema: schema(
+                &self.input_schema,
+                builtin.as_ref().map(|b| b.input_schema.clone()),
+                "input_schema",
+            )?,
             output_schema: schema(
                 &self.output_schema,
                 builtin.as_ref().map(|b| b.output_schema.clone()),
@@ -410,10 +441,129 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), ConfigError> {
             .map_err(|e| ConfigError(format!("cannot create data dir {}: {e}", dir.display())))?;
     }
     if !dir.is_dir() {
-        return Err(ConfigError(format!("data dir {} is not a directory", dir.display())));
+        return Err(ConfigError(format!(
+            "data dir {} is not a directory",
+            dir.display()
+        )));
     }
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| ConfigError(format!("data dir {} is not writable: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_in(jail: &figment::Jail, over: Overrides) -> Result<Config, ConfigError> {
+        let mut over = over;
+        if over.data_dir.is_none() {
+            over.data_dir = Some(jail.directory().join("data"));
+        }
+        Config::load(&over)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        figment::Jail::expect_with(|jail| {
+            let c = load_in(jail, Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8443)));
+            assert_eq!(c.server.body_limit, ByteSize(1024 * 1024));
+            assert!(c.database_url().starts_with("sqlite://"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        figment::Jail::expect_with(|jail| {
+            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../skygate.example.toml");
+            let over = Overrides { config_file: Some(PathBuf::from(example)), ..Overrides::default() };
+            let c = load_in(jail, over).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.key_cache_ttl, Duration::from_secs(1));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:1111\"\nbody_limit = \"2MiB\"\n")?;
+            let file = Some(jail.directory().join("c.toml"));
+            let c = load_in(jail, Overrides { config_file: file.clone(), ..Default::default() })
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 1111);
+            assert_eq!(c.server.body_limit, ByteSize(2 * 1024 * 1024));
+            jail.set_env("SKYGATE_LISTEN", "127.0.0.1:2222");
+            jail.set_env("SKYGATE_SERVER__BODY_LIMIT", "4096");
+            jail.set_env("SKYGATE_MASTER_KEY", "not a config key");
+            let c = load_in(jail, Overrides { config_file: file.clone(), ..Default::default() })
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 2222);
+            assert_eq!(c.server.body_limit, ByteSize(4096));
+            let flag = Some(SocketAddr::from(([127, 0, 0, 1], 3333)));
+            let c = load_in(jail, Overrides { config_file: file, listen: flag, ..Default::default() })
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 3333);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[storage]\ndatabase_uri = \"x\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("c.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("database_uri") && e.contains("c.toml"), "{e}");
+            jail.create_file("d.toml", "[storage]\ndatabase_url = \"mysql://x\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("d.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("storage.database_url"), "{e}");
+            jail.create_file("e.toml", "[server]\ntls_cert = \"/x.pem\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("e.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("tls_key"), "{e}");
+            jail.create_file("f.toml", "[models.x]\nbackend = \"command\"\n")?;
+            let over = Overrides { config_file: Some(jail.directory().join("f.toml")), ..Default::default() };
+            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("models.x") && e.contains("command"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(ByteSize::parse("1MiB").unwrap(), ByteSize(1 << 20));
+        assert_eq!(ByteSize::parse("512kib").unwrap(), ByteSize(512 * 1024));
+        assert_eq!(ByteSize::parse("2MB").unwrap(), ByteSize(2_000_000));
+        assert_eq!(ByteSize::parse("77").unwrap(), ByteSize(77));
+        assert!(ByteSize::parse("lots").is_err());
+        assert!(ByteSize::parse("5 parsecs").is_err());
+        assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn operator_models_are_validated() {
+        let m = |backend: &str| ModelConfig {
+            backend: backend.into(),
+            builtin: None,
+            command: Some(vec!["/bin/true".into()]),
+            cog_dir: None,
+            name: None,
+            description: String::new(),
+            kind: "text".into(),
+            test_ok: false,
+            billable: true,
+            input_schema: None,
+            output_schema: None,
+        };
+        assert!(m("command").to_spec("ok-slug").is_ok());
+        assert!(m("command").to_spec("Bad").is_err());
+        assert!(m("builtin").to_spec("no-such-builtin").is_err());
+        assert_eq!(m("builtin").to_spec("echo").unwrap().input_schema["required"][0], "prompt");
+        assert!(m("cog").to_spec("x").is_err());
+        assert!(m("docker").to_spec("x").is_err());
+    }
 }

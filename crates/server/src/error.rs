@@ -18,7 +18,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(id: ErrorId, message: impl Into<String>, details: impl Into<String>) -> Self {
-        ApiError { id, message: message.into(), details: details.into(), retry_after: None }
+        ApiError {
+            id,
+            message: message.into(),
+            details: details.into(),
+            retry_after: None,
+        }
     }
 
     /// The single answer for every authentication failure: missing, malformed, unknown, revoked or
@@ -32,13 +37,25 @@ impl ApiError {
     }
 
     pub fn forbidden(details: impl Into<String>) -> Self {
-        ApiError::new(ErrorId::Forbidden, "This credential may not access this resource", details)
+        ApiError::new(
+            ErrorId::Forbidden,
+            "This credential may not access this resource",
+            details,
+        )
     }
 
     pub fn model_not_found(slug: &str) -> Self {
         // The slug is echoed only if it is a plausible slug, so the envelope never reflects junk.
-        let shown = if skygate_core::models::is_valid_slug(slug) { slug } else { "(invalid slug)" };
-        ApiError::new(ErrorId::ModelNotFound, "Model not found", format!("No model named {shown:?}"))
+        let shown = if skygate_core::models::is_valid_slug(slug) {
+            slug
+        } else {
+            "(invalid slug)"
+        };
+        ApiError::new(
+            ErrorId::ModelNotFound,
+            "Model not found",
+            format!("No model named {shown:?}"),
+        )
     }
 
     pub fn invalid_parameter(details: impl Into<String>) -> Self {
@@ -68,7 +85,11 @@ impl ApiError {
             src = s.source();
         }
         tracing::error!(%error_id, error = %chain, "internal error");
-        ApiError::new(ErrorId::InternalError, "Internal server error", format!("error id {error_id}"))
+        ApiError::new(
+            ErrorId::InternalError,
+            "Internal server error",
+            format!("error id {error_id}"),
+        )
     }
 
     /// The generic envelope for a status produced outside a handler (router, limits, timeouts, panics).
@@ -80,12 +101,16 @@ impl ApiError {
                 "Method not allowed",
                 "See the Allow header for the methods this endpoint accepts.",
             ),
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(ErrorId::PayloadTooLarge, "Request body too large", "The request body is too large.")
-            }
-            StatusCode::REQUEST_TIMEOUT => {
-                ApiError::new(ErrorId::RequestTimeout, "Request timed out", "The request took too long.")
-            }
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                ErrorId::PayloadTooLarge,
+                "Request body too large",
+                "The request body is too large.",
+            ),
+            StatusCode::REQUEST_TIMEOUT => ApiError::new(
+                ErrorId::RequestTimeout,
+                "Request timed out",
+                "The request took too long.",
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
                 ErrorId::UnsupportedMediaType,
                 "Unsupported media type",
@@ -93,17 +118,29 @@ impl ApiError {
             ),
             StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
             StatusCode::FORBIDDEN => ApiError::forbidden("Access denied."),
-            StatusCode::TOO_MANY_REQUESTS => {
-                ApiError::new(ErrorId::RateLimitExceeded, "Rate limit exceeded", "Too many requests.")
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                ApiError::new(ErrorId::ServiceUnavailable, "Service unavailable", "Try again shortly.")
-            }
-            s if s.is_client_error() => ApiError::new(ErrorId::InvalidParameter, "Bad request", "The request is malformed."),
+            StatusCode::TOO_MANY_REQUESTS => ApiError::new(
+                ErrorId::RateLimitExceeded,
+                "Rate limit exceeded",
+                "Too many requests.",
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::new(
+                ErrorId::ServiceUnavailable,
+                "Service unavailable",
+                "Try again shortly.",
+            ),
+            s if s.is_client_error() => ApiError::new(
+                ErrorId::InvalidParameter,
+                "Bad request",
+                "The request is malformed.",
+            ),
             _ => {
                 let error_id = uuid::Uuid::new_v4();
                 tracing::error!(%error_id, status = %status, "internal error outside a handler");
-                ApiError::new(ErrorId::InternalError, "Internal server error", format!("error id {error_id}"))
+                ApiError::new(
+                    ErrorId::InternalError,
+                    "Internal server error",
+                    format!("error id {error_id}"),
+                )
             }
         }
     }
@@ -115,9 +152,11 @@ impl IntoResponse for ApiError {
         let env = ErrorEnvelope::new(self.id, self.message, self.details);
         let body = serde_json::to_vec(&env).unwrap_or_else(|_| b"{\"status\":false}".to_vec());
         let mut res = (status, body).into_response();
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(s) = self.retry_after {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
         }
         res
     }

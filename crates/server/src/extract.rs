@@ -53,10 +53,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let trimmed = bytes.iter().all(u8::is_ascii_whitespace);
     let src: &[u8] = if trimmed { b"{}" } else { bytes };
     if json_depth_exceeds(src, MAX_JSON_DEPTH) {
-        return Err(ApiError::invalid_json(format!("JSON nesting deeper than {MAX_JSON_DEPTH} levels")));
+        return Err(ApiError::invalid_json(format!(
+            "JSON nesting deeper than {MAX_JSON_DEPTH} levels"
+        )));
     }
     let value: serde_json::Value = serde_json::from_slice(src).map_err(|e| {
-        ApiError::invalid_json(format!("line {}, column {}: {}", e.line(), e.column(), syntax_reason(&e)))
+        ApiError::invalid_json(format!(
+            "line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            syntax_reason(&e)
+        ))
     })?;
     serde_json::from_value(value)
         .map_err(|e| ApiError::new(ErrorId::ValidationError, "Request body is invalid", e.to_string()))
@@ -168,7 +175,10 @@ mod tests {
         assert_eq!(e.id, ErrorId::ValidationError);
         assert!(e.details.contains("model"), "{}", e.details);
         let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
-        assert_eq!(parse_json::<serde_json::Value>(deep.as_bytes()).unwrap_err().id, ErrorId::InvalidJson);
+        assert_eq!(
+            parse_json::<serde_json::Value>(deep.as_bytes()).unwrap_err().id,
+            ErrorId::InvalidJson
+        );
         let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
         assert!(parse_json::<serde_json::Value>(ok.as_bytes()).is_ok());
         // Unknown fields are ignored; an empty body reads as {}.

@@ -39,8 +39,13 @@ const CERT_CHECK_PERIOD: Duration = Duration::from_secs(12 * 3600);
 /// Opens the configured store and applies migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
     config::ensure_data_dir(&config.data_dir)?;
-    let store = skygate_store::connect(&config.database_url()).await.context("cannot open the database")?;
-    store.migrate().await.context("cannot apply database migrations")?;
+    let store = skygate_store::connect(&config.database_url())
+        .await
+        .context("cannot open the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
     Ok(store)
 }
 
@@ -82,10 +87,22 @@ impl Server {
         let hasher = load_hasher(&config)?;
         let store = open_store(&config).await?;
         let models = ModelRegistry::new(config.model_specs()?);
-        let auth = Arc::new(Authenticator::new(store.clone(), hasher, config.auth.key_cache_ttl));
+        let auth = Arc::new(Authenticator::new(
+            store.clone(),
+            hasher,
+            config.auth.key_cache_ttl,
+        ));
         let public_url = config.public_url(bound);
         let state = AppState::new(config.clone(), store.clone(), auth.clone(), models, public_url);
-        Ok(Server { config, state, auth, store, tls, resolver, ca_path: material.ca_path })
+        Ok(Server {
+            config,
+            state,
+            auth,
+            store,
+            tls,
+            resolver,
+            ca_path: material.ca_path,
+        })
     }
 
     /// The local CA certificate clients should trust (None with an operator certificate).
@@ -124,8 +141,12 @@ impl Server {
                 tasks::every(CERT_CHECK_PERIOD, stop, "cert-renewal", || {
                     let (dir, settings, resolver) = (dir.clone(), settings.clone(), resolver.clone());
                     async move {
-                        let renewed =
-                            tls::renew_if_needed(&dir, &settings, &resolver, time::OffsetDateTime::now_utc())?;
+                        let renewed = tls::renew_if_needed(
+                            &dir,
+                            &settings,
+                            &resolver,
+                            time::OffsetDateTime::now_utc(),
+                        )?;
                         if renewed {
                             tracing::info!("renewed the server certificate");
                         }
@@ -161,7 +182,14 @@ impl Server {
 }
 
 /// Prepares and serves on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
-    Server::prepare(config, bound).await?.serve(listener, shutdown).await
+    Server::prepare(config, bound)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }

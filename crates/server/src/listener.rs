@@ -100,7 +100,8 @@ pub async fn serve_tls(
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 req
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
+            let conn =
+                builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
             tokio::select! {
                 r = watcher.watch(conn.into_owned()) => {
                     if let Err(e) = r {

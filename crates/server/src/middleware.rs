@@ -86,11 +86,17 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     let defaults: [(HeaderName, &'static str); 6] = [
-        (header::STRICT_TRANSPORT_SECURITY, "max-age=63072000; includeSubDomains"),
+        (
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
         (header::CACHE_CONTROL, "no-store"),
     ];
     for (k, v) in defaults {
@@ -127,6 +133,8 @@ mod tests {
         assert!(valid_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
         assert!(!valid_request_id(&HeaderValue::from_static("")));
         assert!(!valid_request_id(&HeaderValue::from_static("has space")));
-        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert!(!valid_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
     }
 }

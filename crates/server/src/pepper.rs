@@ -32,20 +32,32 @@ pub fn load_or_create(data_dir: &Path) -> Result<Arc<dyn KeyHasher>, PepperError
     let shown = path.display().to_string();
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let meta = std::fs::metadata(&path).map_err(|source| PepperError::Read { path: shown.clone(), source })?;
+            let meta = std::fs::metadata(&path).map_err(|source| PepperError::Read {
+                path: shown.clone(),
+                source,
+            })?;
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(PepperError::Permissions { path: shown, mode });
             }
-            let arr: [u8; 32] =
-                bytes.as_slice().try_into().map_err(|_| PepperError::Corrupt { path: shown, len: bytes.len() })?;
+            let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| PepperError::Corrupt {
+                path: shown,
+                len: bytes.len(),
+            })?;
             Ok(Arc::new(Pepper::from_bytes(arr)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
-            SystemRandom::new().fill(&mut bytes).map_err(|_| PepperError::Random)?;
+            SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| PepperError::Random)?;
             // create_new: if another process (CLI and server starting together) won the race, use its file.
-            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(mut f) => {
                     f.write_all(&bytes)
                         .and_then(|()| f.sync_all())
@@ -71,7 +83,11 @@ mod tests {
         let a = load_or_create(dir.path()).unwrap();
         let b = load_or_create(dir.path()).unwrap();
         assert_eq!(a.hash(b"x"), b.hash(b"x"));
-        let mode = std::fs::metadata(dir.path().join(FILE)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 

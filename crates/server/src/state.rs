@@ -28,7 +28,13 @@ impl AppState {
         models: ModelRegistry,
         public_url: String,
     ) -> Self {
-        AppState(Arc::new(Inner { config, store, auth, models, public_url }))
+        AppState(Arc::new(Inner {
+            config,
+            store,
+            auth,
+            models,
+            public_url,
+        }))
     }
 
     pub fn config(&self) -> &Config {

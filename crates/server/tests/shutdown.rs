@@ -11,10 +11,27 @@ use skygate_server::listener::{serve_tls, ListenerSettings};
 use skygate_server::tls;
 use tokio_util::sync::CancellationToken;
 
-async fn start(grace: Duration) -> (std::net::SocketAddr, Vec<u8>, CancellationToken, tokio::task::JoinHandle<()>, tempfile::TempDir) {
+async fn start(
+    grace: Duration,
+) -> (
+    std::net::SocketAddr,
+    Vec<u8>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let settings = tls::TlsSettings { cert: None, key: None, extra_names: Vec::new() };
-    let m = tls::prepare(&dir.path().join("tls"), &settings, time::OffsetDateTime::now_utc()).unwrap();
+    let settings = tls::TlsSettings {
+        cert: None,
+        key: None,
+        extra_names: Vec::new(),
+    };
+    let m = tls::prepare(
+        &dir.path().join("tls"),
+        &settings,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     let ca = std::fs::read(m.ca_path.clone().unwrap()).unwrap();
     let cfg = tls::server_config(Arc::new(tls::CertResolver::new(m.certified_key))).unwrap();
     let app = Router::new().route(
@@ -51,7 +68,10 @@ async fn in_flight_requests_finish_after_the_signal() {
     let t0 = Instant::now();
     stop.cancel();
     assert_eq!(inflight.await.unwrap(), "done");
-    tokio::time::timeout(Duration::from_secs(5), handle).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5));
     // No longer accepting.
     let fresh = skygate_testkit::client_trusting(&ca);
@@ -67,7 +87,14 @@ async fn grace_period_bounds_shutdown() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(3), handle).await.unwrap().unwrap();
-    assert!(t0.elapsed() < Duration::from_millis(1200), "took {:?}", t0.elapsed());
+    tokio::time::timeout(Duration::from_secs(3), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1200),
+        "took {:?}",
+        t0.elapsed()
+    );
     drop(inflight);
 }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "skygate", version, about = "A self-hosted, secure-by-design AI inference API")]
+#[command(
+    name = "skygate",
+    version,
+    about = "A self-hosted, secure-by-design AI inference API"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Default: <data-dir>/skygate.toml if it exists.
     #[arg(long, global = true, value_name = "FILE")]

@@ -17,7 +17,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(ServeArgs { listen }) => *listen,
         _ => None,
     };
-    let over = Overrides { config_file: cli.config.clone(), data_dir: cli.data_dir.clone(), listen };
+    let over = Overrides {
+        config_file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        listen,
+    };
     let config = Arc::new(Config::load(&over)?);
     match cli.command {
         Command::Serve(_) => serve(config).await,
@@ -36,10 +40,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let addr = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     let server = Server::prepare(config.clone(), bound).await?;
-    println!("skygate {} listening on https://{bound}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "skygate {} listening on https://{bound}",
+        env!("CARGO_PKG_VERSION")
+    );
     if let Some(ca) = server.ca_path() {
         println!("CA certificate: {}", ca.display());
         eprintln!("hint: curl --cacert {} https://{bound}/healthz", ca.display());
@@ -55,7 +64,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
 /// First SIGINT/SIGTERM: graceful shutdown. A second one: exit at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
         return;
     };
@@ -99,7 +109,10 @@ async fn projects(config: &Config, cmd: ProjectsCmd) -> anyhow::Result<()> {
     match cmd {
         ProjectsCmd::Create { account, name } => {
             let p = admin::create_project(&store, &account, &name, Timestamp::now()).await?;
-            eprintln!("created project {} ({:?}) for account {}", p.id, p.name, p.account_id);
+            eprintln!(
+                "created project {} ({:?}) for account {}",
+                p.id, p.name, p.account_id
+            );
             println!("{}", p.id);
         }
     }
@@ -111,11 +124,24 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     let now = Timestamp::now();
     match cmd {
-        KeysCmd::Create { project, test, name, expires_in } => {
+        KeysCmd::Create {
+            project,
+            test,
+            name,
+            expires_in,
+        } => {
             let hasher = skygate_server::load_hasher(config)?;
             let mode = if test { Mode::Test } else { Mode::Live };
-            let (rec, key) =
-                admin::create_key(&store, hasher.as_ref(), &project, mode, name.as_deref(), expires_in, now).await?;
+            let (rec, key) = admin::create_key(
+                &store,
+                hasher.as_ref(),
+                &project,
+                mode,
+                name.as_deref(),
+                expires_in,
+                now,
+            )
+            .await?;
             eprintln!("created {} key {} for project {}", rec.mode, rec.id, rec.project);
             if let Some(exp) = rec.expires_at {
                 eprintln!("it expires at {exp}");
@@ -159,7 +185,10 @@ fn print_keys(keys: &[ApiKeyRecord], as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<27} {:<27} {:<5} {:<16} {:<12} {:<8} LAST USED", "ID", "PROJECT", "MODE", "NAME", "KEY", "STATUS");
+    println!(
+        "{:<27} {:<27} {:<5} {:<16} {:<12} {:<8} LAST USED",
+        "ID", "PROJECT", "MODE", "NAME", "KEY", "STATUS"
+    );
     for k in keys {
         let now = Timestamp::now();
         let status = if k.revoked_at.is_some() {
@@ -193,7 +222,13 @@ fn models(config: &Config, as_json: bool) -> anyhow::Result<()> {
     }
     println!("{:<24} {:<10} {:<6} DESCRIPTION", "SLUG", "TYPE", "TEST");
     for m in registry.iter() {
-        println!("{:<24} {:<10} {:<6} {}", m.slug, m.kind, if m.test_ok { "yes" } else { "no" }, m.description);
+        println!(
+            "{:<24} {:<10} {:<6} {}",
+            m.slug,
+            m.kind,
+            if m.test_ok { "yes" } else { "no" },
+            m.description
+        );
     }
     Ok(())
 }

@@ -34,9 +34,19 @@ pub fn main() -> ExitCode {
 
 fn init_logging(args: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = if matches!(args.command, cli::Command::Serve(_)) { "info" } else { "warn" };
+    let default = if matches!(args.command, cli::Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_from_env("SKYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("SKYGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

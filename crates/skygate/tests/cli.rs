@@ -13,7 +13,11 @@ fn bin() -> PathBuf {
 
 fn ok(data: &Path, args: &[&str]) -> String {
     let out = cli(&bin(), data, args).unwrap();
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     last_line(&out)
 }
 
@@ -21,7 +25,11 @@ fn fails(data: &Path, args: &[&str]) -> String {
     let out = cli(&bin(), data, args).unwrap();
     assert!(!out.status.success(), "{args:?} should have failed");
     let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "one error line: {err}"
+    );
     err
 }
 
@@ -47,13 +55,44 @@ fn client(ca: &Path) -> reqwest::Client {
 async fn operator_flow_against_a_running_server() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let acct = ok(&data, &["accounts", "create", "--email", "Ops@Example.com", "--tier", "pro"]);
+    let acct = ok(
+        &data,
+        &[
+            "accounts",
+            "create",
+            "--email",
+            "Ops@Example.com",
+            "--tier",
+            "pro",
+        ],
+    );
     assert!(acct.starts_with("acct_"), "{acct}");
-    let proj = ok(&data, &["projects", "create", "--account", "ops@example.com", "--name", "demo"]);
+    let proj = ok(
+        &data,
+        &[
+            "projects",
+            "create",
+            "--account",
+            "ops@example.com",
+            "--name",
+            "demo",
+        ],
+    );
     assert!(proj.starts_with("proj_"), "{proj}");
     let key = ok(&data, &["keys", "create", "--project", &proj, "--name", "ci"]);
     assert!(key.starts_with("sk_live_") && key.len() == 46, "{key}");
-    let test_key = ok(&data, &["keys", "create", "--project", &proj, "--test", "--expires-in", "30d"]);
+    let test_key = ok(
+        &data,
+        &[
+            "keys",
+            "create",
+            "--project",
+            &proj,
+            "--test",
+            "--expires-in",
+            "30d",
+        ],
+    );
     assert!(test_key.starts_with("sk_test_"), "{test_key}");
 
     let srv = tokio::task::spawn_blocking({
@@ -68,8 +107,20 @@ async fn operator_flow_against_a_running_server() {
     let res = c.get(&url).header("x-api-key", &key).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let models: serde_json::Value = res.json().await.unwrap();
-    assert!(models.as_array().unwrap().iter().any(|m| m["namespace"] == "echo"));
-    assert_eq!(c.get(&url).header("x-api-key", &test_key).send().await.unwrap().status(), 200);
+    assert!(models
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["namespace"] == "echo"));
+    assert_eq!(
+        c.get(&url)
+            .header("x-api-key", &test_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // keys list --json: every documented field, never the secret.
     let out = cli(&bin(), &data, &["keys", "list", "--project", &proj, "--json"]).unwrap();
@@ -77,10 +128,26 @@ async fn operator_flow_against_a_running_server() {
     assert!(!listed.contains(&key[8..]) && !listed.contains(&test_key[8..]));
     let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);
-    for field in ["id", "project", "mode", "name", "prefix", "last4", "created_at", "last_used_at", "expires_at", "revoked_at"] {
+    for field in [
+        "id",
+        "project",
+        "mode",
+        "name",
+        "prefix",
+        "last4",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ] {
         assert!(rows[0].get(field).is_some(), "missing {field}: {listed}");
     }
-    let live = rows.as_array().unwrap().iter().find(|r| r["mode"] == "live").unwrap();
+    let live = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mode"] == "live")
+        .unwrap();
     assert_eq!(live["last4"], &key[key.len() - 4..]);
     let key_id = live["id"].as_str().unwrap().to_owned();
 
@@ -94,7 +161,11 @@ async fn operator_flow_against_a_running_server() {
                 f.display()
             );
             let body = &secret.as_bytes()[8..40];
-            assert!(!bytes.windows(body.len()).any(|w| w == body), "{} contains a key body", f.display());
+            assert!(
+                !bytes.windows(body.len()).any(|w| w == body),
+                "{} contains a key body",
+                f.display()
+            );
         }
     }
     assert!(!srv.stderr().contains(&key[8..]), "the server log shows the key");
@@ -106,12 +177,19 @@ async fn operator_flow_against_a_running_server() {
     assert_eq!(res.status(), 401);
     let out = cli(&bin(), &data, &["keys", "list", "--json"]).unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = rows.as_array().unwrap().iter().find(|r| r["id"] == key_id.as_str()).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == key_id.as_str())
+        .unwrap();
     assert!(row["revoked_at"].is_string());
 
     // Graceful stop on SIGTERM.
     let mut srv = srv;
-    let status = tokio::task::spawn_blocking(move || srv.terminate(Duration::from_secs(15)).unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || srv.terminate(Duration::from_secs(15)).unwrap())
+        .await
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -119,7 +197,17 @@ async fn operator_flow_against_a_running_server() {
 fn cli_errors_are_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let e = fails(&data, &["projects", "create", "--account", "nobody@example.com", "--name", "x"]);
+    let e = fails(
+        &data,
+        &[
+            "projects",
+            "create",
+            "--account",
+            "nobody@example.com",
+            "--name",
+            "x",
+        ],
+    );
     assert!(e.contains("no account"), "{e}");
     let e = fails(&data, &["keys", "create", "--project", "proj_nope"]);
     assert!(e.contains("proj_"), "{e}");
@@ -177,7 +265,11 @@ fn config_file_in_the_data_dir_is_read() {
     let out = cli(&bin(), &data, &["models", "list", "--json"]).unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v.as_array().unwrap().iter().any(|m| m["namespace"] == "my-echo" && m["description"] == "mine"));
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["namespace"] == "my-echo" && m["description"] == "mine"));
 }
 
 #[test]
@@ -198,7 +290,11 @@ fn start_failures_exit_non_zero_with_one_line() {
     let srv = BinaryServer::start(&bin(), &data, &[]).unwrap();
     drop(srv);
     let ca = data.join("tls").join("ca.pem");
-    std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &ca,
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let e = fails(&data, &["serve", "--listen", "127.0.0.1:0"]);
     assert!(e.contains("ca.pem"), "{e}");
 }

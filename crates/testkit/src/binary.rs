@@ -61,8 +61,15 @@ impl BinaryServer {
                 ca = Some(PathBuf::from(rest.trim()));
             }
         }
-        let (Some(addr), Some(ca_path)) = (addr, ca) else { anyhow::bail!("unreachable") };
-        Ok(BinaryServer { child, addr, ca_path, stderr_path })
+        let (Some(addr), Some(ca_path)) = (addr, ca) else {
+            anyhow::bail!("unreachable")
+        };
+        Ok(BinaryServer {
+            child,
+            addr,
+            ca_path,
+            stderr_path,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -71,7 +78,9 @@ impl BinaryServer {
 
     /// Sends SIGTERM and waits (≤ `within`) for exit.
     pub fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
         let deadline = Instant::now() + within;
         loop {
@@ -100,10 +109,21 @@ impl Drop for BinaryServer {
 
 /// Runs `bin --data-dir DIR ARGS…` to completion.
 pub fn cli(bin: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(bin).arg("--data-dir").arg(data_dir).args(args).stdin(Stdio::null()).output()?)
+    Ok(Command::new(bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
 }
 
 /// The last non-empty line of a command's stdout.
 pub fn last_line(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
 }

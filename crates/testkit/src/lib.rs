@@ -34,8 +34,7 @@ pub fn skip(test: &str, reason: &str) {
 
 /// Whether an executable is on PATH.
 pub fn have_command(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 /// Credentials made for a test.
@@ -69,8 +68,10 @@ impl TestServer {
     /// Starts with the default configuration (data dir in a temp dir, port 0) edited by `edit`.
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
-        let mut cfg = Config::default();
-        cfg.data_dir = dir.path().join("data");
+        let mut cfg = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
         cfg.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.server.shutdown_grace = Duration::from_secs(5);
         edit(&mut cfg);
@@ -88,7 +89,17 @@ impl TestServer {
         let hasher = skygate_server::load_hasher(&config)?;
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
-        Ok(TestServer { addr, config, ca_pem, store, hasher, state, shutdown, handle, _dir: dir })
+        Ok(TestServer {
+            addr,
+            config,
+            ca_pem,
+            store,
+            hasher,
+            state,
+            shutdown,
+            handle,
+            _dir: dir,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -103,7 +114,10 @@ impl TestServer {
     /// A fresh account, project and key.
     pub async fn new_key(&self, mode: Mode) -> anyhow::Result<TestKey> {
         let now = Timestamp::now();
-        let email = format!("{}@example.test", skygate_core::base62::random(12).map_err(|_| anyhow::anyhow!("rng"))?);
+        let email = format!(
+            "{}@example.test",
+            skygate_core::base62::random(12).map_err(|_| anyhow::anyhow!("rng"))?
+        );
         let acct = admin::create_account(&self.store, &email, Tier::Free, now).await?;
         let proj = admin::create_project(&self.store, acct.id.as_str(), "test project", now).await?;
         self.key_in(&acct.id, &proj.id, mode, None).await
@@ -127,7 +141,12 @@ impl TestServer {
             Timestamp::now(),
         )
         .await?;
-        Ok(TestKey { account: account.clone(), project: project.clone(), key_id: rec.id, key: key.expose().to_owned() })
+        Ok(TestKey {
+            account: account.clone(),
+            project: project.clone(),
+            key_id: rec.id,
+            key: key.expose().to_owned(),
+        })
     }
 
     /// Revokes through the operator path (as the CLI does) and waits out the lookup cache.

@@ -16,7 +16,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         Ok(()) => Ok(Json(Health { status: "ok".into() })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store unavailable");
-            Err(ApiError::new(ErrorId::ServiceUnavailable, "Service unavailable", "The database is not reachable."))
+            Err(ApiError::new(
+                ErrorId::ServiceUnavailable,
+                "Service unavailable",
+                "The database is not reachable.",
+            ))
         }
     }
 }

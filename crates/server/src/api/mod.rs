@@ -44,8 +44,14 @@ pub fn with_edge_layers(routes: Router, body_limit: u64, request_timeout: Durati
     let limit = usize::try_from(body_limit).unwrap_or(usize::MAX);
     routes
         .layer(DefaultBodyLimit::max(limit))
-        .layer(mw::from_fn_with_state(body_limit, middleware::declared_body_limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(mw::from_fn_with_state(
+            body_limit,
+            middleware::declared_body_limit,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(TraceLayer::new_for_http())
         .layer(mw::from_fn(middleware::envelope_errors))

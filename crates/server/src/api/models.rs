@@ -28,7 +28,14 @@ struct Fields {
 
 fn parse_fields(q: &FieldsQuery) -> Result<Fields, ApiError> {
     let mut f = Fields::default();
-    for name in q.fields.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for name in q
+        .fields
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         match name {
             "input_schema" => f.input_schema = true,
             "output_schema" => f.output_schema = true,
@@ -68,9 +75,14 @@ pub async fn get(
     ApiQuery(q): ApiQuery<FieldsQuery>,
 ) -> Result<Json<Model>, ApiError> {
     let f = parse_fields(&q)?;
-    let m = state.models().get(&slug).ok_or_else(|| ApiError::model_not_found(&slug))?;
+    let m = state
+        .models()
+        .get(&slug)
+        .ok_or_else(|| ApiError::model_not_found(&slug))?;
     if !visible(&auth, m) {
-        return Err(ApiError::forbidden("Test-mode keys may run only models marked for test mode."));
+        return Err(ApiError::forbidden(
+            "Test-mode keys may run only models marked for test mode.",
+        ));
     }
     Ok(Json(m.to_wire(f.input_schema, f.output_schema)))
 }
@@ -82,9 +94,20 @@ mod tests {
 
     #[test]
     fn fields_parse() {
-        let q = FieldsQuery { fields: Some("input_schema, output_schema".into()) };
-        assert_eq!(parse_fields(&q).unwrap(), Fields { input_schema: true, output_schema: true });
+        let q = FieldsQuery {
+            fields: Some("input_schema, output_schema".into()),
+        };
+        assert_eq!(
+            parse_fields(&q).unwrap(),
+            Fields {
+                input_schema: true,
+                output_schema: true
+            }
+        );
         assert_eq!(parse_fields(&FieldsQuery::default()).unwrap(), Fields::default());
-        assert!(parse_fields(&FieldsQuery { fields: Some("secret".into()) }).is_err());
+        assert!(parse_fields(&FieldsQuery {
+            fields: Some("secret".into())
+        })
+        .is_err());
     }
 }

@@ -24,7 +24,10 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
-        KeyCache { ttl, shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+        KeyCache {
+            ttl,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
     }
 
     fn shard(&self, hash: &[u8; 32]) -> &RwLock<HashMap<[u8; 32], Entry>> {
@@ -45,7 +48,9 @@ impl KeyCache {
         if self.ttl.is_zero() {
             return;
         }
-        let Ok(mut shard) = self.shard(&hash).write() else { return };
+        let Ok(mut shard) = self.shard(&hash).write() else {
+            return;
+        };
         if shard.len() >= SHARD_CAP {
             let ttl = self.ttl;
             shard.retain(|_, e| e.at.elapsed() < ttl);
@@ -53,7 +58,13 @@ impl KeyCache {
                 shard.clear();
             }
         }
-        shard.insert(hash, Entry { found, at: Instant::now() });
+        shard.insert(
+            hash,
+            Entry {
+                found,
+                at: Instant::now(),
+            },
+        );
     }
 
     /// Forgets everything (after an in-process revocation).

@@ -73,7 +73,12 @@ pub enum CacheLookup {
 
 impl Authenticator {
     pub fn new(store: DynStore, hasher: Arc<dyn KeyHasher>, cache_ttl: Duration) -> Self {
-        Authenticator { store, hasher, cache: KeyCache::new(cache_ttl), usage: UsageLog::default() }
+        Authenticator {
+            store,
+            hasher,
+            cache: KeyCache::new(cache_ttl),
+            usage: UsageLog::default(),
+        }
     }
 
     pub fn usage(&self) -> &UsageLog {
@@ -85,11 +90,19 @@ impl Authenticator {
     }
 
     /// Checks a presented credential. Every failure is [`ApiError::unauthorized`].
-    pub async fn authenticate(&self, presented: Option<&[u8]>, now: Timestamp) -> Result<ApiKeyAuth, ApiError> {
+    pub async fn authenticate(
+        &self,
+        presented: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<ApiKeyAuth, ApiError> {
         match self.check_cached(presented, now) {
             CacheLookup::Decided(r) => r,
             CacheLookup::Miss { hash } => {
-                let found = self.store.api_key_by_hash(&hash).await.map_err(|e| ApiError::internal(&e))?;
+                let found = self
+                    .store
+                    .api_key_by_hash(&hash)
+                    .await
+                    .map_err(|e| ApiError::internal(&e))?;
                 self.cache.insert(hash, found.clone());
                 self.decide(found.as_ref(), &hash, now)
             }
@@ -101,7 +114,10 @@ impl Authenticator {
         let raw = presented.unwrap_or_default();
         // Hash first, whatever the input, so the work done does not depend on which check fails.
         let hash = self.hasher.hash(raw);
-        let well_formed = std::str::from_utf8(raw).ok().map(ApiKey::parse).is_some_and(|r| r.is_ok());
+        let well_formed = std::str::from_utf8(raw)
+            .ok()
+            .map(ApiKey::parse)
+            .is_some_and(|r| r.is_ok());
         if !well_formed {
             return CacheLookup::Decided(Err(ApiError::unauthorized()));
         }
@@ -111,7 +127,12 @@ impl Authenticator {
         }
     }
 
-    fn decide(&self, found: Option<&KeyAuthRecord>, hash: &[u8; 32], now: Timestamp) -> Result<ApiKeyAuth, ApiError> {
+    fn decide(
+        &self,
+        found: Option<&KeyAuthRecord>,
+        hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<ApiKeyAuth, ApiError> {
         let ok = found.is_some_and(|r| bool::from(r.hash.ct_eq(hash)) & r.is_active(now));
         match found {
             Some(r) if ok => {
