@@ -88,7 +88,6 @@ pub type DynStore = Arc<dyn Store>;
 /// or `postgres://…` / `postgresql://…`. Does not migrate.
 pub async fn connect(database_url: &str) -> Result<DynStore> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-<<<<<<< HEAD
         return Ok(Arc::new(postgres::PgStore::connect(database_url).await?));
     }
     let path = database_url
@@ -100,15 +99,6 @@ pub async fn connect(database_url: &str) -> Result<DynStore> {
             sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
         )),
         _ => Err(StoreError::Config(
-=======
-        Ok(Arc::new(postgres::PgStore::connect(database_url).await?))
-    } else if let Some(path) = database_url.strip_prefix("sqlite://") {
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
-        ))
-    } else {
-        Err(StoreError::Config(
->>>>>>> dev
             "storage.database_url must start with sqlite:// or postgres:// (or postgresql://)".into(),
         )),
     }
