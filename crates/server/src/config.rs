@@ -453,6 +453,7 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure error type is figment's own.
 mod tests {
     use super::*;
 
@@ -479,7 +480,10 @@ mod tests {
     fn the_example_config_is_valid() {
         figment::Jail::expect_with(|jail| {
             let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../skygate.example.toml");
-            let over = Overrides { config_file: Some(PathBuf::from(example)), ..Overrides::default() };
+            let over = Overrides {
+                config_file: Some(PathBuf::from(example)),
+                ..Overrides::default()
+            };
             let c = load_in(jail, over).map_err(|e| e.to_string())?;
             assert_eq!(c.auth.key_cache_ttl, Duration::from_secs(1));
             Ok(())
@@ -489,22 +493,44 @@ mod tests {
     #[test]
     fn precedence_is_file_then_env_then_flags() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:1111\"\nbody_limit = \"2MiB\"\n")?;
+            jail.create_file(
+                "c.toml",
+                "[server]\nlisten = \"127.0.0.1:1111\"\nbody_limit = \"2MiB\"\n",
+            )?;
             let file = Some(jail.directory().join("c.toml"));
-            let c = load_in(jail, Overrides { config_file: file.clone(), ..Default::default() })
-                .map_err(|e| e.to_string())?;
+            let c = load_in(
+                jail,
+                Overrides {
+                    config_file: file.clone(),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
             assert_eq!(c.server.listen.port(), 1111);
             assert_eq!(c.server.body_limit, ByteSize(2 * 1024 * 1024));
             jail.set_env("SKYGATE_LISTEN", "127.0.0.1:2222");
             jail.set_env("SKYGATE_SERVER__BODY_LIMIT", "4096");
             jail.set_env("SKYGATE_MASTER_KEY", "not a config key");
-            let c = load_in(jail, Overrides { config_file: file.clone(), ..Default::default() })
-                .map_err(|e| e.to_string())?;
+            let c = load_in(
+                jail,
+                Overrides {
+                    config_file: file.clone(),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
             assert_eq!(c.server.listen.port(), 2222);
             assert_eq!(c.server.body_limit, ByteSize(4096));
             let flag = Some(SocketAddr::from(([127, 0, 0, 1], 3333)));
-            let c = load_in(jail, Overrides { config_file: file, listen: flag, ..Default::default() })
-                .map_err(|e| e.to_string())?;
+            let c = load_in(
+                jail,
+                Overrides {
+                    config_file: file,
+                    listen: flag,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
             assert_eq!(c.server.listen.port(), 3333);
             Ok(())
         });
@@ -514,20 +540,44 @@ mod tests {
     fn unknown_keys_and_bad_values_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[storage]\ndatabase_uri = \"x\"\n")?;
-            let over = Overrides { config_file: Some(jail.directory().join("c.toml")), ..Default::default() };
-            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            let over = Overrides {
+                config_file: Some(jail.directory().join("c.toml")),
+                ..Default::default()
+            };
+            let e = load_in(jail, over)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains("database_uri") && e.contains("c.toml"), "{e}");
             jail.create_file("d.toml", "[storage]\ndatabase_url = \"mysql://x\"\n")?;
-            let over = Overrides { config_file: Some(jail.directory().join("d.toml")), ..Default::default() };
-            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            let over = Overrides {
+                config_file: Some(jail.directory().join("d.toml")),
+                ..Default::default()
+            };
+            let e = load_in(jail, over)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains("storage.database_url"), "{e}");
             jail.create_file("e.toml", "[server]\ntls_cert = \"/x.pem\"\n")?;
-            let over = Overrides { config_file: Some(jail.directory().join("e.toml")), ..Default::default() };
-            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            let over = Overrides {
+                config_file: Some(jail.directory().join("e.toml")),
+                ..Default::default()
+            };
+            let e = load_in(jail, over)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains("tls_key"), "{e}");
             jail.create_file("f.toml", "[models.x]\nbackend = \"command\"\n")?;
-            let over = Overrides { config_file: Some(jail.directory().join("f.toml")), ..Default::default() };
-            let e = load_in(jail, over).err().map(|e| e.to_string()).unwrap_or_default();
+            let over = Overrides {
+                config_file: Some(jail.directory().join("f.toml")),
+                ..Default::default()
+            };
+            let e = load_in(jail, over)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains("models.x") && e.contains("command"), "{e}");
             Ok(())
         });
@@ -562,7 +612,10 @@ mod tests {
         assert!(m("command").to_spec("ok-slug").is_ok());
         assert!(m("command").to_spec("Bad").is_err());
         assert!(m("builtin").to_spec("no-such-builtin").is_err());
-        assert_eq!(m("builtin").to_spec("echo").unwrap().input_schema["required"][0], "prompt");
+        assert_eq!(
+            m("builtin").to_spec("echo").unwrap().input_schema["required"][0],
+            "prompt"
+        );
         assert!(m("cog").to_spec("x").is_err());
         assert!(m("docker").to_spec("x").is_err());
     }

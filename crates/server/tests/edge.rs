@@ -1,5 +1,6 @@
 //! The edge middleware stack on routes built for the test: panics become an opaque 500 envelope,
 //! JSON bodies are checked for size, depth and syntax, and every error is the documented envelope.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
@@ -29,7 +30,10 @@ fn app() -> Router {
                 x.to_string()
             }),
         )
-        .route("/create", post(|ApiJson(c): ApiJson<Create>| async move { Json(serde_json::json!({"model": c.model})) }));
+        .route(
+            "/create",
+            post(|ApiJson(c): ApiJson<Create>| async move { Json(serde_json::json!({"model": c.model})) }),
+        );
     skygate_server::api::with_edge_layers(routes, 1024, Duration::from_secs(5))
 }
 
@@ -38,11 +42,18 @@ async fn call(req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) 
     let status = res.status();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null), headers)
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers,
+    )
 }
 
 fn post_json(body: impl Into<Body>) -> Request<Body> {
-    Request::post("/create").header("content-type", "application/json").body(body.into()).unwrap()
+    Request::post("/create")
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
 }
 
 #[tokio::test]
@@ -62,26 +73,44 @@ async fn json_bodies_are_checked() {
     assert_eq!((s, &v["model"]), (StatusCode::OK, &Value::from("echo")));
 
     let (s, v, _) = call(post_json("{nope")).await;
-    assert_eq!((s, v["error"]["error_id"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_JSON")));
+    assert_eq!(
+        (s, v["error"]["error_id"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_JSON"))
+    );
 
     let deep = format!("{{\"model\":{}1{}}}", "[".repeat(100), "]".repeat(100));
     let (s, v, _) = call(post_json(deep)).await;
-    assert_eq!((s, v["error"]["error_id"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_JSON")));
+    assert_eq!(
+        (s, v["error"]["error_id"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_JSON"))
+    );
 
     let (s, v, _) = call(post_json("{}")).await;
-    assert_eq!((s, v["error"]["error_id"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("VALIDATION_ERROR")));
+    assert_eq!(
+        (s, v["error"]["error_id"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("VALIDATION_ERROR"))
+    );
     assert!(v["error"]["details"].as_str().unwrap().contains("model"));
 
     // Over the limit without Content-Length (a stream): refused while reading.
     let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 512])));
     let (s, v, _) = call(post_json(Body::from_stream(chunks))).await;
-    assert_eq!((s, v["error"]["error_id"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE")));
+    assert_eq!(
+        (s, v["error"]["error_id"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE"))
+    );
 
     // Over the limit with Content-Length: refused before reading.
     let (s, v, _) = call(post_json(vec![b' '; 4096])).await;
-    assert_eq!((s, v["error"]["error_id"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE")));
+    assert_eq!(
+        (s, v["error"]["error_id"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE"))
+    );
 
     // Binary junk.
     let (s, v, _) = call(post_json(vec![0xff, 0xfe, 0x00])).await;
-    assert_eq!((s, v["error"]["error_id"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_JSON")));
+    assert_eq!(
+        (s, v["error"]["error_id"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_JSON"))
+    );
 }
