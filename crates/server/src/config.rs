@@ -498,39 +498,24 @@ mod tests {
                 "[server]\nlisten = \"127.0.0.1:1111\"\nbody_limit = \"2MiB\"\n",
             )?;
             let file = Some(jail.directory().join("c.toml"));
-            let c = load_in(
-                jail,
-                Overrides {
+            let load = |listen| {
+                let over = Overrides {
                     config_file: file.clone(),
+                    listen,
                     ..Default::default()
-                },
-            )
-            .map_err(|e| e.to_string())?;
+                };
+                load_in(jail, over).map_err(|e| e.to_string())
+            };
+            let c = load(None)?;
             assert_eq!(c.server.listen.port(), 1111);
             assert_eq!(c.server.body_limit, ByteSize(2 * 1024 * 1024));
             jail.set_env("SKYGATE_LISTEN", "127.0.0.1:2222");
             jail.set_env("SKYGATE_SERVER__BODY_LIMIT", "4096");
             jail.set_env("SKYGATE_MASTER_KEY", "not a config key");
-            let c = load_in(
-                jail,
-                Overrides {
-                    config_file: file.clone(),
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| e.to_string())?;
+            let c = load(None)?;
             assert_eq!(c.server.listen.port(), 2222);
             assert_eq!(c.server.body_limit, ByteSize(4096));
-            let flag = Some(SocketAddr::from(([127, 0, 0, 1], 3333)));
-            let c = load_in(
-                jail,
-                Overrides {
-                    config_file: file,
-                    listen: flag,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| e.to_string())?;
+            let c = load(Some(SocketAddr::from(([127, 0, 0, 1], 3333))))?;
             assert_eq!(c.server.listen.port(), 3333);
             Ok(())
         });
@@ -538,49 +523,37 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "[storage]\ndatabase_uri = \"x\"\n")?;
-            let over = Overrides {
-                config_file: Some(jail.directory().join("c.toml")),
-                ..Default::default()
-            };
-            let e = load_in(jail, over)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains("database_uri") && e.contains("c.toml"), "{e}");
-            jail.create_file("d.toml", "[storage]\ndatabase_url = \"mysql://x\"\n")?;
-            let over = Overrides {
-                config_file: Some(jail.directory().join("d.toml")),
-                ..Default::default()
-            };
-            let e = load_in(jail, over)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains("storage.database_url"), "{e}");
-            jail.create_file("e.toml", "[server]\ntls_cert = \"/x.pem\"\n")?;
-            let over = Overrides {
-                config_file: Some(jail.directory().join("e.toml")),
-                ..Default::default()
-            };
-            let e = load_in(jail, over)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains("tls_key"), "{e}");
-            jail.create_file("f.toml", "[models.x]\nbackend = \"command\"\n")?;
-            let over = Overrides {
-                config_file: Some(jail.directory().join("f.toml")),
-                ..Default::default()
-            };
-            let e = load_in(jail, over)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains("models.x") && e.contains("command"), "{e}");
-            Ok(())
-        });
+        let cases = [
+            (
+                "[storage]\ndatabase_uri = \"x\"\n",
+                &["database_uri", "c.toml"][..],
+            ),
+            (
+                "[storage]\ndatabase_url = \"mysql://x\"\n",
+                &["storage.database_url"][..],
+            ),
+            ("[server]\ntls_cert = \"/x.pem\"\n", &["tls_key"][..]),
+            (
+                "[models.x]\nbackend = \"command\"\n",
+                &["models.x", "command"][..],
+            ),
+        ];
+        for (toml, wanted) in cases {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("c.toml", toml)?;
+                let file = Some(jail.directory().join("c.toml"));
+                let over = Overrides {
+                    config_file: file,
+                    ..Default::default()
+                };
+                let e = load_in(jail, over)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(wanted.iter().all(|w| e.contains(w)), "{toml}: {e}");
+                Ok(())
+            });
+        }
     }
 
     #[test]
