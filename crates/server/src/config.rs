@@ -465,6 +465,19 @@ mod tests {
         Config::load(&over)
     }
 
+    fn load_listen(
+        jail: &figment::Jail,
+        file: &Option<PathBuf>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Config, String> {
+        let over = Overrides {
+            config_file: file.clone(),
+            listen,
+            ..Default::default()
+        };
+        load_in(jail, over).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn defaults_are_valid() {
         figment::Jail::expect_with(|jail| {
@@ -506,16 +519,16 @@ mod tests {
                 };
                 load_in(jail, over).map_err(|e| e.to_string())
             };
-            let c = load(None)?;
+            let c = load_listen(jail, &file, None)?;
             assert_eq!(c.server.listen.port(), 1111);
             assert_eq!(c.server.body_limit, ByteSize(2 * 1024 * 1024));
             jail.set_env("SKYGATE_LISTEN", "127.0.0.1:2222");
             jail.set_env("SKYGATE_SERVER__BODY_LIMIT", "4096");
             jail.set_env("SKYGATE_MASTER_KEY", "not a config key");
-            let c = load(None)?;
+            let c = load_listen(jail, &file, None)?;
             assert_eq!(c.server.listen.port(), 2222);
             assert_eq!(c.server.body_limit, ByteSize(4096));
-            let c = load(Some(SocketAddr::from(([127, 0, 0, 1], 3333))))?;
+            let c = load_listen(jail, &file, Some(SocketAddr::from(([127, 0, 0, 1], 3333))))?;
             assert_eq!(c.server.listen.port(), 3333);
             Ok(())
         });
