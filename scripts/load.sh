@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dur="${1:-10}"; conns="${2:-32}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-cargo build --release -q -p skygate -p skygate-server --example bare_tls
+cargo build --release -q -p skygate --bin skygate
+cargo build --release -q -p skygate-server --example bare_tls
 target_dir="${CARGO_TARGET_DIR:-target}"
 bin="$target_dir/release/skygate"
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -28,6 +29,10 @@ SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/sg.ou
 sg=$(wait_url "$tmp/sg.out")
 "$target_dir/release/examples/bare_tls" "$data" >"$tmp/bare.out" 2>&1 &
 bare=$(wait_url "$tmp/bare.out")
+# The same-bytes baseline answers with skygate's own /v1/models body and headers.
+curl -sf --cacert "$data/tls/ca.pem" -H "x-api-key: $key" "$sg/v1/models" >"$tmp/models.json"
+"$target_dir/release/examples/bare_tls" "$data" "$tmp/models.json" >"$tmp/same.out" 2>&1 &
+same=$(wait_url "$tmp/same.out")
 
 run() { # name url [header]
   local out
@@ -38,13 +43,15 @@ run() { # name url [header]
   echo "$1: ${rps} req/s, mean latency ${lat}, non-2xx ${non2xx:-0}" >&2
   echo "$rps"
 }
-# Warm both up, then measure (bare, skygate, bare, skygate) and keep the best of each.
-wrk -t1 -c"$conns" -d2s "$bare/" >/dev/null; wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
-b1=$(run bare "$bare/"); s1=$(run skygate "$sg/v1/models" "x-api-key: $key")
-b2=$(run bare "$bare/"); s2=$(run skygate "$sg/v1/models" "x-api-key: $key")
-python3 - "$b1" "$b2" "$s1" "$s2" <<'PY'
+# Warm up, then measure each twice, interleaved, and keep the best of each.
+for u in "$bare/" "$same/"; do wrk -t1 -c"$conns" -d2s "$u" >/dev/null; done
+wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
+b1=$(run "bare hello" "$bare/"); m1=$(run "bare same-bytes" "$same/"); s1=$(run skygate "$sg/v1/models" "x-api-key: $key")
+b2=$(run "bare hello" "$bare/"); m2=$(run "bare same-bytes" "$same/"); s2=$(run skygate "$sg/v1/models" "x-api-key: $key")
+python3 - "$b1" "$b2" "$m1" "$m2" "$s1" "$s2" <<'PY'
 import sys
-b1, b2, s1, s2 = map(float, sys.argv[1:])
-b, s = max(b1, b2), max(s1, s2)
-print(f"bare hyper+rustls: {b:.0f} req/s; skygate GET /v1/models (auth + middleware): {s:.0f} req/s; ratio {s / b:.2f}")
+b1, b2, m1, m2, s1, s2 = map(float, sys.argv[1:])
+b, m, s = max(b1, b2), max(m1, m2), max(s1, s2)
+print(f"bare hello: {b:.0f} req/s; bare same-bytes: {m:.0f} req/s; skygate GET /v1/models: {s:.0f} req/s")
+print(f"ratio vs bare hello: {s / b:.2f}; ratio vs bare same-bytes: {s / m:.2f}")
 PY

@@ -1,6 +1,8 @@
-//! Baseline for the load benchmark: a bare hyper + rustls "hello world" with the same TLS 1.3
-//! configuration and certificate as skygate, and nothing else (no routing, auth or middleware).
-//! Usage: `bare_tls DATA_DIR` — prints `listening on https://ADDR`, serves until killed.
+//! Baselines for the load benchmark: a bare hyper + rustls server with the same TLS 1.3 configuration
+//! and certificate as skygate, and nothing else (no routing, auth or middleware).
+//! Usage: `bare_tls DATA_DIR [BODY_FILE]` — prints `listening on https://ADDR`, serves until killed.
+//! Without BODY_FILE every answer is `hello`; with it, every answer is that JSON body plus the same
+//! response headers skygate sends, so the client does the same work for both servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -14,9 +16,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use skygate_server::tls;
 
+const SAME_HEADERS: [(&str, &str); 8] = [
+    ("content-type", "application/json"),
+    ("x-request-id", "AAAAAAAAAAAA-1f"),
+    ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("cache-control", "no-store"),
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "skygate-data".into()));
+    let body: Option<Bytes> = std::env::args()
+        .nth(2)
+        .map(|f| Bytes::from(std::fs::read(f).unwrap()));
     let settings = tls::TlsSettings {
         cert: None,
         key: None,
@@ -31,12 +50,27 @@ async fn main() -> anyhow::Result<()> {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let body = body.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let svc = service_fn(|_req| async {
-                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"hello"))))
+            let svc = service_fn(move |_req| {
+                let body = body.clone();
+                async move {
+                    let res = match body {
+                        None => hyper::Response::new(Full::new(Bytes::from_static(b"hello"))),
+                        Some(b) => {
+                            let mut r = hyper::Response::new(Full::new(b));
+                            for (k, v) in SAME_HEADERS {
+                                r.headers_mut()
+                                    .insert(k, hyper::header::HeaderValue::from_static(v));
+                            }
+                            r
+                        }
+                    };
+                    Ok::<_, Infallible>(res)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)

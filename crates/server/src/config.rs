@@ -511,14 +511,6 @@ mod tests {
                 "[server]\nlisten = \"127.0.0.1:1111\"\nbody_limit = \"2MiB\"\n",
             )?;
             let file = Some(jail.directory().join("c.toml"));
-            let load = |listen| {
-                let over = Overrides {
-                    config_file: file.clone(),
-                    listen,
-                    ..Default::default()
-                };
-                load_in(jail, over).map_err(|e| e.to_string())
-            };
             let c = load_listen(jail, &file, None)?;
             assert_eq!(c.server.listen.port(), 1111);
             assert_eq!(c.server.body_limit, ByteSize(2 * 1024 * 1024));

@@ -93,7 +93,7 @@ impl Server {
             config.auth.key_cache_ttl,
         ));
         let public_url = config.public_url(bound);
-        let state = AppState::new(config.clone(), store.clone(), auth.clone(), models, public_url);
+        let state = AppState::new(config.clone(), store.clone(), auth.clone(), models, public_url)?;
         Ok(Server {
             config,
             state,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use skygate_core::models::ModelRegistry;
 use skygate_store::DynStore;
 
+use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 
@@ -17,6 +18,7 @@ struct Inner {
     store: DynStore,
     auth: Arc<Authenticator>,
     models: ModelRegistry,
+    catalog: ModelCatalog,
     public_url: String,
 }
 
@@ -27,14 +29,16 @@ impl AppState {
         auth: Arc<Authenticator>,
         models: ModelRegistry,
         public_url: String,
-    ) -> Self {
-        AppState(Arc::new(Inner {
+    ) -> Result<Self, serde_json::Error> {
+        let catalog = ModelCatalog::new(&models)?;
+        Ok(AppState(Arc::new(Inner {
             config,
             store,
             auth,
             models,
+            catalog,
             public_url,
-        }))
+        })))
     }
 
     pub fn config(&self) -> &Config {
@@ -51,6 +55,11 @@ impl AppState {
 
     pub fn models(&self) -> &ModelRegistry {
         &self.0.models
+    }
+
+    /// The Models API answers, serialised once.
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.0.catalog
     }
 
     /// Base for absolute URLs in responses, no trailing slash.

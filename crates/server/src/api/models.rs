@@ -1,13 +1,17 @@
 //! Models API: `GET /v1/models`, `GET /v1/models/{slug}`, `GET /v1/model/{slug}` (the SDK's singular
 //! form). `?fields=input_schema,output_schema` adds the schemas. A test key sees only the models test
-//! keys may run; asking a test key for a live-only model is `403 FORBIDDEN`.
+//! keys may run; asking a test key for a live-only model is `403 FORBIDDEN`. The registry is fixed
+//! at start, so every answer is serialised once, up front ([`ModelCatalog`]).
+
+use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::Json;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
-use skygate_core::models::ModelSpec;
+use skygate_core::models::{ModelRegistry, ModelSpec};
 use skygate_core::Mode;
-use skygate_proto::Model;
 
 use crate::auth::ApiKeyAuth;
 use crate::error::ApiError;
@@ -20,7 +24,7 @@ pub struct FieldsQuery {
 }
 
 /// Which optional fields were asked for.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
 struct Fields {
     input_schema: bool,
     output_schema: bool,
@@ -49,23 +53,77 @@ fn parse_fields(q: &FieldsQuery) -> Result<Fields, ApiError> {
     Ok(f)
 }
 
-fn visible(auth: &ApiKeyAuth, m: &ModelSpec) -> bool {
-    auth.mode == Mode::Live || m.test_ok
+fn visible(mode: Mode, m: &ModelSpec) -> bool {
+    mode == Mode::Live || m.test_ok
+}
+
+const ALL_FIELDS: [Fields; 4] = [
+    Fields {
+        input_schema: false,
+        output_schema: false,
+    },
+    Fields {
+        input_schema: true,
+        output_schema: false,
+    },
+    Fields {
+        input_schema: false,
+        output_schema: true,
+    },
+    Fields {
+        input_schema: true,
+        output_schema: true,
+    },
+];
+
+/// Every Models API answer, serialised once.
+pub struct ModelCatalog {
+    lists: HashMap<(Mode, Fields), Bytes>,
+    one: HashMap<(String, Fields), (bool, Bytes)>,
+}
+
+impl ModelCatalog {
+    pub fn new(registry: &ModelRegistry) -> Result<Self, serde_json::Error> {
+        let mut lists = HashMap::new();
+        let mut one = HashMap::new();
+        for f in ALL_FIELDS {
+            for mode in [Mode::Live, Mode::Test] {
+                let items: Vec<_> = registry
+                    .iter()
+                    .filter(|m| visible(mode, m))
+                    .map(|m| m.to_wire(f.input_schema, f.output_schema))
+                    .collect();
+                lists.insert((mode, f), Bytes::from(serde_json::to_vec(&items)?));
+            }
+            for m in registry.iter() {
+                let body = Bytes::from(serde_json::to_vec(&m.to_wire(f.input_schema, f.output_schema))?);
+                one.insert((m.slug.clone(), f), (m.test_ok, body));
+            }
+        }
+        Ok(ModelCatalog { lists, one })
+    }
+}
+
+fn json(body: &Bytes) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.clone(),
+    )
+        .into_response()
 }
 
 pub async fn list(
     State(state): State<AppState>,
     auth: ApiKeyAuth,
     ApiQuery(q): ApiQuery<FieldsQuery>,
-) -> Result<Json<Vec<Model>>, ApiError> {
+) -> Result<Response, ApiError> {
     let f = parse_fields(&q)?;
-    let out = state
-        .models()
-        .iter()
-        .filter(|m| visible(&auth, m))
-        .map(|m| m.to_wire(f.input_schema, f.output_schema))
-        .collect();
-    Ok(Json(out))
+    let body = state
+        .catalog()
+        .lists
+        .get(&(auth.mode(), f))
+        .ok_or_else(|| ApiError::model_not_found(""))?;
+    Ok(json(body))
 }
 
 pub async fn get(
@@ -73,18 +131,19 @@ pub async fn get(
     auth: ApiKeyAuth,
     ApiPath(slug): ApiPath<String>,
     ApiQuery(q): ApiQuery<FieldsQuery>,
-) -> Result<Json<Model>, ApiError> {
+) -> Result<Response, ApiError> {
     let f = parse_fields(&q)?;
-    let m = state
-        .models()
-        .get(&slug)
+    let (test_ok, body) = state
+        .catalog()
+        .one
+        .get(&(slug.clone(), f))
         .ok_or_else(|| ApiError::model_not_found(&slug))?;
-    if !visible(&auth, m) {
+    if auth.mode() == Mode::Test && !test_ok {
         return Err(ApiError::forbidden(
             "Test-mode keys may run only models marked for test mode.",
         ));
     }
-    Ok(Json(m.to_wire(f.input_schema, f.output_schema)))
+    Ok(json(body))
 }
 
 #[cfg(test)]

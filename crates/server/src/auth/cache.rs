@@ -3,7 +3,7 @@
 //! everywhere within that time. Sharded read-write locks keep the hot path free of one global lock.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use skygate_core::KeyAuthRecord;
@@ -13,7 +13,7 @@ const SHARDS: usize = 16;
 const SHARD_CAP: usize = 4096;
 
 struct Entry {
-    found: Option<KeyAuthRecord>,
+    found: Option<Arc<KeyAuthRecord>>,
     at: Instant,
 }
 
@@ -35,7 +35,7 @@ impl KeyCache {
     }
 
     /// `Some(found)` if a fresh entry exists (`found` may be `None`: known not to exist).
-    pub fn get(&self, hash: &[u8; 32]) -> Option<Option<KeyAuthRecord>> {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Option<Arc<KeyAuthRecord>>> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -44,7 +44,7 @@ impl KeyCache {
         (e.at.elapsed() < self.ttl).then(|| e.found.clone())
     }
 
-    pub fn insert(&self, hash: [u8; 32], found: Option<KeyAuthRecord>) {
+    pub fn insert(&self, hash: [u8; 32], found: Option<Arc<KeyAuthRecord>>) {
         if self.ttl.is_zero() {
             return;
         }

@@ -26,14 +26,32 @@ pub use usage::UsageLog;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The authenticated caller of an API request.
+/// The authenticated caller of an API request (shares the cached record: no copies per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyAuth {
-    pub key_id: KeyId,
-    pub project: ProjectId,
-    pub account: AccountId,
-    pub mode: Mode,
-    pub tier: Tier,
+    record: Arc<KeyAuthRecord>,
+}
+
+impl ApiKeyAuth {
+    pub fn key_id(&self) -> &KeyId {
+        &self.record.key_id
+    }
+
+    pub fn project(&self) -> &ProjectId {
+        &self.record.project
+    }
+
+    pub fn account(&self) -> &AccountId {
+        &self.record.account
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.record.mode
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.record.tier
+    }
 }
 
 impl FromRequestParts<AppState> for ApiKeyAuth {
@@ -102,7 +120,8 @@ impl Authenticator {
                     .store
                     .api_key_by_hash(&hash)
                     .await
-                    .map_err(|e| ApiError::internal(&e))?;
+                    .map_err(|e| ApiError::internal(&e))?
+                    .map(Arc::new);
                 self.cache.insert(hash, found.clone());
                 self.decide(found.as_ref(), &hash, now)
             }
@@ -129,7 +148,7 @@ impl Authenticator {
 
     fn decide(
         &self,
-        found: Option<&KeyAuthRecord>,
+        found: Option<&Arc<KeyAuthRecord>>,
         hash: &[u8; 32],
         now: Timestamp,
     ) -> Result<ApiKeyAuth, ApiError> {
@@ -137,13 +156,7 @@ impl Authenticator {
         match found {
             Some(r) if ok => {
                 self.usage.record(&r.key_id, now);
-                Ok(ApiKeyAuth {
-                    key_id: r.key_id.clone(),
-                    project: r.project.clone(),
-                    account: r.account.clone(),
-                    mode: r.mode,
-                    tier: r.tier,
-                })
+                Ok(ApiKeyAuth { record: r.clone() })
             }
             _ => Err(ApiError::unauthorized()),
         }
