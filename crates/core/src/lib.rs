@@ -3,6 +3,7 @@
 //! time in, so expiry and windows are testable with a fixed clock.
 
 pub mod apikey;
+pub mod audit;
 pub mod base62;
 pub mod ids;
 pub mod models;
@@ -11,6 +12,7 @@ pub mod secret;
 pub mod time;
 
 pub use apikey::{ApiKey, KeyFormatError, KeyHasher, Pepper};
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use ids::{AccountId, KeyId, ProjectId};
 pub use records::{
     Account, ApiKeyRecord, KeyAuthRecord, Mode, NewAccount, NewApiKey, NewProject, Project, Tier,

@@ -12,11 +12,15 @@
 
 pub mod envelope;
 pub mod error;
+pub mod memory;
+pub mod pkcs11;
 pub mod provider;
 pub mod secret;
 
 pub use envelope::{Aad, Cipher, Header, SealedRef, FORMAT_V1};
 pub use error::CryptoError;
+pub use memory::MemoryKeyring;
+pub use pkcs11::{Pkcs11Config, Pkcs11Pin, Pkcs11Provider};
 pub use provider::{KekInfo, KekState, KeyProvider, ShredId};
 pub use secret::{Dek, Secret32};
 

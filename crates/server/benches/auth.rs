@@ -14,7 +14,7 @@ use skygate_store::DynStore;
 fn setup(rt: &tokio::runtime::Runtime, ttl: Duration) -> (Authenticator, String) {
     rt.block_on(async {
         let store: DynStore = Arc::new(
-            skygate_store::sqlite::SqliteStore::open_in_memory()
+            skygate_store::sqlite::SqliteStore::open_in_memory(skygate_store::Sealer::ephemeral().unwrap())
                 .await
                 .unwrap(),
         );

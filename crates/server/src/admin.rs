@@ -72,6 +72,22 @@ pub async fn set_tier(store: &DynStore, who: &str, tier: Tier) -> Result<Account
     Ok(Account { tier, ..acct })
 }
 
+/// Erases an account (see [`skygate_store::Store::erase_account`]), recording who did it. The audit entry
+/// names only the account id: the log outlives the account and holds no personal data.
+pub async fn erase_account(store: &DynStore, acct: &Account, actor: &str, now: Timestamp) -> Result<()> {
+    let entry = skygate_core::NewAuditEntry {
+        at: now,
+        actor: actor.into(),
+        action: "account.erase".into(),
+        target: acct.id.to_string(),
+        detail: String::new(),
+    };
+    if !store.erase_account(&acct.id, &entry).await? {
+        return Err(AdminError::NotFound(format!("no account {}", acct.id)));
+    }
+    Ok(())
+}
+
 pub async fn create_project(store: &DynStore, account: &str, name: &str, now: Timestamp) -> Result<Project> {
     let acct = find_account(store, account).await?;
     let name = check_name("a project name", name)?;

@@ -26,7 +26,72 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    pub keyring: KeyringConfig,
+    pub outputs: OutputsConfig,
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[outputs]`: where generated outputs are stored (always sealed before they leave the process).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    /// `file` (the `objects/` directory under the data dir) or `s3://bucket[/prefix]` (any
+    /// S3-compatible endpoint; credentials from the usual `AWS_*` environment variables).
+    pub store: String,
+    /// For S3: the endpoint URL (e.g. a MinIO or Ceph gateway); AWS itself when unset.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    /// For S3: allow an `http://` endpoint (tests and local development only).
+    pub s3_allow_http: bool,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig {
+            store: "file".into(),
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_allow_http: false,
+        }
+    }
+}
+
+/// `[keyring]`: where the key-encryption keys live and how often they rotate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyringConfig {
+    /// `local` (a keyring directory under the data dir, sealed by the master key) or `pkcs11` (an HSM).
+    pub provider: String,
+    /// A new KEK version is made when the newest is older than this (checked at start and hourly).
+    #[serde(with = "humantime_serde")]
+    pub rotation_period: Duration,
+    /// Values rewrapped per database round trip by the background rewrap.
+    pub rewrap_batch: u32,
+    /// How often the background rewrap looks for values under old versions.
+    #[serde(with = "humantime_serde")]
+    pub rewrap_interval: Duration,
+    /// For `pkcs11`: the module (shared library) path.
+    pub pkcs11_module: Option<PathBuf>,
+    /// For `pkcs11`: the token, by label (preferred) or slot id.
+    pub pkcs11_token_label: Option<String>,
+    pub pkcs11_slot: Option<u64>,
+    /// For `pkcs11`: the name of the environment variable holding the user PIN (never the PIN itself).
+    pub pkcs11_pin_env: String,
+}
+
+impl Default for KeyringConfig {
+    fn default() -> Self {
+        KeyringConfig {
+            provider: "local".into(),
+            rotation_period: Duration::from_secs(30 * 24 * 3600),
+            rewrap_batch: 500,
+            rewrap_interval: Duration::from_secs(10),
+            pkcs11_module: None,
+            pkcs11_token_label: None,
+            pkcs11_slot: None,
+            pkcs11_pin_env: "SKYGATE_PKCS11_PIN".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +187,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            keyring: KeyringConfig::default(),
+            outputs: OutputsConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -317,6 +384,55 @@ impl Config {
                 );
             }
         }
+        let k = &self.keyring;
+        match k.provider.as_str() {
+            "local" => {}
+            "pkcs11" => {
+                if k.pkcs11_module.is_none() {
+                    return err("keyring.pkcs11_module is required with keyring.provider = \"pkcs11\"".into());
+                }
+                if k.pkcs11_token_label.is_none() && k.pkcs11_slot.is_none() {
+                    return err("keyring.pkcs11_token_label or keyring.pkcs11_slot is required with \
+                         keyring.provider = \"pkcs11\""
+                        .into());
+                }
+                if k.pkcs11_pin_env.is_empty() {
+                    return err("keyring.pkcs11_pin_env must name an environment variable".into());
+                }
+            }
+            other => {
+                return err(format!(
+                    "keyring.provider must be \"local\" or \"pkcs11\", got {other:?}"
+                ))
+            }
+        }
+        if k.rotation_period < Duration::from_secs(60) {
+            return err("keyring.rotation_period must be at least 1m".into());
+        }
+        if k.rewrap_batch == 0 || k.rewrap_batch > 10_000 {
+            return err("keyring.rewrap_batch must be between 1 and 10000".into());
+        }
+        if k.rewrap_interval.is_zero() {
+            return err("keyring.rewrap_interval must be greater than 0".into());
+        }
+        let o = &self.outputs;
+        if o.store != "file" {
+            let bucket = o.store.strip_prefix("s3://").map(|r| r.split('/').next().unwrap_or(""));
+            if bucket.is_none_or(str::is_empty) {
+                return err(format!(
+                    "outputs.store must be \"file\" or s3://BUCKET[/PREFIX], got {:?}",
+                    o.store
+                ));
+            }
+        }
+        if let Some(e) = &o.s3_endpoint {
+            let http = e.starts_with("http://");
+            if !(e.starts_with("https://") || http) || (http && !o.s3_allow_http) {
+                return err(format!(
+                    "outputs.s3_endpoint must be an https:// URL (http:// only with outputs.s3_allow_http), got {e:?}"
+                ));
+            }
+        }
         for (slug, m) in &self.models {
             m.to_spec(slug)
                 .map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
@@ -334,6 +450,16 @@ impl Config {
 
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
+    }
+
+    /// The local object store's directory.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.data_dir.join("objects")
+    }
+
+    /// The local key provider's directory.
+    pub fn keyring_dir(&self) -> PathBuf {
+        self.data_dir.join("keyring")
     }
 
     /// The operator-configured models as registry entries (validated in [`Config::validate`]).

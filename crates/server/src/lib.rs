@@ -1,7 +1,7 @@
 //! The skygate network edge and its wiring: configuration, the TLS 1.3 listener, the axum router with
 //! its middleware, authentication, handlers, background tasks and the operator actions the CLI runs.
 //!
-//! Entry points: [`Server::prepare`] (open the store, migrate, load the pepper and TLS material) then
+//! Entry points: [`Server::prepare`] (open the key provider and the store, migrate, load TLS material) then
 //! [`Server::serve`] on an already-bound listener; [`run`] does both. Tests bind port 0 and call these.
 
 pub mod admin;
@@ -12,7 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod listener;
 pub mod middleware;
-pub mod pepper;
+pub mod keyring;
 pub mod state;
 pub mod tasks;
 pub mod tls;
@@ -36,22 +36,48 @@ use crate::state::AppState;
 /// How often the server certificate is checked for renewal.
 const CERT_CHECK_PERIOD: Duration = Duration::from_secs(12 * 3600);
 
-/// Opens the configured store and applies migrations.
-pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+/// The key provider, the store sealed by it, and the API-key hasher derived from it: what every command
+/// that touches data needs.
+pub struct Backend {
+    pub provider: Arc<dyn skygate_crypto::KeyProvider>,
+    pub store: DynStore,
+    pub hasher: Arc<dyn KeyHasher>,
+}
+
+/// Opens the key provider (creating the local keyring and master key on first use, with a warning that
+/// the master key must be backed up), then the store with migrations applied, and finishes any
+/// crypto-shred an earlier process left half done.
+pub async fn open_backend(config: &Config) -> anyhow::Result<Backend> {
     config::ensure_data_dir(&config.data_dir)?;
-    let store = skygate_store::connect(&config.database_url())
+    let opened = keyring::open_provider(config, true)?;
+    if let Some(path) = &opened.created_master {
+        let msg = format!(
+            "generated a new master key at {}: back it up separately from the data (without it nothing \
+             stored can be decrypted), or move it into ${} and delete the file",
+            path.display(),
+            keyring::MASTER_KEY_ENV
+        );
+        tracing::warn!("{msg}");
+        eprintln!("warning: {msg}");
+    }
+    let provider = opened.provider;
+    let hasher = keyring::hasher(provider.as_ref())?;
+    let sealer = keyring::sealer(provider.clone())?;
+    let store = skygate_store::connect(&config.database_url(), sealer)
         .await
         .context("cannot open the database")?;
     store
         .migrate()
         .await
         .context("cannot apply database migrations")?;
-    Ok(store)
-}
-
-/// Loads (or on first use creates) the API-key pepper.
-pub fn load_hasher(config: &Config) -> anyhow::Result<Arc<dyn KeyHasher>> {
-    Ok(pepper::load_or_create(&config.data_dir)?)
+    let finished = store
+        .finish_pending_shreds()
+        .await
+        .context("cannot finish an interrupted crypto-shred")?;
+    if finished > 0 {
+        tracing::info!(finished, "finished interrupted crypto-shreds");
+    }
+    Ok(Backend { provider, store, hasher })
 }
 
 fn tls_settings(config: &Config) -> tls::TlsSettings {
@@ -68,6 +94,7 @@ pub struct Server {
     state: AppState,
     auth: Arc<Authenticator>,
     store: DynStore,
+    provider: Arc<dyn skygate_crypto::KeyProvider>,
     tls: Arc<rustls::ServerConfig>,
     resolver: Arc<tls::CertResolver>,
     ca_path: Option<PathBuf>,
@@ -84,8 +111,10 @@ impl Server {
         }
         let resolver = Arc::new(tls::CertResolver::new(material.certified_key.clone()));
         let tls = tls::server_config(resolver.clone())?;
-        let hasher = load_hasher(&config)?;
-        let store = open_store(&config).await?;
+        let Backend { provider, store, hasher } = open_backend(&config).await?;
+        if let Some(v) = keyring::rotate_if_due(&store, provider.as_ref(), config.keyring.rotation_period).await? {
+            tracing::info!(version = v, "rotated the key-encryption key (rotation period reached)");
+        }
         let models = ModelRegistry::new(config.model_specs()?);
         let auth = Arc::new(Authenticator::new(
             store.clone(),
@@ -99,6 +128,7 @@ impl Server {
             state,
             auth,
             store,
+            provider,
             tls,
             resolver,
             ca_path: material.ca_path,
@@ -112,6 +142,11 @@ impl Server {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The key provider this server seals with.
+    pub fn provider(&self) -> &Arc<dyn skygate_crypto::KeyProvider> {
+        &self.provider
     }
 
     /// Serves until `shutdown` is cancelled, then drains connections, stops background tasks, writes
@@ -158,6 +193,8 @@ impl Server {
             });
         }
 
+        self.spawn_keyring_tasks(&mut tasks, &tasks_stop);
+
         let s = &self.config.server;
         let settings = listener::ListenerSettings {
             handshake_timeout: s.handshake_timeout,
@@ -180,6 +217,65 @@ impl Server {
         Ok(())
     }
 }
+
+impl Server {
+    /// Keyring upkeep: refresh (so a rotation made by another node or the CLI is used for new writes
+    /// within a second), the rotation-period check, and the background rewrap.
+    fn spawn_keyring_tasks(&self, tasks: &mut tasks::Tasks, stop: &CancellationToken) {
+        let provider = self.provider.clone();
+        tasks.spawn("keyring-refresh", {
+            let (provider, stop) = (provider.clone(), stop.clone());
+            async move {
+                tasks::every(KEYRING_REFRESH, stop, "keyring-refresh", || {
+                    let provider = provider.clone();
+                    async move { provider.refresh().map_err(anyhow::Error::from) }
+                })
+                .await;
+                Ok(())
+            }
+        });
+        tasks.spawn("keyring-rotation", {
+            let (provider, stop, store) = (provider.clone(), stop.clone(), self.store.clone());
+            let period = self.config.keyring.rotation_period;
+            async move {
+                tasks::every(ROTATION_CHECK, stop, "keyring-rotation", || {
+                    let (provider, store) = (provider.clone(), store.clone());
+                    async move {
+                        if let Some(v) = keyring::rotate_if_due(&store, provider.as_ref(), period).await? {
+                            tracing::info!(version = v, "rotated the key-encryption key (rotation period reached)");
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+                Ok(())
+            }
+        });
+        tasks.spawn("keyring-rewrap", {
+            let (stop, store) = (stop.clone(), self.store.clone());
+            let (interval, batch) = (self.config.keyring.rewrap_interval, self.config.keyring.rewrap_batch);
+            async move {
+                tasks::every(interval, stop, "keyring-rewrap", || {
+                    let store = store.clone();
+                    async move {
+                        let t = keyring::rewrap_all(&store, batch, |_| {}).await?;
+                        if t.moved > 0 || t.failed > 0 {
+                            tracing::info!(moved = t.moved, failed = t.failed, "rewrapped data keys to the current key-encryption key");
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+                Ok(())
+            }
+        });
+    }
+}
+
+/// How often the key provider is re-read for versions made elsewhere.
+const KEYRING_REFRESH: Duration = Duration::from_secs(1);
+/// How often the rotation period is checked.
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 
 /// Prepares and serves on `listener` until `shutdown` is cancelled.
 pub async fn run(

@@ -15,7 +15,7 @@ pub struct Cli {
     /// Configuration file (TOML). Default: <data-dir>/skygate.toml if it exists.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Data directory (database, TLS files, pepper). Default: ./skygate-data or $SKYGATE_DATA_DIR.
+    /// Data directory (database, keyring, TLS files). Default: ./skygate-data or $SKYGATE_DATA_DIR.
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -40,6 +40,29 @@ pub enum Command {
     /// Inspect the model registry.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Key-encryption keys: status, rotation, rewrap, retirement.
+    #[command(subcommand)]
+    Keyring(KeyringCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyringCmd {
+    /// Versions, their creation dates, and how many stored values each wraps.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new key-encryption key version; new writes use it at once. Last stdout line: the version.
+    Rotate,
+    /// Move wrapped data keys from older versions to the current one (servers also do this in the
+    /// background).
+    Rewrap {
+        /// Do it now, with a progress bar, instead of only reporting what is pending.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Destroy an old version. Refused while any stored value still references it.
+    Retire { version: u32 },
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +80,15 @@ pub enum AccountsCmd {
         email: String,
         #[arg(long, default_value = "free", value_parser = ["free", "pro", "business", "enterprise"])]
         tier: String,
+    },
+    /// Erase an account: its projects, keys and data are deleted and its data keys destroyed
+    /// (crypto-shredding), so backups cannot be read either. Audited.
+    Erase {
+        /// Email or account id.
+        account: String,
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
     /// Change an account's tier.
     SetTier {

@@ -7,10 +7,10 @@ use serde_json::json;
 use skygate_core::models::ModelRegistry;
 use skygate_core::{ApiKeyRecord, Mode, Tier, Timestamp};
 use skygate_server::config::{Config, Overrides};
-use skygate_server::{admin, open_store, Server};
+use skygate_server::{admin, keyring, open_backend, Backend, Server};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AccountsCmd, Cli, Command, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs};
+use crate::cli::{AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let listen = match &cli.command {
@@ -26,7 +26,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => serve(config).await,
         Command::Migrate => {
-            let store = open_store(&config).await?;
+            let store = open_backend(&config).await?.store;
             store.close().await;
             eprintln!("migrations applied ({})", store.backend());
             Ok(())
@@ -34,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts(cmd) => accounts(&config, cmd).await,
         Command::Projects(cmd) => projects(&config, cmd).await,
         Command::Keys(cmd) => keys(&config, cmd).await,
+        Command::Keyring(cmd) => keyring_cmd(&config, cmd).await,
         Command::Models(ModelsCmd::List { json }) => models(&config, json),
     }
 }
@@ -84,7 +85,7 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let store = open_backend(config).await?.store;
     let now = Timestamp::now();
     match cmd {
         AccountsCmd::Create { email, tier } => {
@@ -99,13 +100,28 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
             eprintln!("account {} is now on tier {}", acct.id, acct.tier);
             println!("{}", acct.id);
         }
+        AccountsCmd::Erase { account, yes } => {
+            let acct = admin::find_account(&store, &account).await?;
+            if !yes {
+                anyhow::bail!(
+                    "erasing {} destroys its projects, keys and data for ever (backups included); \
+                     re-run with --yes to confirm",
+                    acct.id
+                );
+            }
+            admin::erase_account(&store, &acct, "operator", now).await?;
+            // Cached credential lookups end within key_cache_ttl everywhere.
+            tokio::time::sleep(config.auth.key_cache_ttl).await;
+            eprintln!("erased account {}: its data keys are destroyed and its keys refused", acct.id);
+            println!("{}", acct.id);
+        }
     }
     store.close().await;
     Ok(())
 }
 
 async fn projects(config: &Config, cmd: ProjectsCmd) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let store = open_backend(config).await?.store;
     match cmd {
         ProjectsCmd::Create { account, name } => {
             let p = admin::create_project(&store, &account, &name, Timestamp::now()).await?;
@@ -121,7 +137,7 @@ async fn projects(config: &Config, cmd: ProjectsCmd) -> anyhow::Result<()> {
 }
 
 async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let Backend { store, hasher, .. } = open_backend(config).await?;
     let now = Timestamp::now();
     match cmd {
         KeysCmd::Create {
@@ -130,7 +146,6 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
             name,
             expires_in,
         } => {
-            let hasher = skygate_server::load_hasher(config)?;
             let mode = if test { Mode::Test } else { Mode::Live };
             let (rec, key) = admin::create_key(
                 &store,
@@ -166,6 +181,102 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+async fn keyring_cmd(config: &Config, cmd: KeyringCmd) -> anyhow::Result<()> {
+    let Backend { store, provider, .. } = open_backend(config).await?;
+    match cmd {
+        KeyringCmd::Status { json } => {
+            let st = keyring::status(&store, provider.as_ref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "provider {}  keyring {}  current version {}",
+                    st.provider, st.keyring_id, st.current_version
+                );
+                println!("{:<8} {:<8} {:<28} {:>10}", "VERSION", "STATE", "CREATED", "VALUES");
+                for v in &st.versions {
+                    let state = if v.current { "current" } else { v.state };
+                    println!("{:<8} {:<8} {:<28} {:>10}", v.version, state, v.created_at, v.references);
+                }
+                println!("pending rewrap: {} value(s)", st.pending_rewrap);
+                if st.unknown_references > 0 {
+                    println!(
+                        "WARNING: {} value(s) reference versions this keyring does not have",
+                        st.unknown_references
+                    );
+                }
+            }
+        }
+        KeyringCmd::Rotate => {
+            let v = keyring::rotate(&store, provider.as_ref(), "operator", "manual").await?;
+            eprintln!(
+                "version {v} is now current; running servers use it within 1s. Old values move to it \
+                 in the background, or now with `skygate keyring rewrap --force`"
+            );
+            println!("{v}");
+        }
+        KeyringCmd::Rewrap { force } => {
+            let pending = keyring::status(&store, provider.as_ref()).await?.pending_rewrap;
+            if !force {
+                eprintln!(
+                    "{pending} value(s) wait for rewrap; running servers move them in the background \
+                     (run with --force to do it now)"
+                );
+            } else {
+                let bar = Progress::new(pending);
+                let t = keyring::rewrap_all(&store, config.keyring.rewrap_batch, |n| bar.show(n)).await?;
+                bar.finish();
+                eprintln!("rewrapped {} value(s); {} could not be rewrapped", t.moved, t.failed);
+                if t.failed > 0 {
+                    anyhow::bail!("{} value(s) could not be rewrapped (see the log)", t.failed);
+                }
+            }
+        }
+        KeyringCmd::Retire { version } => {
+            keyring::retire(&store, provider.as_ref(), version, "operator").await?;
+            eprintln!("retired version {version}: it can no longer unwrap anything");
+            println!("{version}");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// A one-line progress bar on stderr (plain lines when stderr is not a terminal).
+struct Progress {
+    total: u64,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        use std::io::IsTerminal;
+        Progress { total, tty: std::io::stderr().is_terminal() }
+    }
+
+    fn show(&self, done: u64) {
+        let total = self.total.max(done).max(1);
+        let width = 30;
+        let filled = (done * width / total) as usize;
+        let line = format!(
+            "rewrap [{}{}] {done}/{total}",
+            "#".repeat(filled),
+            ".".repeat(width as usize - filled)
+        );
+        if self.tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
 }
 
 fn print_keys(keys: &[ApiKeyRecord], as_json: bool) -> anyhow::Result<()> {

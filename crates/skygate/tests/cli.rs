@@ -75,11 +75,11 @@ async fn operator_flow_against_a_running_server() {
             "--account",
             "ops@example.com",
             "--name",
-            "demo",
+            "Project Nightingale",
         ],
     );
     assert!(proj.starts_with("proj_"), "{proj}");
-    let key = ok(&data, &["keys", "create", "--project", &proj, "--name", "ci"]);
+    let key = ok(&data, &["keys", "create", "--project", &proj, "--name", "ci deploy key"]);
     assert!(key.starts_with("sk_live_") && key.len() == 46, "{key}");
     let test_key = ok(
         &data,
@@ -169,6 +169,21 @@ async fn operator_flow_against_a_running_server() {
         }
     }
     assert!(!srv.stderr().contains(&key[8..]), "the server log shows the key");
+    // Nor does any personal or naming data: the email, project and key names are sealed (what `strings`
+    // over the data dir would find).
+    for f in files(&data) {
+        let bytes = std::fs::read(&f).unwrap();
+        for plain in ["ops@example.com", "Project Nightingale", "ci deploy key"] {
+            assert!(
+                !bytes
+                    .windows(plain.len())
+                    .any(|w| w.eq_ignore_ascii_case(plain.as_bytes())),
+                "{} contains {plain:?} in plaintext",
+                f.display()
+            );
+        }
+    }
+    assert_eq!(live["name"], "ci deploy key", "names still read back through the store");
 
     // Revoke with the CLI while the server runs: the very next request is refused.
     let revoked = ok(&data, &["keys", "revoke", &key_id]);

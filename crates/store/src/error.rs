@@ -17,6 +17,19 @@ pub enum StoreError {
     Config(String),
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// A sealed value could not be opened (tampered, moved, or its key retired or shredded).
+    #[error("cannot open sealed {place}: {source}")]
+    Sealed {
+        place: String,
+        #[source]
+        source: skygate_crypto::CryptoError,
+    },
+    /// The object store failed (unreachable, refused, missing bucket).
+    #[error("object storage: {0}")]
+    Objects(String),
+    /// The key provider failed while sealing or managing keys.
+    #[error("encryption: {0}")]
+    Crypto(#[source] skygate_crypto::CryptoError),
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }

@@ -9,19 +9,22 @@
 
 pub mod error;
 pub mod postgres;
+pub mod objects;
 mod queries;
 mod rows;
+pub mod seal;
 pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use skygate_core::{
-    Account, AccountId, ApiKeyRecord, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewProject, Project,
-    ProjectId, Tier, Timestamp,
+    Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey,
+    NewAuditEntry, NewProject, Project, ProjectId, Tier, Timestamp,
 };
 
 pub use error::StoreError;
+pub use seal::{SealedColumn, Sealer, SEALED_COLUMNS};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -33,10 +36,24 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
+/// What one [`Store::rewrap_batch`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RewrapBatch {
+    /// Values moved to the current KEK version.
+    pub moved: u64,
+    /// Values that could not be rewrapped (logged; they keep their old version).
+    pub failed: u64,
+    /// The last row key looked at; `None` when the column has nothing more to rewrap.
+    pub last_key: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
+
+    /// The sealer every sensitive column goes through.
+    fn sealer(&self) -> &Sealer;
 
     /// Applies pending embedded migrations. Idempotent; safe to run from several processes at once.
     async fn migrate(&self) -> Result<()>;
@@ -55,6 +72,13 @@ pub trait Store: Send + Sync + 'static {
     async fn account_by_email(&self, email: &str) -> Result<Option<Account>>;
     /// Returns false if there is no such account.
     async fn set_account_tier(&self, id: &AccountId, tier: Tier) -> Result<bool>;
+    /// Operator level: deletes the account with its projects and keys, appends `audit` to the audit log
+    /// in the same transaction, and destroys the account's shred key, so its sealed values cannot be
+    /// read from any backup either. Returns false if there is no such account.
+    async fn erase_account(&self, id: &AccountId, audit: &NewAuditEntry) -> Result<bool>;
+    /// Destroys shred keys whose rows were deleted by an erase that crashed before destroying them.
+    /// Called at start; returns how many it finished.
+    async fn finish_pending_shreds(&self) -> Result<u64>;
 
     // ── projects (tenant: account) ─────────────────────────────────────────────────────────────────
 
@@ -80,15 +104,31 @@ pub trait Store: Send + Sync + 'static {
     /// Records key use in one batch: `last_used_at = max(last_used_at, ts)` for each pair. Unknown ids are
     /// ignored.
     async fn touch_api_keys(&self, uses: &[(KeyId, Timestamp)]) -> Result<()>;
+
+    // ── audit chain ────────────────────────────────────────────────────────────────────────────────
+
+    /// Appends an entry to the hash chain (serialised across processes and nodes).
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry>;
+    /// Entries with `seq > after_seq`, oldest first, at most `limit`.
+    async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>>;
+
+    // ── keyring support ────────────────────────────────────────────────────────────────────────────
+
+    /// How many values of `column` each KEK version wraps.
+    async fn sealed_versions(&self, column: &SealedColumn) -> Result<std::collections::BTreeMap<u32, u64>>;
+    /// Moves up to `limit` values of `column` with keys after `after_key` from older KEK versions to the
+    /// current one, rewriting only the wrapped data key. Idempotent; a value changed concurrently is left
+    /// alone (its new value is already current).
+    async fn rewrap_batch(&self, column: &SealedColumn, after_key: &str, limit: i64) -> Result<RewrapBatch>;
 }
 
 pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store a `database_url` names: `sqlite://PATH` (or `sqlite:PATH`, or a bare path ending `.db`)
 /// or `postgres://…` / `postgresql://…`. Does not migrate.
-pub async fn connect(database_url: &str) -> Result<DynStore> {
+pub async fn connect(database_url: &str, sealer: Sealer) -> Result<DynStore> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        return Ok(Arc::new(postgres::PgStore::connect(database_url).await?));
+        return Ok(Arc::new(postgres::PgStore::connect(database_url, sealer).await?));
     }
     let path = database_url
         .strip_prefix("sqlite://")
@@ -96,7 +136,7 @@ pub async fn connect(database_url: &str) -> Result<DynStore> {
         .or_else(|| database_url.ends_with(".db").then_some(database_url));
     match path {
         Some(path) if !path.is_empty() => Ok(Arc::new(
-            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
+            sqlite::SqliteStore::open(std::path::Path::new(path), sealer).await?,
         )),
         _ => Err(StoreError::Config(
             "storage.database_url must start with sqlite:// or postgres:// (or postgresql://)".into(),
@@ -118,12 +158,12 @@ mod tests {
             format!("sqlite:{}", p.display()),
             p.display().to_string(),
         ] {
-            let s = connect(&url).await.unwrap();
+            let s = connect(&url, Sealer::ephemeral().unwrap()).await.unwrap();
             assert_eq!(s.backend(), "sqlite");
             s.close().await;
         }
         for bad in ["mysql://x/y", "", "sqlite://", "/tmp/file.txt"] {
-            let e = connect(bad).await.err().unwrap();
+            let e = connect(bad, Sealer::ephemeral().unwrap()).await.err().unwrap();
             assert!(matches!(e, StoreError::Config(_)), "{bad}: {e:?}");
         }
     }

@@ -13,9 +13,13 @@ use crate::{Result, StoreError};
 
 pub struct PgStore {
     pool: PgPool,
+    sealer: crate::Sealer,
     /// Set by [`PgStore::connect_in_schema`]: the schema every pooled connection uses.
     schema: Option<String>,
 }
+
+/// The advisory-lock key of the audit chain ("skygaud" in ASCII).
+const AUDIT_LOCK: i64 = 0x0073_6b79_6761_7564;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -55,16 +59,17 @@ fn valid_schema_name(s: &str) -> bool {
 }
 
 impl PgStore {
-    pub async fn connect(url: &str) -> Result<Self> {
+    pub async fn connect(url: &str, sealer: crate::Sealer) -> Result<Self> {
         Ok(PgStore {
             pool: pool(options(url)?).await?,
+            sealer,
             schema: None,
         })
     }
 
     /// Connects with every pooled connection's `search_path` set to `schema`, creating the schema if
     /// missing. Tests use it to give each case a fresh schema in one shared database.
-    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self> {
+    pub async fn connect_in_schema(url: &str, schema: &str, sealer: crate::Sealer) -> Result<Self> {
         if !valid_schema_name(schema) {
             return Err(StoreError::Config(format!(
                 "invalid schema name {schema:?} (expected [a-z_][a-z0-9_]*)"
@@ -88,6 +93,7 @@ impl PgStore {
         let opts = options(url)?.options([("search_path", schema)]);
         Ok(PgStore {
             pool: pool(opts).await?,
+            sealer,
             schema: Some(schema.to_owned()),
         })
     }
@@ -113,11 +119,22 @@ impl PgStore {
         Ok(())
     }
 
+    /// A write transaction holding the audit chain's transaction-scoped advisory lock, so two nodes
+    /// appending at once take turns instead of both reading the same tail.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     const TOUCH_SQL: &'static str =
         "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2";
 }
 
-impl_store!(PgStore, backend = "postgres");
+impl_store!(PgStore, backend = "postgres", db = sqlx::Postgres);
 
 #[cfg(test)]
 #[allow(clippy::panic)]
@@ -136,7 +153,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_schema_name_is_refused_before_connecting() {
-        let r = PgStore::connect_in_schema("postgres://nobody@127.0.0.1:1/x", "x; DROP TABLE y").await;
+        let r = PgStore::connect_in_schema(
+            "postgres://nobody@127.0.0.1:1/x",
+            "x; DROP TABLE y",
+            crate::Sealer::ephemeral().unwrap(),
+        )
+        .await;
         assert!(matches!(r, Err(StoreError::Config(m)) if m.contains("invalid schema name")));
     }
 

@@ -7,13 +7,20 @@
 //! `Self::run_migrations` (locking differs) and `Self::TOUCH_SQL` (`MAX` vs `GREATEST`). A future
 //! method whose SQL differs follows the same pattern instead of branching here.
 
-pub(crate) const INSERT_ACCOUNT: &str =
-    "INSERT INTO accounts (id, email, tier, created_at) VALUES ($1, $2, $3, $4)";
+pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (id, email_index, email, shred_id, tier, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
 pub(crate) const SELECT_ACCOUNT_BY_ID: &str =
     "SELECT id, email, tier, created_at FROM accounts WHERE id = $1";
 pub(crate) const SELECT_ACCOUNT_BY_EMAIL: &str =
-    "SELECT id, email, tier, created_at FROM accounts WHERE email = $1";
+    "SELECT id, email, tier, created_at FROM accounts WHERE email_index = $1";
 pub(crate) const UPDATE_ACCOUNT_TIER: &str = "UPDATE accounts SET tier = $1 WHERE id = $2";
+pub(crate) const SELECT_ACCOUNT_SHRED: &str = "SELECT shred_id FROM accounts WHERE id = $1";
+pub(crate) const DELETE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
+
+pub(crate) const INSERT_PENDING_SHRED: &str =
+    "INSERT INTO pending_shreds (shred_id, reason, created_at) VALUES ($1, $2, $3)";
+pub(crate) const SELECT_PENDING_SHREDS: &str = "SELECT shred_id FROM pending_shreds ORDER BY created_at";
+pub(crate) const DELETE_PENDING_SHRED: &str = "DELETE FROM pending_shreds WHERE shred_id = $1";
 
 pub(crate) const INSERT_PROJECT: &str =
     "INSERT INTO projects (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)";
@@ -23,6 +30,9 @@ pub(crate) const SELECT_PROJECTS_OF_ACCOUNT: &str = "SELECT id, account_id, name
      WHERE account_id = $1 ORDER BY created_at DESC, id DESC";
 pub(crate) const SELECT_PROJECT_BY_ID: &str =
     "SELECT id, account_id, name, created_at FROM projects WHERE id = $1";
+/// The owning account and its shred key, for sealing a new key's name.
+pub(crate) const SELECT_PROJECT_OWNER: &str = "SELECT p.account_id, a.shred_id FROM projects p \
+     JOIN accounts a ON a.id = p.account_id WHERE p.id = $1";
 
 pub(crate) const INSERT_API_KEY: &str = "INSERT INTO api_keys \
      (id, project_id, mode, name, key_hash, prefix, last4, created_at, expires_at) \
@@ -57,6 +67,42 @@ pub(crate) const SELECT_KEY_AUTH: &str =
      FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN accounts a ON a.id = p.account_id \
      WHERE k.key_hash = $1";
 
+pub(crate) const SELECT_AUDIT_TAIL: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
+     (seq, at, actor, action, target, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const SELECT_AUDIT_PAGE: &str = "SELECT seq, at, actor, action, target, detail, prev_hash, hash \
+     FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+/// How many values of a sealed column each KEK version wraps (bytes 6..9 of the header, 1-based).
+pub(crate) fn count_versions_sql(c: &crate::SealedColumn) -> String {
+    format!(
+        "SELECT substr({col}, 6, 4) AS v, COUNT(*) AS n FROM {table} GROUP BY substr({col}, 6, 4)",
+        col = c.column,
+        table = c.table
+    )
+}
+
+/// The next rewrap batch of a sealed column: values not under version `$1`, keyset-paginated by key.
+pub(crate) fn rewrap_select_sql(c: &crate::SealedColumn) -> String {
+    format!(
+        "SELECT {key} AS k, {col} AS v FROM {table} WHERE {key} > $1 AND substr({col}, 6, 4) <> $2 \
+         ORDER BY {key} LIMIT $3",
+        key = c.key,
+        col = c.column,
+        table = c.table
+    )
+}
+
+/// Swaps one rewrapped value in, only if nobody changed it meanwhile.
+pub(crate) fn rewrap_update_sql(c: &crate::SealedColumn) -> String {
+    format!(
+        "UPDATE {table} SET {col} = $1 WHERE {key} = $2 AND {col} = $3",
+        key = c.key,
+        col = c.column,
+        table = c.table
+    )
+}
+
 /// Collapses a batch of key uses to the latest use per key, sorted by id. Sorting makes two nodes that
 /// flush overlapping batches lock the rows in the same order, so they cannot deadlock each other.
 pub(crate) fn latest_uses(
@@ -70,15 +116,55 @@ pub(crate) fn latest_uses(
     latest
 }
 
-/// Implements [`crate::Store`] for `$store`, which has a field `pool` (a concrete sqlx pool), an
-/// inherent `async fn run_migrations(&self) -> Result<()>` and an associated `const TOUCH_SQL: &str`
-/// (binds: `$1` the use time in micros, `$2` the key id).
+/// Implements [`crate::Store`] for `$store`, which has fields `pool` (a concrete sqlx pool) and `sealer`
+/// (a [`crate::Sealer`]), inherent `async fn run_migrations(&self) -> Result<()>` and `async fn
+/// begin_write(&self) -> Result<Transaction>` (a transaction that holds the write lock the audit chain
+/// needs: `BEGIN IMMEDIATE` on SQLite, an advisory lock on PostgreSQL), and an associated `const
+/// TOUCH_SQL: &str` (binds: `$1` the use time in micros, `$2` the key id).
 macro_rules! impl_store {
-    ($store:ty, backend = $backend:literal) => {
+    ($store:ty, backend = $backend:literal, db = $db:ty) => {
+        impl $store {
+            /// Appends one audit entry inside `tx`, which holds the write lock (see `begin_write`).
+            async fn append_audit_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                entry: &skygate_core::NewAuditEntry,
+            ) -> $crate::Result<skygate_core::AuditEntry> {
+                let tail: Option<(i64, Vec<u8>)> = sqlx::query_as($crate::queries::SELECT_AUDIT_TAIL)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let (seq, prev_hash) = match tail {
+                    None => (1, skygate_core::audit::GENESIS),
+                    Some((seq, hash)) => (
+                        seq + 1,
+                        hash.as_slice().try_into().map_err(|_| {
+                            $crate::StoreError::Corrupt(format!("audit_log.hash of entry {seq}"))
+                        })?,
+                    ),
+                };
+                let hash = skygate_core::audit::chain_hash(&prev_hash, seq, entry);
+                sqlx::query($crate::queries::INSERT_AUDIT)
+                    .bind(seq)
+                    .bind(entry.at.as_micros())
+                    .bind(&entry.actor)
+                    .bind(&entry.action)
+                    .bind(&entry.target)
+                    .bind(&entry.detail)
+                    .bind(&prev_hash[..])
+                    .bind(&hash[..])
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(skygate_core::AuditEntry { seq, entry: entry.clone(), prev_hash, hash })
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::Store for $store {
             fn backend(&self) -> &'static str {
                 $backend
+            }
+
+            fn sealer(&self) -> &$crate::Sealer {
+                &self.sealer
             }
 
             async fn migrate(&self) -> $crate::Result<()> {
@@ -98,14 +184,24 @@ macro_rules! impl_store {
                 &self,
                 new: &skygate_core::NewAccount,
             ) -> $crate::Result<skygate_core::Account> {
-                sqlx::query($crate::queries::INSERT_ACCOUNT)
-                    .bind(new.id.as_str())
-                    .bind(&new.email)
+                let id = new.id.as_str();
+                let provider = self.sealer.cipher().provider().clone();
+                let shred = provider.create_shred_key()?;
+                let email = self.sealer.seal(("accounts", id, "email"), id, shred, &new.email)?;
+                let inserted = sqlx::query($crate::queries::INSERT_ACCOUNT)
+                    .bind(id)
+                    .bind(&self.sealer.email_index(&new.email)[..])
+                    .bind(email)
+                    .bind(shred as i64)
                     .bind(new.tier.as_str())
                     .bind(new.created_at.as_micros())
                     .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::rows::constraint(e, "account email", || "account".into()))?;
+                    .await;
+                if let Err(e) = inserted {
+                    // Nothing references the new shred key: do not leave it behind in the provider.
+                    let _ = provider.destroy_shred_key(shred);
+                    return Err($crate::rows::constraint(e, "account email", || "account".into()));
+                }
                 Ok(skygate_core::Account {
                     id: new.id.clone(),
                     email: new.email.clone(),
@@ -122,15 +218,15 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map($crate::rows::account).transpose()
+                row.as_ref().map(|r| $crate::rows::account(r, &self.sealer)).transpose()
             }
 
             async fn account_by_email(&self, email: &str) -> $crate::Result<Option<skygate_core::Account>> {
                 let row = sqlx::query($crate::queries::SELECT_ACCOUNT_BY_EMAIL)
-                    .bind(email)
+                    .bind(&self.sealer.email_index(email)[..])
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map($crate::rows::account).transpose()
+                row.as_ref().map(|r| $crate::rows::account(r, &self.sealer)).transpose()
             }
 
             async fn set_account_tier(
@@ -146,16 +242,75 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn erase_account(
+                &self,
+                id: &skygate_core::AccountId,
+                audit: &skygate_core::NewAuditEntry,
+            ) -> $crate::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(shred) = shred else {
+                    return Ok(false);
+                };
+                // The row says "destroy this key" before the data rows go, in the same transaction: a
+                // crash after commit is finished by `finish_pending_shreds` on the next start.
+                sqlx::query($crate::queries::INSERT_PENDING_SHRED)
+                    .bind(shred)
+                    .bind(format!("account {id} erased"))
+                    .bind(audit.at.as_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query($crate::queries::DELETE_ACCOUNT)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                Self::append_audit_in(&mut tx, audit).await?;
+                tx.commit().await?;
+                self.finish_pending_shreds().await?;
+                Ok(true)
+            }
+
+            async fn finish_pending_shreds(&self) -> $crate::Result<u64> {
+                let pending: Vec<i64> = sqlx::query_scalar($crate::queries::SELECT_PENDING_SHREDS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let provider = self.sealer.cipher().provider();
+                for shred in &pending {
+                    provider.destroy_shred_key(*shred as u64)?;
+                    sqlx::query($crate::queries::DELETE_PENDING_SHRED)
+                        .bind(shred)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(pending.len() as u64)
+            }
+
             async fn create_project(
                 &self,
                 account: &skygate_core::AccountId,
                 new: &skygate_core::NewProject,
             ) -> $crate::Result<skygate_core::Project> {
-                // The foreign key is the existence check: no read-then-write race, one statement.
+                let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
+                    .bind(account.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(shred) = shred else {
+                    return Err($crate::StoreError::NotFound(format!("account {account}")));
+                };
+                let name = self.sealer.seal(
+                    ("projects", new.id.as_str(), "name"),
+                    account.as_str(),
+                    shred as u64,
+                    &new.name,
+                )?;
+                // The foreign key is the existence check against a concurrent erase: one statement.
                 sqlx::query($crate::queries::INSERT_PROJECT)
                     .bind(new.id.as_str())
                     .bind(account.as_str())
-                    .bind(&new.name)
+                    .bind(name)
                     .bind(new.created_at.as_micros())
                     .execute(&self.pool)
                     .await
@@ -180,7 +335,7 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map($crate::rows::project).transpose()
+                row.as_ref().map(|r| $crate::rows::project(r, &self.sealer)).transpose()
             }
 
             async fn list_projects(
@@ -191,7 +346,7 @@ macro_rules! impl_store {
                     .bind(account.as_str())
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter().map($crate::rows::project).collect()
+                rows.iter().map(|r| $crate::rows::project(r, &self.sealer)).collect()
             }
 
             async fn find_project(
@@ -202,7 +357,7 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map($crate::rows::project).transpose()
+                row.as_ref().map(|r| $crate::rows::project(r, &self.sealer)).transpose()
             }
 
             async fn create_api_key(
@@ -210,6 +365,16 @@ macro_rules! impl_store {
                 project: &skygate_core::ProjectId,
                 new: &skygate_core::NewApiKey,
             ) -> $crate::Result<skygate_core::ApiKeyRecord> {
+                let owner: Option<(String, i64)> = sqlx::query_as($crate::queries::SELECT_PROJECT_OWNER)
+                    .bind(project.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some((account, shred)) = owner else {
+                    return Err($crate::StoreError::NotFound(format!("project {project}")));
+                };
+                let name =
+                    self.sealer
+                        .seal(("api_keys", new.id.as_str(), "name"), &account, shred as u64, &new.name)?;
                 // Write first, then read back inside the same transaction: the write takes the lock, so
                 // the read sees a consistent project (and SQLite never has to upgrade a read lock).
                 let mut tx = self.pool.begin().await?;
@@ -217,7 +382,7 @@ macro_rules! impl_store {
                     .bind(new.id.as_str())
                     .bind(project.as_str())
                     .bind(new.mode.as_str())
-                    .bind(&new.name)
+                    .bind(name)
                     .bind(&new.hash[..])
                     .bind(&new.prefix)
                     .bind(&new.last4)
@@ -232,7 +397,7 @@ macro_rules! impl_store {
                     .bind(new.id.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-                let record = $crate::rows::api_key(&row)?;
+                let record = $crate::rows::api_key(&row, &self.sealer)?;
                 tx.commit().await?;
                 Ok(record)
             }
@@ -245,14 +410,14 @@ macro_rules! impl_store {
                     .bind(project.as_str())
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter().map($crate::rows::api_key).collect()
+                rows.iter().map(|r| $crate::rows::api_key(r, &self.sealer)).collect()
             }
 
             async fn list_all_api_keys(&self) -> $crate::Result<Vec<skygate_core::ApiKeyRecord>> {
                 let rows = sqlx::query($crate::queries::SELECT_ALL_KEYS)
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter().map($crate::rows::api_key).collect()
+                rows.iter().map(|r| $crate::rows::api_key(r, &self.sealer)).collect()
             }
 
             async fn revoke_api_key(
@@ -307,6 +472,99 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn append_audit(
+                &self,
+                entry: &skygate_core::NewAuditEntry,
+            ) -> $crate::Result<skygate_core::AuditEntry> {
+                let mut tx = self.begin_write().await?;
+                let stored = Self::append_audit_in(&mut tx, entry).await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn audit_page(
+                &self,
+                after_seq: i64,
+                limit: i64,
+            ) -> $crate::Result<Vec<skygate_core::AuditEntry>> {
+                let rows = sqlx::query($crate::queries::SELECT_AUDIT_PAGE)
+                    .bind(after_seq)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map($crate::rows::audit_entry).collect()
+            }
+
+            async fn sealed_versions(
+                &self,
+                column: &$crate::SealedColumn,
+            ) -> $crate::Result<std::collections::BTreeMap<u32, u64>> {
+                let rows: Vec<(Vec<u8>, i64)> =
+                    sqlx::query_as(&$crate::queries::count_versions_sql(column))
+                        .fetch_all(&self.pool)
+                        .await?;
+                let mut out = std::collections::BTreeMap::new();
+                for (v, n) in rows {
+                    let v = $crate::seal::version_of(&v).ok_or_else(|| {
+                        $crate::StoreError::Corrupt(format!(
+                            "{}.{}: a value too short to be sealed",
+                            column.table, column.column
+                        ))
+                    })?;
+                    *out.entry(v).or_insert(0) += n as u64;
+                }
+                Ok(out)
+            }
+
+            async fn rewrap_batch(
+                &self,
+                column: &$crate::SealedColumn,
+                after_key: &str,
+                limit: i64,
+            ) -> $crate::Result<$crate::RewrapBatch> {
+                let cipher = self.sealer.cipher();
+                let current = cipher.provider().current_version();
+                let rows: Vec<(String, Vec<u8>)> =
+                    sqlx::query_as(&$crate::queries::rewrap_select_sql(column))
+                        .bind(after_key)
+                        .bind($crate::seal::version_bytes(current))
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?;
+                let mut batch = $crate::RewrapBatch {
+                    last_key: rows.last().map(|(k, _)| k.clone()),
+                    ..Default::default()
+                };
+                let update = $crate::queries::rewrap_update_sql(column);
+                for (key, old) in rows {
+                    match cipher.rewrap(&old) {
+                        Ok(Some(new)) => {
+                            let done = sqlx::query(&update)
+                                .bind(new)
+                                .bind(&key)
+                                .bind(old)
+                                .execute(&self.pool)
+                                .await?;
+                            // 0 rows: the value changed or went away meanwhile; the new value (if any) was
+                            // sealed under the current version, so there is nothing left to do.
+                            batch.moved += done.rows_affected();
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(
+                                table = column.table,
+                                column = column.column,
+                                row = %key,
+                                error = %e,
+                                "cannot rewrap a sealed value"
+                            );
+                            batch.failed += 1;
+                        }
+                    }
+                }
+                Ok(batch)
             }
         }
     };

@@ -6,10 +6,10 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
-use skygate_core::{Account, ApiKeyRecord, KeyAuthRecord, Project, Timestamp};
+use skygate_core::{Account, ApiKeyRecord, AuditEntry, KeyAuthRecord, NewAuditEntry, Project, Timestamp};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::{Result, StoreError};
+use crate::{Result, Sealer, StoreError};
 
 /// The four column types this crate stores, read from either backend's row type. `table` is where the
 /// column is stored (a joined query reads some columns from another table); errors name `table.col`.
@@ -82,37 +82,45 @@ fn hash(r: &impl StoreRow, table: &str, col: &'static str) -> Result<[u8; 32]> {
         .map_err(|_| corrupt(table, col, format_args!("{} bytes, expected 32", b.len())))
 }
 
-/// Columns: `id, email, tier, created_at` of `accounts`.
-pub(crate) fn account(r: &impl StoreRow) -> Result<Account> {
+/// Columns: `id, email (sealed), tier, created_at` of `accounts`.
+pub(crate) fn account(r: &impl StoreRow, sealer: &Sealer) -> Result<Account> {
     let t = "accounts";
+    let id: skygate_core::AccountId = parsed(r, t, "id")?;
+    let email = sealer.open((t, id.as_str(), "email"), id.as_str(), &r.bytes(t, "email")?)?;
     Ok(Account {
-        id: parsed(r, t, "id")?,
-        email: r.text(t, "email")?,
+        email,
         tier: parsed(r, t, "tier")?,
         created_at: ts(r, t, "created_at")?,
+        id,
     })
 }
 
-/// Columns: `id, account_id, name, created_at` of `projects`.
-pub(crate) fn project(r: &impl StoreRow) -> Result<Project> {
+/// Columns: `id, account_id, name (sealed), created_at` of `projects`.
+pub(crate) fn project(r: &impl StoreRow, sealer: &Sealer) -> Result<Project> {
     let t = "projects";
+    let id: skygate_core::ProjectId = parsed(r, t, "id")?;
+    let account_id: skygate_core::AccountId = parsed(r, t, "account_id")?;
+    let name = sealer.open((t, id.as_str(), "name"), account_id.as_str(), &r.bytes(t, "name")?)?;
     Ok(Project {
-        id: parsed(r, t, "id")?,
-        account_id: parsed(r, t, "account_id")?,
-        name: r.text(t, "name")?,
+        id,
+        account_id,
+        name,
         created_at: ts(r, t, "created_at")?,
     })
 }
 
 /// Columns: the key's own columns plus its project's `account_id` (see `queries::key_select!`).
-pub(crate) fn api_key(r: &impl StoreRow) -> Result<ApiKeyRecord> {
+pub(crate) fn api_key(r: &impl StoreRow, sealer: &Sealer) -> Result<ApiKeyRecord> {
     let t = "api_keys";
+    let id: skygate_core::KeyId = parsed(r, t, "id")?;
+    let account: skygate_core::AccountId = parsed(r, "projects", "account_id")?;
+    let name = sealer.open((t, id.as_str(), "name"), account.as_str(), &r.bytes(t, "name")?)?;
     Ok(ApiKeyRecord {
-        id: parsed(r, t, "id")?,
+        id,
         project: parsed(r, t, "project_id")?,
-        account: parsed(r, "projects", "account_id")?,
+        account,
         mode: parsed(r, t, "mode")?,
-        name: r.text(t, "name")?,
+        name,
         prefix: r.text(t, "prefix")?,
         last4: r.text(t, "last4")?,
         created_at: ts(r, t, "created_at")?,
@@ -135,6 +143,23 @@ pub(crate) fn key_auth(r: &impl StoreRow) -> Result<KeyAuthRecord> {
         hash: hash(r, t, "key_hash")?,
         expires_at: opt_ts(r, t, "expires_at")?,
         revoked_at: opt_ts(r, t, "revoked_at")?,
+    })
+}
+
+/// Columns: every column of `audit_log`.
+pub(crate) fn audit_entry(r: &impl StoreRow) -> Result<AuditEntry> {
+    let t = "audit_log";
+    Ok(AuditEntry {
+        seq: r.int(t, "seq")?,
+        entry: NewAuditEntry {
+            at: ts(r, t, "at")?,
+            actor: r.text(t, "actor")?,
+            action: r.text(t, "action")?,
+            target: r.text(t, "target")?,
+            detail: r.text(t, "detail")?,
+        },
+        prev_hash: hash(r, t, "prev_hash")?,
+        hash: hash(r, t, "hash")?,
     })
 }
 

@@ -15,6 +15,7 @@ use crate::{Result, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    sealer: crate::Sealer,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -22,7 +23,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path`. A missing or unwritable directory, or a
     /// file that is not a database, is a [`StoreError::Config`] naming the path.
-    pub async fn open(path: &Path) -> Result<Self> {
+    pub async fn open(path: &Path, sealer: crate::Sealer) -> Result<Self> {
         let parent = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -51,12 +52,12 @@ impl SqliteStore {
             .map_err(|e| {
                 StoreError::Config(format!("cannot open database {}: {}", path.display(), reason(&e)))
             })?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, sealer })
     }
 
     /// A private in-memory database, for tests. One connection that never expires, so every query sees
     /// the same data and the data lives as long as the store.
-    pub async fn open_in_memory() -> Result<Self> {
+    pub async fn open_in_memory(sealer: crate::Sealer) -> Result<Self> {
         let opts = SqliteConnectOptions::new().in_memory(true).foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .min_connections(1)
@@ -65,7 +66,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, sealer })
     }
 
     /// The pool, for backend-specific tests and tools.
@@ -86,6 +87,12 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A write transaction that takes the database's write lock at once (`BEGIN IMMEDIATE`), so reading
+    /// the audit chain's tail and appending to it cannot interleave with another writer.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// SQLite's two-argument `MAX` is the scalar maximum.
     const TOUCH_SQL: &'static str =
         "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), $1) WHERE id = $2";
@@ -99,7 +106,7 @@ fn reason(e: &sqlx::Error) -> String {
     }
 }
 
-impl_store!(SqliteStore, backend = "sqlite");
+impl_store!(SqliteStore, backend = "sqlite", db = sqlx::Sqlite);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
@@ -109,8 +116,14 @@ mod tests {
     use super::*;
     use crate::Store;
 
+    /// One keyring per test process: handles on one file must share it, as a server and its CLI do.
+    fn sealer() -> crate::Sealer {
+        static SEALER: std::sync::OnceLock<crate::Sealer> = std::sync::OnceLock::new();
+        SEALER.get_or_init(|| crate::Sealer::ephemeral().unwrap()).clone()
+    }
+
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        let s = SqliteStore::open(&dir.path().join("x.db")).await.unwrap();
+        let s = SqliteStore::open(&dir.path().join("x.db"), sealer()).await.unwrap();
         s.migrate().await.unwrap();
         s
     }
@@ -161,7 +174,7 @@ mod tests {
     async fn missing_directory_is_a_config_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("nope").join("x.db");
-        let e = SqliteStore::open(&p).await.err().unwrap();
+        let e = SqliteStore::open(&p, sealer()).await.err().unwrap();
         assert!(matches!(e, StoreError::Config(_)), "{e:?}");
         assert!(e.to_string().contains(&p.display().to_string()), "{e}");
         assert!(!e.to_string().contains('\n'), "{e}");
@@ -174,7 +187,7 @@ mod tests {
         let file = dir.path().join("plain-file");
         std::fs::write(&file, b"x").unwrap();
         let p = file.join("x.db");
-        let e = SqliteStore::open(&p).await.err().unwrap();
+        let e = SqliteStore::open(&p, sealer()).await.err().unwrap();
         assert!(matches!(e, StoreError::Config(_)), "{e:?}");
         assert!(e.to_string().contains(&p.display().to_string()), "{e}");
 
@@ -186,7 +199,7 @@ mod tests {
         let privileged = std::fs::write(ro.join("probe"), b"").is_ok();
         if !privileged {
             let p = ro.join("x.db");
-            let e = SqliteStore::open(&p).await.err().unwrap();
+            let e = SqliteStore::open(&p, sealer()).await.err().unwrap();
             assert!(matches!(e, StoreError::Config(_)), "{e:?}");
             assert!(e.to_string().contains(&p.display().to_string()), "{e}");
         }
@@ -198,7 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.db");
         std::fs::write(&p, vec![0x55u8; 8192]).unwrap();
-        let e = SqliteStore::open(&p).await.err().unwrap();
+        let e = SqliteStore::open(&p, sealer()).await.err().unwrap();
         assert!(matches!(e, StoreError::Config(_)), "{e:?}");
         assert!(e.to_string().contains(&p.display().to_string()), "{e}");
     }
@@ -217,7 +230,7 @@ mod tests {
 
     #[tokio::test]
     async fn in_memory_store_keeps_its_data_across_queries() {
-        let s = SqliteStore::open_in_memory().await.unwrap();
+        let s = SqliteStore::open_in_memory(sealer()).await.unwrap();
         s.migrate().await.unwrap();
         s.create_account(&account("m@example.com")).await.unwrap();
         assert!(s.account_by_email("m@example.com").await.unwrap().is_some());

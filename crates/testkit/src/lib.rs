@@ -4,6 +4,7 @@
 //! component (PostgreSQL, openssl, Python…) is missing.
 
 pub mod binary;
+pub mod moto;
 pub mod tlsclient;
 
 use std::net::SocketAddr;
@@ -30,6 +31,17 @@ pub fn skip(test: &str, reason: &str) {
         panic!("{test}: {reason} (SKYGATE_TEST_REQUIRE_ALL is set, so this may not be skipped)");
     }
     eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The value of the environment variable `var`, or `None` after [`skip`]ping `test` when it is unset.
+pub fn env_or_skip(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            skip(test, &format!("{var} is not set"));
+            None
+        }
+    }
 }
 
 /// Whether an executable is on PATH.
@@ -86,7 +98,7 @@ impl TestServer {
         };
         let state = server.state().clone();
         let store = state.store().clone();
-        let hasher = skygate_server::load_hasher(&config)?;
+        let hasher = skygate_server::keyring::hasher(server.provider().as_ref())?;
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
         Ok(TestServer {

@@ -15,21 +15,32 @@ use std::sync::Arc;
 
 use skygate_store::postgres::PgStore;
 use skygate_store::sqlite::SqliteStore;
-use skygate_store::DynStore;
+use skygate_store::{DynStore, Sealer};
 
 /// A fresh database for one test; [`Db::open`] gives another handle on the same one.
 #[derive(Clone)]
 pub enum Db {
-    Sqlite(PathBuf),
-    Postgres { url: String, schema: String },
+    Sqlite(PathBuf, Sealer),
+    Postgres { url: String, schema: String, sealer: Sealer },
 }
 
 impl Db {
-    /// A new handle (own pool) on this database, not migrated.
+    /// A new handle (own pool) on this database, not migrated. Every handle shares the test's keyring.
     pub async fn open(&self) -> DynStore {
         match self {
-            Db::Sqlite(path) => Arc::new(SqliteStore::open(path).await.unwrap()),
-            Db::Postgres { url, schema } => Arc::new(PgStore::connect_in_schema(url, schema).await.unwrap()),
+            Db::Sqlite(path, sealer) => Arc::new(SqliteStore::open(path, sealer.clone()).await.unwrap()),
+            Db::Postgres { url, schema, sealer } => Arc::new(
+                PgStore::connect_in_schema(url, schema, sealer.clone())
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The test's keyring (an in-memory key provider of its own).
+    pub fn sealer(&self) -> &Sealer {
+        match self {
+            Db::Sqlite(_, s) | Db::Postgres { sealer: s, .. } => s,
         }
     }
 
@@ -68,7 +79,7 @@ where
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    case(Db::Sqlite(dir.path().join("test.db"))).await;
+    case(Db::Sqlite(dir.path().join("test.db"), Sealer::ephemeral().unwrap())).await;
 }
 
 /// Runs `case` in its own schema and drops the schema afterwards, also when the case panics (the panic
@@ -80,8 +91,9 @@ where
 {
     let Some(url) = postgres_url(test) else { return };
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let owner = PgStore::connect_in_schema(&url, &schema).await.unwrap();
-    let outcome = tokio::spawn(case(Db::Postgres { url, schema })).await;
+    let sealer = Sealer::ephemeral().unwrap();
+    let owner = PgStore::connect_in_schema(&url, &schema, sealer.clone()).await.unwrap();
+    let outcome = tokio::spawn(case(Db::Postgres { url, schema, sealer })).await;
     owner.drop_schema().await.unwrap();
     skygate_store::Store::close(&owner).await;
     if let Err(e) = outcome {
@@ -128,6 +140,11 @@ conformance!(
     handles_see_each_others_writes,
     concurrent_writers,
     ping,
+    sensitive_columns_hold_no_plaintext,
+    erase_shreds_the_account_in_backups_too,
+    rewrap_moves_every_value_then_retire_is_safe,
+    audit_chain_appends_from_two_handles,
+    pending_shreds_are_finished,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's
@@ -135,7 +152,9 @@ conformance!(
 #[tokio::test]
 async fn both_migration_trees_reach_the_same_schema() {
     let dir = tempfile::tempdir().unwrap();
-    let lite = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    let lite = SqliteStore::open(&dir.path().join("s.db"), Sealer::ephemeral().unwrap())
+        .await
+        .unwrap();
     skygate_store::Store::migrate(&lite).await.unwrap();
     let lite_schema = schema::sqlite_schema(&lite).await;
     for expected in [
@@ -162,14 +181,95 @@ async fn both_migration_trees_reach_the_same_schema() {
     on_postgres(
         "both_migration_trees_reach_the_same_schema",
         move |db| async move {
-            let Db::Postgres { url, schema } = db else {
+            let Db::Postgres { url, schema, sealer } = db else {
                 unreachable!()
             };
-            let pg = PgStore::connect_in_schema(&url, &schema).await.unwrap();
+            let pg = PgStore::connect_in_schema(&url, &schema, sealer).await.unwrap();
             skygate_store::Store::migrate(&pg).await.unwrap();
             let pg_schema = schema::postgres_schema(&pg, &schema).await;
             assert_eq!(pg_schema, lite_schema);
         },
     )
     .await;
+}
+
+/// One stored value as the database holds it, read back without going through the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+impl Db {
+    /// Every value of `table.column`, straight from the database (the "backup" an attacker would hold).
+    pub async fn raw_column(&self, table: &str, column: &str) -> Vec<Raw> {
+        match self {
+            Db::Sqlite(path, sealer) => {
+                let s = SqliteStore::open(path, sealer.clone()).await.unwrap();
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as(&format!("SELECT typeof({column}), quote({column}) FROM {table}"))
+                        .fetch_all(s.pool())
+                        .await
+                        .unwrap();
+                skygate_store::Store::close(&s).await;
+                rows.into_iter()
+                    .map(|(ty, q)| match ty.as_str() {
+                        "null" => Raw::Null,
+                        "integer" => Raw::Int(q.parse().unwrap()),
+                        "text" => Raw::Text(q[1..q.len() - 1].replace("''", "'")),
+                        "blob" => Raw::Bytes(hex(&q[2..q.len() - 1])),
+                        other => panic!("unexpected SQLite type {other}"),
+                    })
+                    .collect()
+            }
+            Db::Postgres { url, schema, sealer } => {
+                let s = PgStore::connect_in_schema(url, schema, sealer.clone())
+                    .await
+                    .unwrap();
+                let rows: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+                    "SELECT pg_typeof({column})::text, {column}::text FROM {table}"
+                ))
+                .fetch_all(s.pool())
+                .await
+                .unwrap();
+                skygate_store::Store::close(&s).await;
+                rows.into_iter()
+                    .map(|(ty, v)| match (ty.as_str(), v) {
+                        (_, None) => Raw::Null,
+                        ("bigint" | "integer", Some(v)) => Raw::Int(v.parse().unwrap()),
+                        ("bytea", Some(v)) => Raw::Bytes(hex(v.trim_start_matches("\\x"))),
+                        (_, Some(v)) => Raw::Text(v),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The schema's columns as `table.column`.
+    pub async fn columns(&self) -> Vec<String> {
+        let described = match self {
+            Db::Sqlite(path, sealer) => {
+                let s = SqliteStore::open(path, sealer.clone()).await.unwrap();
+                schema::sqlite_schema(&s).await
+            }
+            Db::Postgres { url, schema, sealer } => {
+                let s = PgStore::connect_in_schema(url, schema, sealer.clone())
+                    .await
+                    .unwrap();
+                schema::postgres_schema(&s, schema).await
+            }
+        };
+        described
+            .into_iter()
+            .filter_map(|d| d.strip_prefix("column ").map(|c| c.split(' ').next().unwrap().to_owned()))
+            .collect()
+    }
 }
