@@ -65,20 +65,21 @@ pub enum ChainBreak {
 /// Checks a whole chain from the first entry (seq 1), oldest first. Returns the number of entries.
 pub fn verify_chain<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Result<u64, ChainBreak> {
     let mut prev = GENESIS;
-    let mut expected = 1;
     let mut n = 0;
-    for e in entries {
+    for (expected, e) in (1..).zip(entries) {
         if e.seq != expected {
             return Err(ChainBreak::Gap { seq: e.seq, expected });
         }
         if e.prev_hash != prev {
-            return Err(ChainBreak::Link { seq: e.seq, prev: e.seq - 1 });
+            return Err(ChainBreak::Link {
+                seq: e.seq,
+                prev: e.seq - 1,
+            });
         }
         if chain_hash(&prev, e.seq, &e.entry) != e.hash {
             return Err(ChainBreak::Content { seq: e.seq });
         }
         prev = e.hash;
-        expected += 1;
         n += 1;
     }
     Ok(n)
@@ -101,7 +102,12 @@ mod tests {
                     detail: String::new(),
                 };
                 let hash = chain_hash(&prev, seq, &entry);
-                let e = AuditEntry { seq, entry, prev_hash: prev, hash };
+                let e = AuditEntry {
+                    seq,
+                    entry,
+                    prev_hash: prev,
+                    hash,
+                };
                 prev = hash;
                 e
             })
@@ -122,7 +128,10 @@ mod tests {
 
         let mut dropped = chain(5);
         dropped.remove(2);
-        assert_eq!(verify_chain(&dropped), Err(ChainBreak::Gap { seq: 4, expected: 3 }));
+        assert_eq!(
+            verify_chain(&dropped),
+            Err(ChainBreak::Gap { seq: 4, expected: 3 })
+        );
 
         // Dropping an entry and renumbering the rest still breaks the link.
         let mut renumbered = chain(5);
@@ -130,7 +139,10 @@ mod tests {
         for (i, e) in renumbered.iter_mut().enumerate() {
             e.seq = i as i64 + 1;
         }
-        assert_eq!(verify_chain(&renumbered), Err(ChainBreak::Link { seq: 3, prev: 2 }));
+        assert_eq!(
+            verify_chain(&renumbered),
+            Err(ChainBreak::Link { seq: 3, prev: 2 })
+        );
 
         let mut swapped = chain(5);
         swapped.swap(1, 2);
@@ -144,7 +156,11 @@ mod tests {
             target: String::new(),
             detail: String::new(),
         };
-        let b = NewAuditEntry { actor: "a".into(), action: "bc".into(), ..a.clone() };
+        let b = NewAuditEntry {
+            actor: "a".into(),
+            action: "bc".into(),
+            ..a.clone()
+        };
         assert_ne!(chain_hash(&GENESIS, 1, &a), chain_hash(&GENESIS, 1, &b));
     }
 }

@@ -313,11 +313,4 @@ impl Cipher {
             wrapped,
         ))
     }
-
-    /// Serialises a header and wrapped key (shared with streams).
-    pub(crate) fn header_bytes(header: &Header, wrapped: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(FIXED + wrapped.len());
-        write_header(&mut out, header, wrapped)?;
-        Ok(out)
-    }
 }

@@ -12,16 +12,21 @@
 
 pub mod envelope;
 pub mod error;
+mod kekset;
+pub mod local;
 pub mod memory;
 pub mod pkcs11;
 pub mod provider;
 pub mod secret;
+pub mod stream;
 
 pub use envelope::{Aad, Cipher, Header, SealedRef, FORMAT_V1};
 pub use error::CryptoError;
+pub use local::{LocalKeyring, MasterKey};
 pub use memory::MemoryKeyring;
 pub use pkcs11::{Pkcs11Config, Pkcs11Pin, Pkcs11Provider};
 pub use provider::{KekInfo, KekState, KeyProvider, ShredId};
 pub use secret::{Dek, Secret32};
+pub use stream::{StreamHeader, StreamOpener, StreamSealer};
 
 pub type Result<T, E = CryptoError> = std::result::Result<T, E>;

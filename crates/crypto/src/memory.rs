@@ -2,30 +2,20 @@
 //! long as the value. For tests and benchmarks of code above the provider (stores, servers) where a
 //! keyring on disk adds nothing; never selectable in configuration.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::RwLock;
 
-use ring::aead::{Aad, Nonce, AES_256_GCM, NONCE_LEN};
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::envelope::gcm_key;
-use crate::{CryptoError, Dek, KekInfo, KekState, KeyProvider, Result, Secret32, ShredId};
-
-const WRAP_DOMAIN: &[u8] = b"skygate-memory-wrap";
-
-struct Kek {
-    key: Option<Dek>,
-    created_at: i64,
-}
+use crate::kekset::{derive, mix, new_shred_id, now_secs, Kek, KekSet};
+use crate::{CryptoError, Dek, KeyProvider, Result, Secret32, ShredId};
 
 /// Keys in memory only. See the module docs.
 pub struct MemoryKeyring {
     id: u32,
     root: Dek,
-    keks: RwLock<BTreeMap<u32, Kek>>,
+    keks: KekSet,
     shreds: RwLock<HashMap<ShredId, Dek>>,
-    rng: SystemRandom,
 }
 
 impl MemoryKeyring {
@@ -34,12 +24,12 @@ impl MemoryKeyring {
         let rng = SystemRandom::new();
         let mut id = [0u8; 4];
         rng.fill(&mut id).map_err(|_| CryptoError::Random)?;
+        let id = u32::from_be_bytes(id) | 1;
         let ring = MemoryKeyring {
-            id: u32::from_be_bytes(id) | 1,
+            id,
             root: Dek::generate()?,
-            keks: RwLock::new(BTreeMap::new()),
+            keks: KekSet::new(id, b"skygate-memory-wrap"),
             shreds: RwLock::new(HashMap::new()),
-            rng,
         };
         ring.rotate()?;
         Ok(ring)
@@ -48,112 +38,13 @@ impl MemoryKeyring {
     fn poisoned() -> CryptoError {
         CryptoError::Provider("in-memory keyring lock poisoned".into())
     }
-
-    fn aad(&self, version: u32) -> Vec<u8> {
-        let mut v = WRAP_DOMAIN.to_vec();
-        v.extend_from_slice(&self.id.to_be_bytes());
-        v.extend_from_slice(&version.to_be_bytes());
-        v
-    }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn hmac32(key: &Dek, parts: &[&[u8]]) -> [u8; 32] {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key.expose());
-    let mut ctx = hmac::Context::with_key(&k);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
 }
 
 impl KeyProvider for MemoryKeyring {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    fn keyring_id(&self) -> u32 {
-        self.id
-    }
-
-    fn current_version(&self) -> u32 {
-        self.keks
-            .read()
-            .map(|k| {
-                k.iter()
-                    .rev()
-                    .find(|(_, k)| k.key.is_some())
-                    .map_or(0, |(v, _)| *v)
-            })
-            .unwrap_or(0)
-    }
-
-    fn versions(&self) -> Result<Vec<KekInfo>> {
-        let keks = self.keks.read().map_err(|_| Self::poisoned())?;
-        Ok(keks
-            .iter()
-            .map(|(v, k)| KekInfo {
-                version: *v,
-                created_at: k.created_at,
-                state: if k.key.is_some() {
-                    KekState::Active
-                } else {
-                    KekState::Retired
-                },
-            })
-            .collect())
-    }
-
-    fn wrap(&self, dek: &Dek) -> Result<(u32, Vec<u8>)> {
-        let keks = self.keks.read().map_err(|_| Self::poisoned())?;
-        let (version, key) = keks
-            .iter()
-            .rev()
-            .find_map(|(v, k)| k.key.as_ref().map(|key| (*v, key)))
-            .ok_or(CryptoError::UnknownVersion(0))?;
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
-        let mut out = nonce.to_vec();
-        let mut body = dek.expose().to_vec();
-        gcm_key(key)?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad(version)),
-                &mut body,
-            )
-            .map_err(|_| CryptoError::Provider("wrap failed".into()))?;
-        out.extend_from_slice(&body);
-        Ok((version, out))
-    }
-
-    fn unwrap(&self, version: u32, wrapped: &[u8]) -> Result<Dek> {
-        let keks = self.keks.read().map_err(|_| Self::poisoned())?;
-        let key = keks
-            .get(&version)
-            .and_then(|k| k.key.as_ref())
-            .ok_or(CryptoError::UnknownVersion(version))?;
-        if wrapped.len() != NONCE_LEN + 32 + AES_256_GCM.tag_len() {
-            return Err(CryptoError::Authentication);
-        }
-        let (nonce, body) = wrapped.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Authentication)?;
-        let mut body = zeroize::Zeroizing::new(body.to_vec());
-        let plain = gcm_key(key)?
-            .open_in_place(nonce, Aad::from(self.aad(version)), &mut body)
-            .map_err(|_| CryptoError::Authentication)?;
-        Dek::from_slice(plain)
-    }
+    crate::kekset::delegate_keks!("memory");
 
     fn rotate(&self) -> Result<u32> {
-        let mut keks = self.keks.write().map_err(|_| Self::poisoned())?;
+        let mut keks = self.keks.write()?;
         let version = keks.keys().next_back().map_or(1, |v| v + 1);
         keks.insert(
             version,
@@ -171,7 +62,7 @@ impl KeyProvider for MemoryKeyring {
                 "version {version} is the current key-encryption key; rotate first"
             )));
         }
-        let mut keks = self.keks.write().map_err(|_| Self::poisoned())?;
+        let mut keks = self.keks.write()?;
         let kek = keks
             .get_mut(&version)
             .ok_or(CryptoError::UnknownVersion(version))?;
@@ -184,16 +75,11 @@ impl KeyProvider for MemoryKeyring {
     }
 
     fn derive_secret(&self, purpose: &str) -> Result<Secret32> {
-        Ok(Secret32::from_bytes(hmac32(
-            &self.root,
-            &[b"skygate-derive-v1", purpose.as_bytes()],
-        )))
+        Ok(derive(&self.root, purpose))
     }
 
     fn create_shred_key(&self) -> Result<ShredId> {
-        let mut b = [0u8; 8];
-        self.rng.fill(&mut b).map_err(|_| CryptoError::Random)?;
-        let id = u64::from_be_bytes(b) | 1;
+        let id = new_shred_id()?;
         self.shreds
             .write()
             .map_err(|_| Self::poisoned())?
@@ -204,7 +90,7 @@ impl KeyProvider for MemoryKeyring {
     fn shred_mix(&self, id: ShredId, dek: &Dek) -> Result<Dek> {
         let shreds = self.shreds.read().map_err(|_| Self::poisoned())?;
         let key = shreds.get(&id).ok_or(CryptoError::Shredded(id))?;
-        Ok(Dek::from_bytes(hmac32(key, &[b"skygate-shred-v1", dek.expose()])))
+        Ok(mix(key, dek))
     }
 
     fn destroy_shred_key(&self, id: ShredId) -> Result<()> {

@@ -389,12 +389,16 @@ impl Config {
             "local" => {}
             "pkcs11" => {
                 if k.pkcs11_module.is_none() {
-                    return err("keyring.pkcs11_module is required with keyring.provider = \"pkcs11\"".into());
+                    return err(
+                        "keyring.pkcs11_module is required with keyring.provider = \"pkcs11\"".into(),
+                    );
                 }
                 if k.pkcs11_token_label.is_none() && k.pkcs11_slot.is_none() {
-                    return err("keyring.pkcs11_token_label or keyring.pkcs11_slot is required with \
+                    return err(
+                        "keyring.pkcs11_token_label or keyring.pkcs11_slot is required with \
                          keyring.provider = \"pkcs11\""
-                        .into());
+                            .into(),
+                    );
                 }
                 if k.pkcs11_pin_env.is_empty() {
                     return err("keyring.pkcs11_pin_env must name an environment variable".into());
@@ -417,7 +421,10 @@ impl Config {
         }
         let o = &self.outputs;
         if o.store != "file" {
-            let bucket = o.store.strip_prefix("s3://").map(|r| r.split('/').next().unwrap_or(""));
+            let bucket = o
+                .store
+                .strip_prefix("s3://")
+                .map(|r| r.split('/').next().unwrap_or(""));
             if bucket.is_none_or(str::is_empty) {
                 return err(format!(
                     "outputs.store must be \"file\" or s3://BUCKET[/PREFIX], got {:?}",

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use skygate_core::{KeyHasher, NewAuditEntry, Pepper, Timestamp};
 use skygate_crypto::{KekState, KeyProvider};
+use skygate_store::objects::Objects;
 use skygate_store::{DynStore, Sealer, SEALED_COLUMNS};
 
 use crate::config::Config;
@@ -51,14 +52,22 @@ pub fn open_provider(config: &Config, create: bool) -> anyhow::Result<Opened> {
                     k.pkcs11_pin_env
                 )
             })?;
-            let module = k.pkcs11_module.clone().context("keyring.pkcs11_module is not set")?;
-            let provider = skygate_crypto::pkcs11::Pkcs11Provider::open(skygate_crypto::pkcs11::Pkcs11Config {
-                module,
-                slot: k.pkcs11_slot,
-                token_label: k.pkcs11_token_label.clone(),
-                pin: skygate_crypto::pkcs11::Pkcs11Pin::new(pin),
-            })?;
-            Ok(Opened { provider: Arc::new(provider), created_master: None, created_keyring: false })
+            let module = k
+                .pkcs11_module
+                .clone()
+                .context("keyring.pkcs11_module is not set")?;
+            let provider =
+                skygate_crypto::pkcs11::Pkcs11Provider::open(skygate_crypto::pkcs11::Pkcs11Config {
+                    module,
+                    slot: k.pkcs11_slot,
+                    token_label: k.pkcs11_token_label.clone(),
+                    pin: skygate_crypto::pkcs11::Pkcs11Pin::new(pin),
+                })?;
+            Ok(Opened {
+                provider: Arc::new(provider),
+                created_master: None,
+                created_keyring: false,
+            })
         }
         _ => {
             use skygate_crypto::local::{LocalKeyring, MasterKey};
@@ -87,7 +96,11 @@ pub fn open_provider(config: &Config, create: bool) -> anyhow::Result<Opened> {
             } else {
                 (LocalKeyring::open(&dir, master)?, false)
             };
-            Ok(Opened { provider: Arc::new(ring), created_master, created_keyring })
+            Ok(Opened {
+                provider: Arc::new(ring),
+                created_master,
+                created_keyring,
+            })
         }
     }
 }
@@ -103,7 +116,7 @@ pub fn hasher(provider: &dyn KeyProvider) -> anyhow::Result<Arc<dyn KeyHasher>> 
 
 /// The store's sealer over `provider`.
 pub fn sealer(provider: Arc<dyn KeyProvider>) -> anyhow::Result<Sealer> {
-    Ok(Sealer::new(skygate_crypto::Cipher::new(provider)).context("cannot set up field encryption")?)
+    Sealer::new(skygate_crypto::Cipher::new(provider)).context("cannot set up field encryption")
 }
 
 /// One KEK version as `keyring status` shows it.
@@ -130,13 +143,16 @@ pub struct KeyringStatus {
     pub unknown_references: u64,
 }
 
-/// How many stored values each KEK version wraps.
-pub async fn references(store: &DynStore) -> anyhow::Result<BTreeMap<u32, u64>> {
+/// How many stored values (database values and objects) each KEK version wraps.
+pub async fn references(store: &DynStore, objects: &Objects) -> anyhow::Result<BTreeMap<u32, u64>> {
     let mut total = BTreeMap::new();
     for c in SEALED_COLUMNS {
         for (v, n) in store.sealed_versions(c).await? {
             *total.entry(v).or_insert(0) += n;
         }
+    }
+    for (v, n) in objects.versions().await? {
+        *total.entry(v).or_insert(0) += n;
     }
     Ok(total)
 }
@@ -145,10 +161,14 @@ fn rfc3339(unix: i64) -> String {
     Timestamp::from_micros(unix.saturating_mul(1_000_000)).to_string()
 }
 
-pub async fn status(store: &DynStore, provider: &dyn KeyProvider) -> anyhow::Result<KeyringStatus> {
+pub async fn status(
+    store: &DynStore,
+    objects: &Objects,
+    provider: &dyn KeyProvider,
+) -> anyhow::Result<KeyringStatus> {
     provider.refresh()?;
     let current = provider.current_version();
-    let mut refs = references(store).await?;
+    let mut refs = references(store, objects).await?;
     let versions: Vec<VersionStatus> = provider
         .versions()?
         .into_iter()
@@ -175,12 +195,25 @@ pub async fn status(store: &DynStore, provider: &dyn KeyProvider) -> anyhow::Res
 }
 
 fn audit(actor: &str, action: &str, target: String, detail: String) -> NewAuditEntry {
-    NewAuditEntry { at: Timestamp::now(), actor: actor.into(), action: action.into(), target, detail }
+    NewAuditEntry {
+        at: Timestamp::now(),
+        actor: actor.into(),
+        action: action.into(),
+        target,
+        detail,
+    }
 }
 
 /// Makes a new KEK version and records it in the audit chain.
-pub async fn rotate(store: &DynStore, provider: &dyn KeyProvider, actor: &str, why: &str) -> anyhow::Result<u32> {
-    let v = provider.rotate().context("cannot rotate the key-encryption key")?;
+pub async fn rotate(
+    store: &DynStore,
+    provider: &dyn KeyProvider,
+    actor: &str,
+    why: &str,
+) -> anyhow::Result<u32> {
+    let v = provider
+        .rotate()
+        .context("cannot rotate the key-encryption key")?;
     store
         .append_audit(&audit(actor, "keyring.rotate", format!("v{v}"), why.into()))
         .await?;
@@ -196,11 +229,22 @@ pub async fn rotate_if_due(
     provider.refresh()?;
     let current = provider.current_version();
     let newest = provider.versions()?.into_iter().find(|v| v.version == current);
-    let age = newest.map_or(i64::MAX, |v| Timestamp::now().as_micros() / 1_000_000 - v.created_at);
+    let age = newest.map_or(i64::MAX, |v| {
+        Timestamp::now().as_micros() / 1_000_000 - v.created_at
+    });
     if age >= 0 && (age as u64) < period.as_secs() {
         return Ok(None);
     }
-    let v = rotate(store, provider, "system", &format!("automatic: newest version older than {}", humantime::format_duration(period))).await?;
+    let v = rotate(
+        store,
+        provider,
+        "system",
+        &format!(
+            "automatic: newest version older than {}",
+            humantime::format_duration(period)
+        ),
+    )
+    .await?;
     Ok(Some(v))
 }
 
@@ -212,11 +256,12 @@ pub struct RewrapTotals {
 }
 
 /// Moves every value under an older version to the current one, `batch` rows per round trip, calling
-/// `progress(moved_so_far)` after each batch. Safe to run on several nodes at once and to kill at any
-/// point: each swap is one conditional `UPDATE`, and a value stays readable under its old version until
-/// it is swapped.
+/// `progress(moved_so_far)` after each batch, then every object. Safe to run on several nodes at once and
+/// to kill at any point: each swap is one conditional `UPDATE` (or an object copy renamed over the
+/// original), and a value stays readable under its old version until it is swapped.
 pub async fn rewrap_all(
     store: &DynStore,
+    objects: &Objects,
     batch: u32,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<RewrapTotals> {
@@ -234,11 +279,21 @@ pub async fn rewrap_all(
             }
         }
     }
+    let (moved, failed) = objects.rewrap_all().await?;
+    totals.moved += moved;
+    totals.failed += failed;
+    progress(totals.moved);
     Ok(totals)
 }
 
 /// Destroys KEK `version` after checking that nothing needs it.
-pub async fn retire(store: &DynStore, provider: &dyn KeyProvider, version: u32, actor: &str) -> anyhow::Result<()> {
+pub async fn retire(
+    store: &DynStore,
+    objects: &Objects,
+    provider: &dyn KeyProvider,
+    version: u32,
+    actor: &str,
+) -> anyhow::Result<()> {
     provider.refresh()?;
     let versions = provider.versions()?;
     let Some(info) = versions.iter().find(|v| v.version == version) else {
@@ -262,15 +317,26 @@ pub async fn retire(store: &DynStore, provider: &dyn KeyProvider, version: u32, 
             PROPAGATION.as_secs()
         );
     }
-    let refs = references(store).await?.get(&version).copied().unwrap_or(0);
+    let refs = references(store, objects)
+        .await?
+        .get(&version)
+        .copied()
+        .unwrap_or(0);
     if refs > 0 {
         anyhow::bail!(
             "version {version} still wraps {refs} stored value(s); run `skygate keyring rewrap --force` first"
         );
     }
-    provider.retire(version).context("the key provider refused to retire the version")?;
+    provider
+        .retire(version)
+        .context("the key provider refused to retire the version")?;
     store
-        .append_audit(&audit(actor, "keyring.retire", format!("v{version}"), String::new()))
+        .append_audit(&audit(
+            actor,
+            "keyring.retire",
+            format!("v{version}"),
+            String::new(),
+        ))
         .await?;
     Ok(())
 }

@@ -10,9 +10,9 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod keyring;
 pub mod listener;
 pub mod middleware;
-pub mod keyring;
 pub mod state;
 pub mod tasks;
 pub mod tls;
@@ -41,7 +41,32 @@ const CERT_CHECK_PERIOD: Duration = Duration::from_secs(12 * 3600);
 pub struct Backend {
     pub provider: Arc<dyn skygate_crypto::KeyProvider>,
     pub store: DynStore,
+    pub objects: skygate_store::objects::Objects,
     pub hasher: Arc<dyn KeyHasher>,
+}
+
+/// The configured object store for outputs, sealing with `provider`.
+pub fn open_objects(
+    config: &Config,
+    provider: Arc<dyn skygate_crypto::KeyProvider>,
+) -> anyhow::Result<skygate_store::objects::Objects> {
+    use skygate_store::objects::{Objects, S3Settings};
+    let cipher = skygate_crypto::Cipher::new(provider);
+    let o = &config.outputs;
+    Ok(if o.store == "file" {
+        Objects::local(&config.objects_dir(), cipher)?
+    } else {
+        Objects::s3(
+            &S3Settings {
+                url: o.store.clone(),
+                endpoint: o.s3_endpoint.clone(),
+                region: o.s3_region.clone(),
+                allow_http: o.s3_allow_http,
+                credentials: None,
+            },
+            cipher,
+        )?
+    })
 }
 
 /// Opens the key provider (creating the local keyring and master key on first use, with a warning that
@@ -77,7 +102,13 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Backend> {
     if finished > 0 {
         tracing::info!(finished, "finished interrupted crypto-shreds");
     }
-    Ok(Backend { provider, store, hasher })
+    let objects = open_objects(config, provider.clone())?;
+    Ok(Backend {
+        provider,
+        store,
+        objects,
+        hasher,
+    })
 }
 
 fn tls_settings(config: &Config) -> tls::TlsSettings {
@@ -111,9 +142,19 @@ impl Server {
         }
         let resolver = Arc::new(tls::CertResolver::new(material.certified_key.clone()));
         let tls = tls::server_config(resolver.clone())?;
-        let Backend { provider, store, hasher } = open_backend(&config).await?;
-        if let Some(v) = keyring::rotate_if_due(&store, provider.as_ref(), config.keyring.rotation_period).await? {
-            tracing::info!(version = v, "rotated the key-encryption key (rotation period reached)");
+        let Backend {
+            provider,
+            store,
+            objects,
+            hasher,
+        } = open_backend(&config).await?;
+        if let Some(v) =
+            keyring::rotate_if_due(&store, provider.as_ref(), config.keyring.rotation_period).await?
+        {
+            tracing::info!(
+                version = v,
+                "rotated the key-encryption key (rotation period reached)"
+            );
         }
         let models = ModelRegistry::new(config.model_specs()?);
         let auth = Arc::new(Authenticator::new(
@@ -122,7 +163,14 @@ impl Server {
             config.auth.key_cache_ttl,
         ));
         let public_url = config.public_url(bound);
-        let state = AppState::new(config.clone(), store.clone(), auth.clone(), models, public_url)?;
+        let state = AppState::new(
+            config.clone(),
+            store.clone(),
+            objects,
+            auth.clone(),
+            models,
+            public_url,
+        )?;
         Ok(Server {
             config,
             state,
@@ -242,7 +290,10 @@ impl Server {
                     let (provider, store) = (provider.clone(), store.clone());
                     async move {
                         if let Some(v) = keyring::rotate_if_due(&store, provider.as_ref(), period).await? {
-                            tracing::info!(version = v, "rotated the key-encryption key (rotation period reached)");
+                            tracing::info!(
+                                version = v,
+                                "rotated the key-encryption key (rotation period reached)"
+                            );
                         }
                         Ok(())
                     }
@@ -252,15 +303,22 @@ impl Server {
             }
         });
         tasks.spawn("keyring-rewrap", {
-            let (stop, store) = (stop.clone(), self.store.clone());
-            let (interval, batch) = (self.config.keyring.rewrap_interval, self.config.keyring.rewrap_batch);
+            let (stop, store, objects) = (stop.clone(), self.store.clone(), self.state.objects().clone());
+            let (interval, batch) = (
+                self.config.keyring.rewrap_interval,
+                self.config.keyring.rewrap_batch,
+            );
             async move {
                 tasks::every(interval, stop, "keyring-rewrap", || {
-                    let store = store.clone();
+                    let (store, objects) = (store.clone(), objects.clone());
                     async move {
-                        let t = keyring::rewrap_all(&store, batch, |_| {}).await?;
+                        let t = keyring::rewrap_all(&store, &objects, batch, |_| {}).await?;
                         if t.moved > 0 || t.failed > 0 {
-                            tracing::info!(moved = t.moved, failed = t.failed, "rewrapped data keys to the current key-encryption key");
+                            tracing::info!(
+                                moved = t.moved,
+                                failed = t.failed,
+                                "rewrapped data keys to the current key-encryption key"
+                            );
                         }
                         Ok(())
                     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use skygate_core::models::ModelRegistry;
+use skygate_store::objects::Objects;
 use skygate_store::DynStore;
 
 use crate::api::ModelCatalog;
@@ -16,6 +17,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     config: Arc<Config>,
     store: DynStore,
+    objects: Objects,
     auth: Arc<Authenticator>,
     models: ModelRegistry,
     catalog: ModelCatalog,
@@ -26,6 +28,7 @@ impl AppState {
     pub fn new(
         config: Arc<Config>,
         store: DynStore,
+        objects: Objects,
         auth: Arc<Authenticator>,
         models: ModelRegistry,
         public_url: String,
@@ -34,6 +37,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             config,
             store,
+            objects,
             auth,
             models,
             catalog,
@@ -47,6 +51,11 @@ impl AppState {
 
     pub fn store(&self) -> &DynStore {
         &self.0.store
+    }
+
+    /// Sealed object storage for outputs.
+    pub fn objects(&self) -> &Objects {
+        &self.0.objects
     }
 
     pub fn auth(&self) -> &Authenticator {

@@ -112,7 +112,10 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
             admin::erase_account(&store, &acct, "operator", now).await?;
             // Cached credential lookups end within key_cache_ttl everywhere.
             tokio::time::sleep(config.auth.key_cache_ttl).await;
-            eprintln!("erased account {}: its data keys are destroyed and its keys refused", acct.id);
+            eprintln!(
+                "erased account {}: its data keys are destroyed and its keys refused",
+                acct.id
+            );
             println!("{}", acct.id);
         }
     }
@@ -184,10 +187,15 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
 }
 
 async fn keyring_cmd(config: &Config, cmd: KeyringCmd) -> anyhow::Result<()> {
-    let Backend { store, provider, .. } = open_backend(config).await?;
+    let Backend {
+        store,
+        provider,
+        objects,
+        ..
+    } = open_backend(config).await?;
     match cmd {
         KeyringCmd::Status { json } => {
-            let st = keyring::status(&store, provider.as_ref()).await?;
+            let st = keyring::status(&store, &objects, provider.as_ref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
@@ -195,10 +203,16 @@ async fn keyring_cmd(config: &Config, cmd: KeyringCmd) -> anyhow::Result<()> {
                     "provider {}  keyring {}  current version {}",
                     st.provider, st.keyring_id, st.current_version
                 );
-                println!("{:<8} {:<8} {:<28} {:>10}", "VERSION", "STATE", "CREATED", "VALUES");
+                println!(
+                    "{:<8} {:<8} {:<28} {:>10}",
+                    "VERSION", "STATE", "CREATED", "VALUES"
+                );
                 for v in &st.versions {
                     let state = if v.current { "current" } else { v.state };
-                    println!("{:<8} {:<8} {:<28} {:>10}", v.version, state, v.created_at, v.references);
+                    println!(
+                        "{:<8} {:<8} {:<28} {:>10}",
+                        v.version, state, v.created_at, v.references
+                    );
                 }
                 println!("pending rewrap: {} value(s)", st.pending_rewrap);
                 if st.unknown_references > 0 {
@@ -218,7 +232,9 @@ async fn keyring_cmd(config: &Config, cmd: KeyringCmd) -> anyhow::Result<()> {
             println!("{v}");
         }
         KeyringCmd::Rewrap { force } => {
-            let pending = keyring::status(&store, provider.as_ref()).await?.pending_rewrap;
+            let pending = keyring::status(&store, &objects, provider.as_ref())
+                .await?
+                .pending_rewrap;
             if !force {
                 eprintln!(
                     "{pending} value(s) wait for rewrap; running servers move them in the background \
@@ -226,16 +242,20 @@ async fn keyring_cmd(config: &Config, cmd: KeyringCmd) -> anyhow::Result<()> {
                 );
             } else {
                 let bar = Progress::new(pending);
-                let t = keyring::rewrap_all(&store, config.keyring.rewrap_batch, |n| bar.show(n)).await?;
+                let t = keyring::rewrap_all(&store, &objects, config.keyring.rewrap_batch, |n| bar.show(n))
+                    .await?;
                 bar.finish();
-                eprintln!("rewrapped {} value(s); {} could not be rewrapped", t.moved, t.failed);
+                eprintln!(
+                    "rewrapped {} value(s); {} could not be rewrapped",
+                    t.moved, t.failed
+                );
                 if t.failed > 0 {
                     anyhow::bail!("{} value(s) could not be rewrapped (see the log)", t.failed);
                 }
             }
         }
         KeyringCmd::Retire { version } => {
-            keyring::retire(&store, provider.as_ref(), version, "operator").await?;
+            keyring::retire(&store, &objects, provider.as_ref(), version, "operator").await?;
             eprintln!("retired version {version}: it can no longer unwrap anything");
             println!("{version}");
         }
@@ -253,7 +273,10 @@ struct Progress {
 impl Progress {
     fn new(total: u64) -> Self {
         use std::io::IsTerminal;
-        Progress { total, tty: std::io::stderr().is_terminal() }
+        Progress {
+            total,
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     fn show(&self, done: u64) {

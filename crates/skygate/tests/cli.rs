@@ -79,7 +79,10 @@ async fn operator_flow_against_a_running_server() {
         ],
     );
     assert!(proj.starts_with("proj_"), "{proj}");
-    let key = ok(&data, &["keys", "create", "--project", &proj, "--name", "ci deploy key"]);
+    let key = ok(
+        &data,
+        &["keys", "create", "--project", &proj, "--name", "ci deploy key"],
+    );
     assert!(key.starts_with("sk_live_") && key.len() == 46, "{key}");
     let test_key = ok(
         &data,
@@ -183,7 +186,10 @@ async fn operator_flow_against_a_running_server() {
             );
         }
     }
-    assert_eq!(live["name"], "ci deploy key", "names still read back through the store");
+    assert_eq!(
+        live["name"], "ci deploy key",
+        "names still read back through the store"
+    );
 
     // Revoke with the CLI while the server runs: the very next request is refused.
     let revoked = ok(&data, &["keys", "revoke", &key_id]);

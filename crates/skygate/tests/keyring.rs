@@ -32,7 +32,11 @@ fn run(data: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output
 
 fn ok(data: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = run(data, env, args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     last_line(&out)
 }
 
@@ -51,42 +55,115 @@ fn refs(st: &serde_json::Value, version: u64) -> u64 {
         .map_or(0, |v| v["references"].as_u64().unwrap())
 }
 
-/// The config the binary would load for `data` with `env` applied (env vars are read by `Config::load`).
-fn config(data: &Path, database_url: Option<&str>) -> Arc<Config> {
-    let mut c = Config::load(&Overrides { data_dir: Some(data.to_owned()), ..Default::default() }).unwrap();
-    c.storage.database_url = database_url.map(str::to_owned);
+/// The config the binary loads for `data` with `env` applied: the same keys, set on the struct.
+fn config(data: &Path, env: &[(&str, &str)]) -> Arc<Config> {
+    let mut c = Config::load(&Overrides {
+        data_dir: Some(data.to_owned()),
+        ..Default::default()
+    })
+    .unwrap();
+    for (k, v) in env {
+        match *k {
+            "SKYGATE_DATABASE_URL" => c.storage.database_url = Some((*v).to_owned()),
+            "SKYGATE_KEYRING__REWRAP_BATCH" => c.keyring.rewrap_batch = v.parse().unwrap(),
+            "SKYGATE_KEYRING__PROVIDER" => c.keyring.provider = (*v).to_owned(),
+            "SKYGATE_KEYRING__PKCS11_MODULE" => c.keyring.pkcs11_module = Some(PathBuf::from(v)),
+            "SKYGATE_KEYRING__PKCS11_TOKEN_LABEL" => c.keyring.pkcs11_token_label = Some((*v).to_owned()),
+            "SKYGATE_KEYRING__PKCS11_PIN_ENV" => c.keyring.pkcs11_pin_env = (*v).to_owned(),
+            // Read by the provider itself from this process's environment (set by `softhsm_env`).
+            "SOFTHSM2_CONF" | "SKYGATE_TEST_E2E_PIN" => {}
+            other => panic!("config() does not know {other}"),
+        }
+    }
     Arc::new(c)
 }
 
+/// A fresh SoftHSM2 token for this test binary, and the environment that points skygate at it (the
+/// binary gets it through `env`, this process through its own environment). `None` after skipping.
+fn softhsm_env(test: &str, dir: &Path) -> Option<Vec<(&'static str, String)>> {
+    let module = skygate_testkit::env_or_skip("SKYGATE_TEST_PKCS11_MODULE", test)?;
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "skygate-e2e",
+            "--pin",
+            "9876",
+            "--so-pin",
+            "1234",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (apt package softhsm2) is needed with SKYGATE_TEST_PKCS11_MODULE");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let conf = conf.display().to_string();
+    // This process opens the same token for its in-process checks (one test per binary uses it).
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    std::env::set_var("SKYGATE_TEST_E2E_PIN", "9876");
+    Some(vec![
+        ("SOFTHSM2_CONF", conf),
+        ("SKYGATE_TEST_E2E_PIN", "9876".into()),
+        ("SKYGATE_KEYRING__PROVIDER", "pkcs11".into()),
+        ("SKYGATE_KEYRING__PKCS11_MODULE", module),
+        ("SKYGATE_KEYRING__PKCS11_TOKEN_LABEL", "skygate-e2e".into()),
+        ("SKYGATE_KEYRING__PKCS11_PIN_ENV", "SKYGATE_TEST_E2E_PIN".into()),
+    ])
+}
+
 /// Creates `n` accounts, each with a project and a key, in-process (fast), returning the account ids.
-async fn populate(cfg: &Config, n: usize) -> Vec<AccountId> {
+async fn populate(cfg: &Config, n: usize, tag: &str) -> Vec<(AccountId, String)> {
     let b = open_backend(cfg).await.unwrap();
     let now = Timestamp::now();
     let mut ids = Vec::new();
     for i in 0..n {
-        let a = admin::create_account(&b.store, &format!("user{i}@example.com"), Tier::Free, now)
+        let a = admin::create_account(&b.store, &format!("{tag}{i}@example.com"), Tier::Free, now)
             .await
             .unwrap();
-        let p = admin::create_project(&b.store, a.id.as_str(), &format!("project {i}"), now)
+        let p = admin::create_project(&b.store, a.id.as_str(), &format!("project {tag}{i}"), now)
             .await
             .unwrap();
-        admin::create_key(&b.store, b.hasher.as_ref(), p.id.as_str(), skygate_core::Mode::Live, Some("k"), None, now)
-            .await
-            .unwrap();
-        ids.push(a.id);
+        admin::create_key(
+            &b.store,
+            b.hasher.as_ref(),
+            p.id.as_str(),
+            skygate_core::Mode::Live,
+            Some("k"),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+        ids.push((a.id, format!("{tag}{i}")));
     }
     b.store.close().await;
     ids
 }
 
 /// Every value reads back with its original plaintext.
-async fn all_readable(cfg: &Config, ids: &[AccountId]) {
+async fn all_readable(cfg: &Config, ids: &[(AccountId, String)]) {
     let b = open_backend(cfg).await.unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        let a = b.store.account(id).await.unwrap().unwrap_or_else(|| panic!("account {i} missing"));
-        assert_eq!(a.email, format!("user{i}@example.com"));
+    for (id, tag) in ids {
+        let a = b
+            .store
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("account {tag} missing"));
+        assert_eq!(a.email, format!("{tag}@example.com"));
         let p = b.store.list_projects(id).await.unwrap();
-        assert_eq!(p[0].name, format!("project {i}"));
+        assert_eq!(p[0].name, format!("project {tag}"));
         let k = b.store.list_api_keys(&p[0].id).await.unwrap();
         assert_eq!(k[0].name, "k");
     }
@@ -97,9 +174,16 @@ async fn all_readable(cfg: &Config, ids: &[AccountId]) {
 struct Rng(u64);
 impl Rng {
     fn new() -> Self {
-        let seed = std::env::var("SKYGATE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed = std::env::var("SKYGATE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
         eprintln!("kill-point seed: SKYGATE_TEST_SEED={seed}");
         Rng(seed)
     }
@@ -111,8 +195,9 @@ impl Rng {
     }
 }
 
-/// Starts `skygate keyring ARGS` and SIGKILLs it after a random delay (it may also finish first).
-fn kill_midway(data: &Path, env: &[(&str, &str)], args: &[&str], rng: &mut Rng) -> bool {
+/// Starts `skygate keyring ARGS` and SIGKILLs it after a random delay below `within` (it may also finish
+/// first). Returns whether it was killed while running.
+fn kill_midway(data: &Path, env: &[(&str, &str)], args: &[&str], within: Duration, rng: &mut Rng) -> bool {
     let mut child = Command::new(bin())
         .arg("--data-dir")
         .arg(data)
@@ -123,32 +208,50 @@ fn kill_midway(data: &Path, env: &[(&str, &str)], args: &[&str], rng: &mut Rng) 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(5 + rng.below(400)));
+    let micros = within.as_micros().max(1) as u64;
+    std::thread::sleep(Duration::from_micros(rng.below(micros)));
     let killed = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
     let _ = child.wait();
     killed
 }
 
-async fn crash_matrix(data: &Path, env: &[(&str, &str)], database_url: Option<&str>) {
-    let cfg = config(data, database_url);
-    let ids = populate(&cfg, 150).await;
+/// How long a full run of `skygate ARGS` takes here.
+fn timed(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Duration {
+    let start = std::time::Instant::now();
+    ok(data, env, args);
+    start.elapsed()
+}
+
+async fn crash_matrix(data: &Path, env: &[(&str, &str)]) {
+    let cfg = config(data, env);
+    let ids = populate(&cfg, 150, "crash").await;
     all_readable(&cfg, &ids).await;
+    // Kill points are drawn over each command's measured run time, so most kills land mid-run.
+    let t_rotate = timed(data, env, &["keyring", "rotate"]);
+    let t_rewrap = timed(data, env, &["keyring", "rewrap", "--force"]);
     let mut rng = Rng::new();
     let mut kills = 0;
-    for round in 0..6 {
-        let args: &[&str] = match round % 3 {
-            0 => &["keyring", "rotate"],
-            1 => &["keyring", "rewrap", "--force"],
-            _ => &["keyring", "retire", "1"],
+    for round in 0..12 {
+        let (args, within): (&[&str], Duration) = match round % 3 {
+            0 => (&["keyring", "rotate"], t_rotate),
+            1 => (&["keyring", "rewrap", "--force"], t_rewrap),
+            // Refused (values still reference it, or it is already retired) or done: either way safe.
+            _ => (&["keyring", "retire", "1"], t_rotate),
         };
-        if kill_midway(data, env, args, &mut rng) {
+        if kill_midway(data, env, args, within, &mut rng) {
             kills += 1;
         }
         // After every kill, every value is readable by a fresh process.
         all_readable(&cfg, &ids).await;
     }
-    eprintln!("{kills} of 6 keyring commands were killed mid-run");
+    eprintln!(
+        "{kills} of 12 keyring commands were killed mid-run (rotate {t_rotate:?}, rewrap {t_rewrap:?})"
+    );
+    assert!(
+        kills >= 3,
+        "only {kills} of 12 commands were killed before finishing: the test proved little"
+    );
     // Finish the job cleanly: everything moves to the newest version and the old ones can go.
     ok(data, env, &["keyring", "rotate"]);
     ok(data, env, &["keyring", "rewrap", "--force"]);
@@ -168,44 +271,80 @@ async fn crash_matrix(data: &Path, env: &[(&str, &str)], database_url: Option<&s
 #[tokio::test]
 async fn rotate_rewrap_retire_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
     // Small batches, so rewrap takes several round trips.
-    let env = [("SKYGATE_KEYRING__REWRAP_BATCH", "7")];
-    let cfg = config(&data, None);
-    let ids = populate(&cfg, 20).await;
+    rotation_flow(
+        &tmp.path().join("data"),
+        &[("SKYGATE_KEYRING__REWRAP_BATCH", "7")],
+        "local",
+    )
+    .await;
+}
 
-    let st = status(&data, &env);
-    assert_eq!(st["provider"], "local");
+/// The same flow with the keys in a SoftHSM2 token over PKCS#11.
+#[tokio::test]
+async fn rotate_rewrap_retire_through_the_cli_on_pkcs11() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(hsm) = softhsm_env("rotate_rewrap_retire_through_the_cli_on_pkcs11", tmp.path()) else {
+        return;
+    };
+    let mut env: Vec<(&str, &str)> = hsm.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SKYGATE_KEYRING__REWRAP_BATCH", "7"));
+    let data = tmp.path().join("data");
+    rotation_flow(&data, &env, "pkcs11").await;
+    // Nothing key-like is kept in the data dir with an HSM: no keyring, no master key.
+    assert!(!data.join("keyring").exists() && !data.join("master.key").exists());
+    // And a crash at any point of rotate, rewrap or retire loses nothing here either.
+    crash_matrix(&data, &env).await;
+}
+
+async fn rotation_flow(data: &Path, env: &[(&str, &str)], provider: &str) {
+    let data = data.to_owned();
+    let cfg = config(&data, env);
+    let ids = populate(&cfg, 20, "flow").await;
+
+    let st = status(&data, env);
+    assert_eq!(st["provider"], provider);
     assert_eq!(st["current_version"], 1);
     assert_eq!(refs(&st, 1), 60, "{st}");
-    assert_eq!(ok(&data, &env, &["keyring", "rotate"]), "2");
+    assert_eq!(ok(&data, env, &["keyring", "rotate"]), "2");
 
     // Retiring is refused while values reference the version, and for the current version.
-    let out = run(&data, &env, &["keyring", "retire", "1"]);
+    let out = run(&data, env, &["keyring", "retire", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ago") || err.contains("still wraps 60"), "{err}");
-    let out = run(&data, &env, &["keyring", "retire", "2"]);
+    let out = run(&data, env, &["keyring", "retire", "2"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("current version"));
 
     // Without --force rewrap only reports; with it, everything moves, with a progress display.
-    let out = run(&data, &env, &["keyring", "rewrap"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("60 value(s) wait"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(&data, &env, &["keyring", "rewrap", "--force"]);
+    let out = run(&data, env, &["keyring", "rewrap"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("60 value(s) wait"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&data, env, &["keyring", "rewrap", "--force"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("rewrap [") && err.contains("rewrapped 60 value(s)"), "{err}");
-    let st = status(&data, &env);
-    assert_eq!((refs(&st, 1), refs(&st, 2), st["pending_rewrap"].as_u64()), (0, 60, Some(0)), "{st}");
+    assert!(
+        err.contains("rewrap [") && err.contains("rewrapped 60 value(s)"),
+        "{err}"
+    );
+    let st = status(&data, env);
+    assert_eq!(
+        (refs(&st, 1), refs(&st, 2), st["pending_rewrap"].as_u64()),
+        (0, 60, Some(0)),
+        "{st}"
+    );
 
     std::thread::sleep(skygate_server::keyring::PROPAGATION);
-    assert_eq!(ok(&data, &env, &["keyring", "retire", "1"]), "1");
-    let st = status(&data, &env);
+    assert_eq!(ok(&data, env, &["keyring", "retire", "1"]), "1");
+    let st = status(&data, env);
     assert_eq!(st["versions"][0]["state"], "retired", "{st}");
     all_readable(&cfg, &ids).await;
 
     // The human-readable status names every version.
-    let out = run(&data, &env, &["keyring", "status"]);
+    let out = run(&data, env, &["keyring", "status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("retired") && text.contains("current"), "{text}");
 }
@@ -214,13 +353,15 @@ async fn rotate_rewrap_retire_through_the_cli() {
 async fn sigkill_during_keyring_commands_loses_nothing_sqlite() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    crash_matrix(&data, &[("SKYGATE_KEYRING__REWRAP_BATCH", "5")], None).await;
+    crash_matrix(&data, &[("SKYGATE_KEYRING__REWRAP_BATCH", "5")]).await;
 }
 
 #[tokio::test]
 async fn sigkill_during_keyring_commands_loses_nothing_postgres() {
-    let Some(base) = skygate_testkit::env_or_skip("SKYGATE_TEST_DATABASE_URL", "sigkill_during_keyring_commands_loses_nothing_postgres")
-    else {
+    let Some(base) = skygate_testkit::env_or_skip(
+        "SKYGATE_TEST_DATABASE_URL",
+        "sigkill_during_keyring_commands_loses_nothing_postgres",
+    ) else {
         return;
     };
     let schema = format!("k_{}", std::process::id());
@@ -238,8 +379,11 @@ async fn sigkill_during_keyring_commands_loses_nothing_postgres() {
     let outcome = tokio::spawn({
         let (data, url) = (data.clone(), url.clone());
         async move {
-            let env = [("SKYGATE_KEYRING__REWRAP_BATCH", "5"), ("SKYGATE_DATABASE_URL", url.as_str())];
-            crash_matrix(&data, &env, Some(&url)).await
+            let env = [
+                ("SKYGATE_KEYRING__REWRAP_BATCH", "5"),
+                ("SKYGATE_DATABASE_URL", url.as_str()),
+            ];
+            crash_matrix(&data, &env).await
         }
     })
     .await;

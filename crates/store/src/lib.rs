@@ -8,8 +8,8 @@
 //! can forget it. Operator-level methods (used by the CLI on the host) say so in their docs.
 
 pub mod error;
-pub mod postgres;
 pub mod objects;
+pub mod postgres;
 mod queries;
 mod rows;
 pub mod seal;
@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use skygate_core::{
-    Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey,
-    NewAuditEntry, NewProject, Project, ProjectId, Tier, Timestamp,
+    Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewAuditEntry,
+    NewProject, Project, ProjectId, Tier, Timestamp,
 };
 
 pub use error::StoreError;

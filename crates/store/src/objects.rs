@@ -34,7 +34,9 @@ pub struct Objects {
 
 impl std::fmt::Debug for Objects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Objects").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("Objects")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,6 +48,8 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     pub region: String,
     pub allow_http: bool,
+    /// Explicit access key id and secret; `None` reads the `AWS_*` environment variables.
+    pub credentials: Option<(String, skygate_core::SecretString)>,
 }
 
 fn obj_err(what: &str, e: object_store::Error) -> StoreError {
@@ -63,7 +67,11 @@ impl Objects {
             .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| StoreError::Config(format!("cannot use {} for objects: {e}", dir.display())))?;
-        Ok(Objects { inner: Arc::new(fs), cipher, kind: "file" })
+        Ok(Objects {
+            inner: Arc::new(fs),
+            cipher,
+            kind: "file",
+        })
     }
 
     /// An S3-compatible bucket.
@@ -80,20 +88,34 @@ impl Objects {
         if let Some(e) = &s.endpoint {
             b = b.with_endpoint(e);
         }
+        if let Some((id, secret)) = &s.credentials {
+            b = b.with_access_key_id(id).with_secret_access_key(secret.expose());
+        }
         let s3 = b
             .build()
             .map_err(|e| StoreError::Config(format!("cannot configure S3 bucket {bucket}: {e}")))?;
         let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
             Arc::new(s3)
         } else {
-            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.trim_matches('/')))
+            Arc::new(object_store::prefix::PrefixStore::new(
+                s3,
+                prefix.trim_matches('/'),
+            ))
         };
-        Ok(Objects { inner, cipher, kind: "s3" })
+        Ok(Objects {
+            inner,
+            cipher,
+            kind: "s3",
+        })
     }
 
     /// Objects in memory, for tests.
     pub fn in_memory(cipher: Cipher) -> Self {
-        Objects { inner: Arc::new(object_store::memory::InMemory::new()), cipher, kind: "memory" }
+        Objects {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            cipher,
+            kind: "memory",
+        }
     }
 
     pub fn kind(&self) -> &'static str {
@@ -103,7 +125,9 @@ impl Objects {
     fn path(key: &str) -> Result<ObjPath> {
         let ok = !key.is_empty()
             && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
         if !ok {
             return Err(StoreError::Objects(format!("invalid object key {key:?}")));
         }
@@ -140,7 +164,8 @@ impl Objects {
 
     /// [`Objects::put_stream`] for bytes in memory.
     pub async fn put(&self, key: &str, aad: &Aad, shred: ShredId, data: Bytes) -> Result<u64> {
-        self.put_stream(key, aad, shred, futures_util::stream::iter([Ok(data)])).await
+        self.put_stream(key, aad, shred, futures_util::stream::iter([Ok(data)]))
+            .await
     }
 
     /// Opens the object under `key` as a stream of plaintext chunks. Each chunk is authenticated
@@ -173,24 +198,31 @@ impl Objects {
         }
     }
 
-    /// Every object key (rewrap's temporary copies excluded).
-    pub async fn keys(&self) -> Result<Vec<String>> {
+    /// Every stored path, rewrap's temporary copies included.
+    async fn all_paths(&self) -> Result<Vec<String>> {
         let metas: Vec<_> = self
             .inner
             .list(None)
             .try_collect()
             .await
             .map_err(|e| obj_err("listing objects", e))?;
-        Ok(metas
-            .into_iter()
-            .map(|m| m.location.to_string())
-            .filter(|k| !k.ends_with(REWRAP_SUFFIX))
-            .collect())
+        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// Every object key (rewrap's temporary copies excluded).
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        let mut keys = self.all_paths().await?;
+        keys.retain(|k| !k.ends_with(REWRAP_SUFFIX));
+        Ok(keys)
     }
 
     async fn header(&self, key: &str) -> Result<Vec<u8>> {
         let path = Self::path(key)?;
-        let head = self.inner.head(&path).await.map_err(|e| obj_err("reading an object", e))?;
+        let head = self
+            .inner
+            .head(&path)
+            .await
+            .map_err(|e| obj_err("reading an object", e))?;
         let want = (StreamHeader::MAX_LEN as u64).min(head.size);
         let bytes = self
             .inner
@@ -205,7 +237,10 @@ impl Objects {
         let mut out = BTreeMap::new();
         for key in self.keys().await? {
             let h = self.header(&key).await?;
-            let parsed = StreamHeader::parse(&h).map_err(|source| StoreError::Sealed { place: format!("object {key}"), source })?;
+            let parsed = StreamHeader::parse(&h).map_err(|source| StoreError::Sealed {
+                place: format!("object {key}"),
+                source,
+            })?;
             *out.entry(parsed.kek_version()).or_insert(0) += 1;
         }
         Ok(out)
@@ -217,9 +252,13 @@ impl Objects {
     pub async fn rewrap_all(&self) -> Result<(u64, u64)> {
         let (mut moved, mut failed) = (0, 0);
         // Leftovers of an interrupted run.
-        let metas: Vec<_> = self.inner.list(None).try_collect().await.map_err(|e| obj_err("listing objects", e))?;
-        for m in metas.iter().filter(|m| m.location.as_ref().ends_with(REWRAP_SUFFIX)) {
-            let _ = self.inner.delete(&m.location).await;
+        for tmp in self
+            .all_paths()
+            .await?
+            .iter()
+            .filter(|k| k.ends_with(REWRAP_SUFFIX))
+        {
+            let _ = self.inner.delete(&ObjPath::from(tmp.as_str())).await;
         }
         for key in self.keys().await? {
             match self.rewrap_one(&key).await {
@@ -237,12 +276,19 @@ impl Objects {
     async fn rewrap_one(&self, key: &str) -> Result<bool> {
         let path = Self::path(key)?;
         let head = self.header(key).await?;
-        let parsed = StreamHeader::parse(&head).map_err(|source| StoreError::Sealed { place: format!("object {key}"), source })?;
+        let parsed = StreamHeader::parse(&head).map_err(|source| StoreError::Sealed {
+            place: format!("object {key}"),
+            source,
+        })?;
         let Some(new_header) = self.cipher.rewrap_stream_header(&head[..parsed.len()])? else {
             return Ok(false);
         };
         let tmp = ObjPath::from(format!("{key}{REWRAP_SUFFIX}"));
-        let got = self.inner.get(&path).await.map_err(|e| obj_err("reading an object", e))?;
+        let got = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| obj_err("reading an object", e))?;
         let mut body = got.into_stream();
         let mut out = Upload::new(self.inner.clone(), tmp.clone(), new_header);
         let mut skip = parsed.len();
@@ -258,7 +304,10 @@ impl Objects {
             }
         }
         out.finish().await?;
-        self.inner.rename(&tmp, &path).await.map_err(|e| obj_err("replacing an object", e))?;
+        self.inner
+            .rename(&tmp, &path)
+            .await
+            .map_err(|e| obj_err("replacing an object", e))?;
         Ok(true)
     }
 }
@@ -273,7 +322,12 @@ struct Upload {
 
 impl Upload {
     fn new(store: Arc<dyn ObjectStore>, path: ObjPath, first: Vec<u8>) -> Self {
-        Upload { store, path, buf: first, multipart: None }
+        Upload {
+            store,
+            path,
+            buf: first,
+            multipart: None,
+        }
     }
 
     async fn write(&mut self, bytes: Vec<u8>) -> Result<()> {
@@ -289,7 +343,9 @@ impl Upload {
             }
             if let Some(m) = self.multipart.as_mut() {
                 // Back pressure: at most two parts in flight, so memory stays bounded.
-                m.wait_for_capacity(2).await.map_err(|e| obj_err("uploading an object", e))?;
+                m.wait_for_capacity(2)
+                    .await
+                    .map_err(|e| obj_err("uploading an object", e))?;
                 m.write(&std::mem::take(&mut self.buf));
             }
         }
@@ -327,7 +383,14 @@ fn open_stream(
         aad: Aad,
         done: bool,
     }
-    let st = State { raw, buf: BytesMut::new(), opener: None, cipher, aad, done: false };
+    let st = State {
+        raw,
+        buf: BytesMut::new(),
+        opener: None,
+        cipher,
+        aad,
+        done: false,
+    };
     futures_util::stream::try_unfold(st, |mut st| async move {
         loop {
             if st.done {

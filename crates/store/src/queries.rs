@@ -7,7 +7,8 @@
 //! `Self::run_migrations` (locking differs) and `Self::TOUCH_SQL` (`MAX` vs `GREATEST`). A future
 //! method whose SQL differs follows the same pattern instead of branching here.
 
-pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (id, email_index, email, shred_id, tier, created_at) \
+pub(crate) const INSERT_ACCOUNT: &str =
+    "INSERT INTO accounts (id, email_index, email, shred_id, tier, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 pub(crate) const SELECT_ACCOUNT_BY_ID: &str =
     "SELECT id, email, tier, created_at FROM accounts WHERE id = $1";

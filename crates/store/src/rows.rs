@@ -100,7 +100,11 @@ pub(crate) fn project(r: &impl StoreRow, sealer: &Sealer) -> Result<Project> {
     let t = "projects";
     let id: skygate_core::ProjectId = parsed(r, t, "id")?;
     let account_id: skygate_core::AccountId = parsed(r, t, "account_id")?;
-    let name = sealer.open((t, id.as_str(), "name"), account_id.as_str(), &r.bytes(t, "name")?)?;
+    let name = sealer.open(
+        (t, id.as_str(), "name"),
+        account_id.as_str(),
+        &r.bytes(t, "name")?,
+    )?;
     Ok(Project {
         id,
         account_id,

@@ -23,9 +23,21 @@ pub struct SealedColumn {
 
 /// Every sealed column in the schema.
 pub const SEALED_COLUMNS: &[SealedColumn] = &[
-    SealedColumn { table: "accounts", key: "id", column: "email" },
-    SealedColumn { table: "projects", key: "id", column: "name" },
-    SealedColumn { table: "api_keys", key: "id", column: "name" },
+    SealedColumn {
+        table: "accounts",
+        key: "id",
+        column: "email",
+    },
+    SealedColumn {
+        table: "projects",
+        key: "id",
+        column: "name",
+    },
+    SealedColumn {
+        table: "api_keys",
+        key: "id",
+        column: "name",
+    },
 ];
 
 /// Seals and opens column values and computes blind indexes. Cheap to clone.
@@ -37,7 +49,9 @@ pub struct Sealer {
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("cipher", &self.cipher).finish_non_exhaustive()
+        f.debug_struct("Sealer")
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,9 +80,11 @@ impl Sealer {
         plaintext: &str,
     ) -> Result<Vec<u8>> {
         let (table, row, column) = at;
-        Ok(self
-            .cipher
-            .seal_shreddable(plaintext.as_bytes(), &Aad::field(table, row, column, account), shred)?)
+        Ok(self.cipher.seal_shreddable(
+            plaintext.as_bytes(),
+            &Aad::field(table, row, column, account),
+            shred,
+        )?)
     }
 
     /// Opens a column value sealed by [`Sealer::seal`]. A failure names the place, never the value.

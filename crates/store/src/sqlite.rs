@@ -123,7 +123,9 @@ mod tests {
     }
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        let s = SqliteStore::open(&dir.path().join("x.db"), sealer()).await.unwrap();
+        let s = SqliteStore::open(&dir.path().join("x.db"), sealer())
+            .await
+            .unwrap();
         s.migrate().await.unwrap();
         s
     }

@@ -517,7 +517,11 @@ pub async fn sensitive_columns_hold_no_plaintext(db: Db) {
         let p = s
             .create_project(
                 &a,
-                &NewProject { id: ProjectId::generate().unwrap(), name: project.clone(), created_at: t(2) },
+                &NewProject {
+                    id: ProjectId::generate().unwrap(),
+                    name: project.clone(),
+                    created_at: t(2),
+                },
             )
             .await
             .unwrap();
@@ -526,11 +530,15 @@ pub async fn sensitive_columns_hold_no_plaintext(db: Db) {
         k.name = format!("deploy key for alice {i}");
         secrets.push(k.name.clone());
         s.create_api_key(&p.id, &k).await.unwrap();
-        s.append_audit(&audit("key.create", k.id.as_str(), 4)).await.unwrap();
+        s.append_audit(&audit("key.create", k.id.as_str(), 4))
+            .await
+            .unwrap();
     }
     let erased = new_account(&s, "erased.person@example.org").await;
     secrets.push("erased.person@example.org".into());
-    s.erase_account(&erased, &audit("account.erase", erased.as_str(), 5)).await.unwrap();
+    s.erase_account(&erased, &audit("account.erase", erased.as_str(), 5))
+        .await
+        .unwrap();
 
     let sealed: Vec<String> = skygate_store::SEALED_COLUMNS
         .iter()
@@ -553,10 +561,15 @@ pub async fn sensitive_columns_hold_no_plaintext(db: Db) {
                 Raw::Int(_) | Raw::Null => Vec::new(),
             };
             for secret in &secrets {
-                assert!(!contains(&bytes, secret.as_bytes()), "{col} holds plaintext {secret:?}");
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{col} holds plaintext {secret:?}"
+                );
             }
             if is_sealed {
-                let Raw::Bytes(b) = &value else { panic!("{col}: {value:?} is not a sealed value") };
+                let Raw::Bytes(b) = &value else {
+                    panic!("{col}: {value:?} is not a sealed value")
+                };
                 let h = skygate_crypto::envelope::header_of(b).unwrap();
                 assert_eq!(h.kek_id, keyring, "{col}");
             }
@@ -569,7 +582,10 @@ pub async fn sensitive_columns_hold_no_plaintext(db: Db) {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(s.list_projects(&a.id).await.unwrap()[0].name, format!("Project Nightingale {i}"));
+        assert_eq!(
+            s.list_projects(&a.id).await.unwrap()[0].name,
+            format!("Project Nightingale {i}")
+        );
     }
 }
 
@@ -584,8 +600,14 @@ pub async fn erase_shreds_the_account_in_backups_too(db: Db) {
     let backup = db.raw_column("accounts", "email").await;
     assert_eq!(backup.len(), 2);
 
-    assert!(s.erase_account(&a, &audit("account.erase", a.as_str(), 10)).await.unwrap());
-    assert!(!s.erase_account(&a, &audit("account.erase", a.as_str(), 11)).await.unwrap());
+    assert!(s
+        .erase_account(&a, &audit("account.erase", a.as_str(), 10))
+        .await
+        .unwrap());
+    assert!(!s
+        .erase_account(&a, &audit("account.erase", a.as_str(), 11))
+        .await
+        .unwrap());
     assert_eq!(s.account(&a).await.unwrap(), None);
     assert_eq!(s.account_by_email("gone@example.com").await.unwrap(), None);
     assert_eq!(s.find_project(&p).await.unwrap(), None);
@@ -596,14 +618,19 @@ pub async fn erase_shreds_the_account_in_backups_too(db: Db) {
     let place = |id: &AccountId| skygate_crypto::Aad::field("accounts", id.as_str(), "email", id.as_str());
     let mut opened = 0;
     for value in backup {
-        let Raw::Bytes(b) = value else { panic!("not sealed") };
+        let Raw::Bytes(b) = value else {
+            panic!("not sealed")
+        };
         match cipher.open(&b, &place(&keep)) {
             Ok(plain) => {
                 assert_eq!(&plain[..], b"stays@example.com");
                 opened += 1;
             }
             Err(_) => assert!(
-                matches!(cipher.open(&b, &place(&a)), Err(skygate_crypto::CryptoError::Shredded(_))),
+                matches!(
+                    cipher.open(&b, &place(&a)),
+                    Err(skygate_crypto::CryptoError::Shredded(_))
+                ),
                 "the erased account's backed-up email must be unreadable for lack of its shred key"
             ),
         }
@@ -613,7 +640,10 @@ pub async fn erase_shreds_the_account_in_backups_too(db: Db) {
     new_account(&s, "gone@example.com").await;
     let log = s.audit_page(0, 100).await.unwrap();
     assert_eq!(log.len(), 1);
-    assert_eq!((log[0].entry.action.as_str(), log[0].entry.target.as_str()), ("account.erase", a.as_str()));
+    assert_eq!(
+        (log[0].entry.action.as_str(), log[0].entry.target.as_str()),
+        ("account.erase", a.as_str())
+    );
     skygate_core::audit::verify_chain(&log).unwrap();
 }
 
@@ -668,7 +698,10 @@ pub async fn rewrap_moves_every_value_then_retire_is_safe(db: Db) {
     assert_eq!(rewrap_all(&s).await, 0, "rewrap is idempotent");
     provider.retire(1).unwrap();
     for (i, a) in accounts.iter().enumerate() {
-        assert_eq!(s.account(a).await.unwrap().unwrap().email, format!("r{i}@example.com"));
+        assert_eq!(
+            s.account(a).await.unwrap().unwrap().email,
+            format!("r{i}@example.com")
+        );
         let p = s.list_projects(a).await.unwrap();
         assert_eq!(s.list_api_keys(&p[0].id).await.unwrap().len(), 1);
     }
@@ -682,7 +715,10 @@ pub async fn audit_chain_appends_from_two_handles(db: Db) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20i64 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.spawn(async move { s.append_audit(&audit("keyring.rotate", &format!("v{i}"), i)).await });
+        tasks.spawn(async move {
+            s.append_audit(&audit("keyring.rotate", &format!("v{i}"), i))
+                .await
+        });
     }
     while let Some(r) = tasks.join_next().await {
         r.unwrap().unwrap();
@@ -699,7 +735,9 @@ pub async fn pending_shreds_are_finished(db: Db) {
     let a = new_account(&s, "half@example.com").await;
     let p = new_project(&s, &a, 1).await;
     // The erase runs to completion here; re-running the finisher afterwards finds nothing left.
-    s.erase_account(&a, &audit("account.erase", a.as_str(), 2)).await.unwrap();
+    s.erase_account(&a, &audit("account.erase", a.as_str(), 2))
+        .await
+        .unwrap();
     assert_eq!(s.finish_pending_shreds().await.unwrap(), 0);
     assert_eq!(s.find_project(&p).await.unwrap(), None);
 }

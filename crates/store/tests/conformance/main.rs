@@ -21,7 +21,11 @@ use skygate_store::{DynStore, Sealer};
 #[derive(Clone)]
 pub enum Db {
     Sqlite(PathBuf, Sealer),
-    Postgres { url: String, schema: String, sealer: Sealer },
+    Postgres {
+        url: String,
+        schema: String,
+        sealer: Sealer,
+    },
 }
 
 impl Db {
@@ -79,7 +83,11 @@ where
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    case(Db::Sqlite(dir.path().join("test.db"), Sealer::ephemeral().unwrap())).await;
+    case(Db::Sqlite(
+        dir.path().join("test.db"),
+        Sealer::ephemeral().unwrap(),
+    ))
+    .await;
 }
 
 /// Runs `case` in its own schema and drops the schema afterwards, also when the case panics (the panic
@@ -92,7 +100,9 @@ where
     let Some(url) = postgres_url(test) else { return };
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let sealer = Sealer::ephemeral().unwrap();
-    let owner = PgStore::connect_in_schema(&url, &schema, sealer.clone()).await.unwrap();
+    let owner = PgStore::connect_in_schema(&url, &schema, sealer.clone())
+        .await
+        .unwrap();
     let outcome = tokio::spawn(case(Db::Postgres { url, schema, sealer })).await;
     owner.drop_schema().await.unwrap();
     skygate_store::Store::close(&owner).await;
@@ -269,7 +279,10 @@ impl Db {
         };
         described
             .into_iter()
-            .filter_map(|d| d.strip_prefix("column ").map(|c| c.split(' ').next().unwrap().to_owned()))
+            .filter_map(|d| {
+                d.strip_prefix("column ")
+                    .map(|c| c.split(' ').next().unwrap().to_owned())
+            })
             .collect()
     }
 }
