@@ -6,7 +6,7 @@
 //!
 //! The server stores only `HMAC-SHA256(pepper, key)`. The pepper never lives in the database, so a stolen
 //! database cannot be used to test guesses offline. [`KeyHasher`] is the one small interface behind which
-//! the pepper sits (a file today; the key provider later).
+//! the pepper sits; the server derives it from the key provider at start (inside the HSM with PKCS#11).
 
 use std::fmt;
 
@@ -136,11 +136,6 @@ impl Pepper {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
         Pepper { bytes, key }
-    }
-
-    /// The raw bytes, for persisting the pepper. Never log them.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        self.bytes
     }
 }
 

@@ -57,6 +57,24 @@ fn bench(c: &mut Criterion) {
             b.iter(|| cipher.open(black_box(&sealed), &aad).unwrap())
         });
     }
+    // Baseline in the same run: bare AES-256-GCM (ring, one fixed key, no data key, no wrap, no copy).
+    for n in [64 * 1024usize, 1024 * 1024] {
+        let key = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[7u8; 32]).unwrap(),
+        );
+        let mut buf = vec![0xa5; n];
+        g.throughput(Throughput::Bytes(n as u64));
+        g.bench_function(BenchmarkId::new("baseline_bare_aes_gcm_seal", n), |b| {
+            b.iter(|| {
+                key.seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key([0; 12]),
+                    ring::aead::Aad::empty(),
+                    black_box(&mut buf),
+                )
+                .unwrap()
+            })
+        });
+    }
     let n = 16 * 1024 * 1024;
     let data = vec![0x3c; n];
     let sealed = cipher.seal_all(&data, &aad, 0).unwrap();

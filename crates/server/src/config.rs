@@ -21,7 +21,7 @@ use skygate_core::models::{self, Backend, ModelSpec};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the database, TLS files, pepper and outputs live.
+    /// Where the database, keyring, TLS files and outputs live.
     pub data_dir: PathBuf,
     pub server: ServerConfig,
     pub storage: StorageConfig,

@@ -76,6 +76,17 @@ pub fn open_provider(config: &Config, create: bool) -> anyhow::Result<Opened> {
                 Ok(b64) => MasterKey::from_base64(&b64).context(format!("{MASTER_KEY_ENV} is not valid"))?,
                 Err(_) => {
                     let path = config.data_dir.join("master.key");
+                    // An existing keyring without its master key must never get a new one: nothing
+                    // sealed could be opened, and a new file would hide the real problem.
+                    let keyring_exists = config.keyring_dir().join("keyring.id").exists();
+                    if keyring_exists && !path.exists() {
+                        anyhow::bail!(
+                            "the keyring {} exists but its master key is missing: set {MASTER_KEY_ENV} or \
+                             restore {}",
+                            config.keyring_dir().display(),
+                            path.display()
+                        );
+                    }
                     if !create && !path.exists() {
                         anyhow::bail!(
                             "no master key: set {MASTER_KEY_ENV} or provide {} (start the server once to \

@@ -154,7 +154,7 @@ async fn operator_flow_against_a_running_server() {
     assert_eq!(live["last4"], &key[key.len() - 4..]);
     let key_id = live["id"].as_str().unwrap().to_owned();
 
-    // The key appears in no file of the data dir (database, WAL, pepper, TLS).
+    // The key appears in no file of the data dir (database, WAL, keyring, TLS).
     for f in files(&data) {
         let bytes = std::fs::read(&f).unwrap();
         for secret in [&key, &test_key] {
@@ -346,4 +346,98 @@ fn migrate_is_idempotent() {
     ok(&data, &["migrate"]);
     ok(&data, &["migrate"]);
     assert!(data.join("skygate.db").is_file());
+}
+
+/// `accounts erase` against a running server: the account's keys are refused at once, its email is
+/// free again, and its sealed data in a copy of the database taken before (a backup) cannot be read.
+#[tokio::test]
+async fn erase_an_account_while_the_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(&data, &["accounts", "create", "--email", "gone@example.com"]);
+    let proj = ok(
+        &data,
+        &[
+            "projects",
+            "create",
+            "--account",
+            "gone@example.com",
+            "--name",
+            "Doomed Project",
+        ],
+    );
+    let key = ok(&data, &["keys", "create", "--project", &proj]);
+    let backup = tmp.path().join("backup.db");
+    std::fs::copy(data.join("skygate.db"), &backup).unwrap();
+
+    let srv = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || BinaryServer::start(&bin(), &data, &[]).unwrap()
+    })
+    .await
+    .unwrap();
+    let c = client(&srv.ca_path);
+    let url = format!("https://{}/v1/models", srv.addr);
+    assert_eq!(
+        c.get(&url)
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let err = fails(&data, &["accounts", "erase", "gone@example.com"]);
+    assert!(err.contains("--yes"), "{err}");
+    ok(&data, &["accounts", "erase", "gone@example.com", "--yes"]);
+    assert_eq!(
+        c.get(&url)
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let err = fails(
+        &data,
+        &[
+            "projects",
+            "create",
+            "--account",
+            "gone@example.com",
+            "--name",
+            "x",
+        ],
+    );
+    assert!(err.contains("no account"), "{err}");
+    ok(&data, &["accounts", "create", "--email", "gone@example.com"]);
+
+    // The backup still holds the old rows, but their shred key is gone: pointing a server's data dir at
+    // the backup, the erased account's values do not open.
+    let restored = tmp.path().join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    for f in ["master.key"] {
+        std::fs::copy(data.join(f), restored.join(f)).unwrap();
+    }
+    let status = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(data.join("keyring"))
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::copy(&backup, restored.join("skygate.db")).unwrap();
+    let out = cli(&bin(), &restored, &["keys", "list", "--json"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the erased account's data opened from a backup"
+    );
+    assert!(err.contains("does not exist") || err.contains("shred"), "{err}");
+    let mut srv = srv;
+    tokio::task::spawn_blocking(move || srv.terminate(Duration::from_secs(15)).unwrap())
+        .await
+        .unwrap();
 }

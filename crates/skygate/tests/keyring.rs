@@ -80,7 +80,7 @@ fn config(data: &Path, env: &[(&str, &str)]) -> Arc<Config> {
 
 /// A fresh SoftHSM2 token for this test binary, and the environment that points skygate at it (the
 /// binary gets it through `env`, this process through its own environment). `None` after skipping.
-fn softhsm_env(test: &str, dir: &Path) -> Option<Vec<(&'static str, String)>> {
+fn softhsm_env(test: &str, dir: &Path, in_process: bool) -> Option<Vec<(&'static str, String)>> {
     let module = skygate_testkit::env_or_skip("SKYGATE_TEST_PKCS11_MODULE", test)?;
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
@@ -109,9 +109,11 @@ fn softhsm_env(test: &str, dir: &Path) -> Option<Vec<(&'static str, String)>> {
         .expect("softhsm2-util (apt package softhsm2) is needed with SKYGATE_TEST_PKCS11_MODULE");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let conf = conf.display().to_string();
-    // This process opens the same token for its in-process checks (one test per binary uses it).
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    std::env::set_var("SKYGATE_TEST_E2E_PIN", "9876");
+    if in_process {
+        // This process opens the same token for its in-process checks (only one test per binary may).
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        std::env::set_var("SKYGATE_TEST_E2E_PIN", "9876");
+    }
     Some(vec![
         ("SOFTHSM2_CONF", conf),
         ("SKYGATE_TEST_E2E_PIN", "9876".into()),
@@ -284,7 +286,7 @@ async fn rotate_rewrap_retire_through_the_cli() {
 #[tokio::test]
 async fn rotate_rewrap_retire_through_the_cli_on_pkcs11() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(hsm) = softhsm_env("rotate_rewrap_retire_through_the_cli_on_pkcs11", tmp.path()) else {
+    let Some(hsm) = softhsm_env("rotate_rewrap_retire_through_the_cli_on_pkcs11", tmp.path(), true) else {
         return;
     };
     let mut env: Vec<(&str, &str)> = hsm.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -391,4 +393,87 @@ async fn sigkill_during_keyring_commands_loses_nothing_postgres() {
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+/// The one `error:` line of a failed command, checked to leak nothing in `forbidden`.
+fn start_fails(data: &Path, env: &[(&str, &str)], forbidden: &[&str]) -> String {
+    let out = run(data, env, &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success(), "serve started with {env:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    for f in forbidden {
+        assert!(!err.contains(f), "the error shows a secret: {err}");
+    }
+    lines[0].to_owned()
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// Without the right keys the server refuses to start, with one clear line that names what failed and
+/// never the key material, and touches no stored data.
+#[test]
+fn a_wrong_or_missing_master_key_or_hsm_refuses_to_start() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(&data, &[], &["accounts", "create", "--email", "keep@example.com"]);
+    let db = digest(&data.join("skygate.db"));
+    let master = digest(&data.join("master.key"));
+
+    let wrong = base64::engine::general_purpose::STANDARD.encode([0x42u8; 32]);
+    let e = start_fails(&data, &[("SKYGATE_MASTER_KEY", &wrong)], &[&wrong]);
+    assert!(e.contains("master key does not open keyring"), "{e}");
+    let e = start_fails(
+        &data,
+        &[("SKYGATE_MASTER_KEY", "not base64 at all!")],
+        &["not base64 at all"],
+    );
+    assert!(e.contains("SKYGATE_MASTER_KEY"), "{e}");
+
+    // The master key file gone: refused, and no new master key is made beside the old keyring.
+    std::fs::rename(data.join("master.key"), tmp.path().join("master.key.bak")).unwrap();
+    let e = start_fails(&data, &[], &[]);
+    assert!(e.contains("master key is missing"), "{e}");
+    assert!(!data.join("master.key").exists());
+    std::fs::rename(tmp.path().join("master.key.bak"), data.join("master.key")).unwrap();
+
+    // A PKCS#11 module that is not there, or a PIN variable that is not set.
+    let hsm = [
+        ("SKYGATE_KEYRING__PROVIDER", "pkcs11"),
+        ("SKYGATE_KEYRING__PKCS11_MODULE", "/nonexistent/libpkcs11.so"),
+        ("SKYGATE_KEYRING__PKCS11_TOKEN_LABEL", "skygate"),
+        ("SKYGATE_KEYRING__PKCS11_PIN_ENV", "SKYGATE_TEST_NO_SUCH_PIN"),
+    ];
+    let e = start_fails(&data, &hsm, &[]);
+    assert!(
+        e.contains("SKYGATE_TEST_NO_SUCH_PIN") && e.contains("not set"),
+        "{e}"
+    );
+    let mut with_pin = hsm.to_vec();
+    with_pin.push(("SKYGATE_TEST_NO_SUCH_PIN", "24681357"));
+    let e = start_fails(&data, &with_pin, &["24681357"]);
+    assert!(e.contains("/nonexistent/libpkcs11.so"), "{e}");
+
+    // Nothing stored was touched, and the right key still opens everything.
+    assert_eq!(digest(&data.join("skygate.db")), db);
+    assert_eq!(digest(&data.join("master.key")), master);
+    let out = run(&data, &[], &["accounts", "set-tier", "keep@example.com", "pro"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A wrong PIN on a real token: refused with the PKCS#11 reason, never the PIN.
+#[test]
+fn a_wrong_hsm_pin_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(hsm) = softhsm_env("a_wrong_hsm_pin_refuses_to_start", tmp.path(), false) else {
+        return;
+    };
+    let mut env: Vec<(&str, &str)> = hsm.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.retain(|(k, _)| *k != "SKYGATE_TEST_E2E_PIN");
+    env.push(("SKYGATE_TEST_E2E_PIN", "11112222"));
+    let e = start_fails(&tmp.path().join("data"), &env, &["11112222"]);
+    assert!(e.contains("PIN"), "{e}");
 }

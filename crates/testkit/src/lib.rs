@@ -66,6 +66,8 @@ pub struct TestServer {
     pub ca_pem: Vec<u8>,
     pub store: DynStore,
     pub hasher: Arc<dyn KeyHasher>,
+    /// The server's key provider.
+    pub provider: Arc<dyn skygate_crypto::KeyProvider>,
     pub state: AppState,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -99,6 +101,7 @@ impl TestServer {
         let state = server.state().clone();
         let store = state.store().clone();
         let hasher = skygate_server::keyring::hasher(server.provider().as_ref())?;
+        let provider = server.provider().clone();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
         Ok(TestServer {
@@ -107,6 +110,7 @@ impl TestServer {
             ca_pem,
             store,
             hasher,
+            provider,
             state,
             shutdown,
             handle,

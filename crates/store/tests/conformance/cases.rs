@@ -741,3 +741,39 @@ pub async fn pending_shreds_are_finished(db: Db) {
     assert_eq!(s.finish_pending_shreds().await.unwrap(), 0);
     assert_eq!(s.find_project(&p).await.unwrap(), None);
 }
+
+/// A stored value edited in place, or copied from another row, fails with an error that names the place
+/// (never the value), and the other rows keep working.
+pub async fn tampered_or_swapped_values_fail_closed(db: Db) {
+    let s = db.migrated().await;
+    let a = new_account(&s, "alice@example.com").await;
+    let b = new_account(&s, "bob@example.com").await;
+    let original = db.raw_get("accounts", "email", a.as_str()).await;
+
+    // Every region of the sealed value: format, kek id, version, shred id, nonce, length, wrapped key,
+    // ciphertext, tag.
+    for pos in [0, 2, 6, 12, 20, 30, 40, original.len() - 20, original.len() - 1] {
+        let mut bad = original.clone();
+        bad[pos] ^= 0x04;
+        db.raw_set("accounts", "email", a.as_str(), &bad).await;
+        let err = s.account(&a).await.unwrap_err();
+        let shown = err.to_string();
+        assert!(matches!(err, StoreError::Sealed { .. }), "byte {pos}: {err:?}");
+        assert!(
+            shown.contains("accounts.email") && !shown.contains("alice"),
+            "{shown}"
+        );
+    }
+    // Bob's sealed email copied into Alice's row: bound to Bob's row, so it does not open here.
+    let bobs = db.raw_get("accounts", "email", b.as_str()).await;
+    db.raw_set("accounts", "email", a.as_str(), &bobs).await;
+    assert!(matches!(s.account(&a).await, Err(StoreError::Sealed { .. })));
+    // Truncated.
+    db.raw_set("accounts", "email", a.as_str(), &original[..original.len() / 2])
+        .await;
+    assert!(matches!(s.account(&a).await, Err(StoreError::Sealed { .. })));
+    // Bob is unaffected, and restoring the bytes restores Alice.
+    assert_eq!(s.account(&b).await.unwrap().unwrap().email, "bob@example.com");
+    db.raw_set("accounts", "email", a.as_str(), &original).await;
+    assert_eq!(s.account(&a).await.unwrap().unwrap().email, "alice@example.com");
+}

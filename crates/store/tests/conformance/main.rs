@@ -155,6 +155,7 @@ conformance!(
     rewrap_moves_every_value_then_retire_is_safe,
     audit_chain_appends_from_two_handles,
     pending_shreds_are_finished,
+    tampered_or_swapped_values_fail_closed,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's
@@ -259,6 +260,64 @@ impl Db {
                         (_, Some(v)) => Raw::Text(v),
                     })
                     .collect()
+            }
+        }
+    }
+
+    /// Overwrites one stored byte string straight in the database (tampering, or a swap between rows).
+    pub async fn raw_set(&self, table: &str, column: &str, id: &str, value: &[u8]) {
+        let sql = format!("UPDATE {table} SET {column} = $1 WHERE id = $2");
+        match self {
+            Db::Sqlite(path, sealer) => {
+                let s = SqliteStore::open(path, sealer.clone()).await.unwrap();
+                sqlx::query(&sql)
+                    .bind(value)
+                    .bind(id)
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+                skygate_store::Store::close(&s).await;
+            }
+            Db::Postgres { url, schema, sealer } => {
+                let s = PgStore::connect_in_schema(url, schema, sealer.clone())
+                    .await
+                    .unwrap();
+                sqlx::query(&sql)
+                    .bind(value)
+                    .bind(id)
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+                skygate_store::Store::close(&s).await;
+            }
+        }
+    }
+
+    /// One stored byte string.
+    pub async fn raw_get(&self, table: &str, column: &str, id: &str) -> Vec<u8> {
+        let sql = format!("SELECT {column} FROM {table} WHERE id = $1");
+        match self {
+            Db::Sqlite(path, sealer) => {
+                let s = SqliteStore::open(path, sealer.clone()).await.unwrap();
+                let v = sqlx::query_scalar(&sql)
+                    .bind(id)
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+                skygate_store::Store::close(&s).await;
+                v
+            }
+            Db::Postgres { url, schema, sealer } => {
+                let s = PgStore::connect_in_schema(url, schema, sealer.clone())
+                    .await
+                    .unwrap();
+                let v = sqlx::query_scalar(&sql)
+                    .bind(id)
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+                skygate_store::Store::close(&s).await;
+                v
             }
         }
     }
