@@ -281,10 +281,12 @@ impl Cipher {
     }
 
     /// Moves a sealed value's data key to the current KEK version without touching the ciphertext.
-    /// `Ok(None)` when it is already current.
+    /// `Ok(None)` when it is already current (or newer, when another node rotated after our last
+    /// refresh).
     pub fn rewrap(&self, sealed: &[u8]) -> Result<Option<Vec<u8>>> {
         let s = SealedRef::parse(sealed)?;
-        if s.header.kek_version == self.provider.current_version() {
+        // Only ever forwards: a value under a newer version than this process knows stays as it is.
+        if s.header.kek_version >= self.provider.current_version() {
             return Ok(None);
         }
         let (header, wrapped) = self.rewrap_header(&s.header, s.wrapped_dek)?;

@@ -315,7 +315,7 @@ impl Cipher {
     /// one, the chunks unchanged. `Ok(None)` when it is already current.
     pub fn rewrap_stream_header(&self, header: &[u8]) -> Result<Option<Vec<u8>>> {
         let h = StreamHeader::parse(header)?;
-        if h.kek_version == self.provider().current_version() {
+        if h.kek_version >= self.provider().current_version() {
             return Ok(None);
         }
         let (moved, wrapped) = self.rewrap_header(&h.as_value_header(), &h.wrapped)?;

@@ -83,10 +83,12 @@ pub(crate) fn count_versions_sql(c: &crate::SealedColumn) -> String {
     )
 }
 
-/// The next rewrap batch of a sealed column: values not under version `$1`, keyset-paginated by key.
+/// The next rewrap batch of a sealed column: values under a version older than `$2` (big-endian bytes
+/// compare like the numbers), keyset-paginated by key. Newer versions are left alone, so a node that has
+/// not yet seen a rotation never moves values backwards.
 pub(crate) fn rewrap_select_sql(c: &crate::SealedColumn) -> String {
     format!(
-        "SELECT {key} AS k, {col} AS v FROM {table} WHERE {key} > $1 AND substr({col}, 6, 4) <> $2 \
+        "SELECT {key} AS k, {col} AS v FROM {table} WHERE {key} > $1 AND substr({col}, 6, 4) < $2 \
          ORDER BY {key} LIMIT $3",
         key = c.key,
         col = c.column,
