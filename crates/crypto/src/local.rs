@@ -108,18 +108,30 @@ impl MasterKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Dek::generate()?;
-                // create_new: a second process racing us uses the winner's file.
-                match OpenOptions::new()
+                // Written whole to a temporary file, then hard-linked into place: the link fails if
+                // another process got there first (then its key is used), and no reader ever sees a
+                // partly written key.
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let mut rnd = [0u8; 8];
+                SystemRandom::new()
+                    .fill(&mut rnd)
+                    .map_err(|_| CryptoError::Random)?;
+                let tmp = dir.join(format!(".master-{:016x}", u64::from_be_bytes(rnd)));
+                let written = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(path)
-                {
-                    Ok(mut f) => {
-                        f.write_all(key.expose())
-                            .and_then(|()| f.sync_all())
-                            .map_err(|e| io_err("cannot write", path, e))?;
-                        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+                    .open(&tmp)
+                    .and_then(|mut f| f.write_all(key.expose()).and_then(|()| f.sync_all()));
+                if let Err(e) = written {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err("cannot write", &tmp, e));
+                }
+                let linked = fs::hard_link(&tmp, path);
+                let _ = fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {
+                        sync_dir(dir)?;
                         Ok((MasterKey(key), true))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -323,8 +335,20 @@ impl LocalKeyring {
         if !path.exists() {
             return Err(CryptoError::Shredded(id));
         }
-        let bytes = read_sealed(&path, &self.master, &file_aad(self.id, b"shred", id))?;
+        let bytes = read_sealed(&path, &self.master, &file_aad(self.id, b"shred", id))
+            .map_err(|e| tampered(&path, e))?;
         Dek::from_slice(&bytes)
+    }
+}
+
+/// A key file that does not open: name it (the master key opened the root, so the file is at fault).
+fn tampered(path: &Path, e: CryptoError) -> CryptoError {
+    match e {
+        CryptoError::Authentication => CryptoError::Provider(format!(
+            "key file {} does not open with the master key (tampered, or from another keyring)",
+            path.display()
+        )),
+        e => e,
     }
 }
 
@@ -475,13 +499,7 @@ impl KeyProvider for LocalKeyring {
             } else if !keks.contains_key(v) {
                 let path = self.dir.join(kek_file(*v));
                 let body = read_sealed(&path, &self.master, &file_aad(self.id, b"kek", u64::from(*v)))
-                    .map_err(|e| match e {
-                        CryptoError::Authentication => CryptoError::Provider(format!(
-                            "key file {} does not open with the master key (tampered, or from another keyring)",
-                            path.display()
-                        )),
-                        e => e,
-                    })?;
+                    .map_err(|e| tampered(&path, e))?;
                 if body.len() != Dek::LEN + 8 {
                     return Err(CryptoError::Provider(format!(
                         "key file {} is corrupt",
