@@ -548,13 +548,16 @@ impl KeyProvider for LocalKeyring {
     }
 
     fn destroy_shred_key(&self, id: ShredId) -> Result<()> {
-        self.shreds.write().map_err(|_| Self::poisoned())?.remove(&id);
+        // File first, then the cache: a concurrent `shred_mix` that misses the cache can then no longer
+        // load the key back in.
         let path = self.shred_path(id);
-        match fs::remove_file(&path) {
+        let removed = match fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.dir.join("shred")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("cannot remove", &path, e)),
-        }
+        };
+        self.shreds.write().map_err(|_| Self::poisoned())?.remove(&id);
+        removed
     }
 }
 

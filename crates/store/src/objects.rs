@@ -397,7 +397,12 @@ fn open_stream(
                 return Ok(None);
             }
             if st.opener.is_none() {
-                if let Ok(h) = StreamHeader::parse(&st.buf) {
+                // `None`: the header is not complete yet; an invalid header fails at once.
+                let parsed = StreamHeader::parse_prefix(&st.buf).map_err(|source| StoreError::Sealed {
+                    place: "object".into(),
+                    source,
+                })?;
+                if let Some(h) = parsed {
                     let header = st.buf.split_to(h.len());
                     st.opener = Some(st.cipher.stream_opener(&header, &st.aad)?);
                     continue;
