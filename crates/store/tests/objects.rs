@@ -227,7 +227,7 @@ async fn s3_on_moto() {
     .unwrap();
     cases(&objects, &ring).await;
     // The bucket holds only sealed bytes under the prefix (read raw, as a backup would).
-    use object_store::ObjectStore;
+    use object_store::ObjectStoreExt;
     let raw_store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name("outputs")
         .with_region("us-east-1")
