@@ -11,9 +11,15 @@
 //!
 //! One hand-written service instead of a stack of `from_fn` layers: it costs one boxed future per
 //! request, which the load benchmark showed matters.
+//!
+//! [`Front`] sits in front of the router and gives the same edge treatment to the few hot routes it
+//! answers synchronously (see [`FastRoute`]), skipping the router's per-request boxing, service clones
+//! and extension inserts; everything else goes through the router and [`Edge`] as before.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::future::Ready;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,9 +27,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::extract::Request;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use bytes::Bytes;
+use futures_util::future::Either;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -31,19 +41,25 @@ use crate::error::ApiError;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
+/// Sent on every response unless the handler set its own value. `from_static`: no parsing or copying
+/// per request.
+#[allow(clippy::declare_interior_mutable_const)]
+const SECURITY_HEADERS: [(HeaderName, HeaderValue); 6] = [
     (
         header::STRICT_TRANSPORT_SECURITY,
-        "max-age=63072000; includeSubDomains",
+        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
     ),
-    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    (header::REFERRER_POLICY, "no-referrer"),
-    (header::X_FRAME_OPTIONS, "DENY"),
+    (
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ),
+    (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
     (
         header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; frame-ancestors 'none'",
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     ),
-    (header::CACHE_CONTROL, "no-store"),
+    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
 ];
 
 fn valid_request_id(v: &HeaderValue) -> bool {
@@ -51,9 +67,14 @@ fn valid_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
-/// Makes request ids: `<12 random base62 chars>-<counter in hex>`.
+/// Longest request-id prefix kept (the random prefix is 12 characters).
+const ID_PREFIX_MAX: usize = 32;
+
+/// Makes request ids: `<12 random base62 chars>-<counter in hex>`, formatted on the stack (no `String`,
+/// no formatting machinery; the only allocation is the header value's own bytes).
 struct RequestIds {
-    prefix: String,
+    prefix: [u8; ID_PREFIX_MAX],
+    prefix_len: usize,
     next: AtomicU64,
 }
 
@@ -61,15 +82,36 @@ impl RequestIds {
     fn new() -> Self {
         let prefix =
             skygate_core::base62::random(12).unwrap_or_else(|_| format!("{:012x}", std::process::id()));
+        let mut buf = [0u8; ID_PREFIX_MAX];
+        let prefix_len = prefix.len().min(ID_PREFIX_MAX);
+        for (d, s) in buf.iter_mut().zip(prefix.bytes()) {
+            *d = s;
+        }
         RequestIds {
-            prefix,
+            prefix: buf,
+            prefix_len,
             next: AtomicU64::new(1),
         }
     }
 
     fn make(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+        let mut buf = [0u8; ID_PREFIX_MAX + 1 + 16];
+        let (head, tail) = buf.split_at_mut(self.prefix_len);
+        head.copy_from_slice(self.prefix.get(..self.prefix_len).unwrap_or_default());
+        // `-`, then the counter in lowercase hex without leading zeros.
+        let digits = (64 - (n | 1).leading_zeros()).div_ceil(4) as usize;
+        let mut len = self.prefix_len + 1;
+        if let Some((dash, hex)) = tail.split_first_mut() {
+            *dash = b'-';
+            for (i, d) in hex.iter_mut().take(digits).enumerate() {
+                let shift = 4 * (digits - 1 - i);
+                *d = HEX[((n >> shift) & 0xf) as usize];
+            }
+            len += digits.min(hex.len());
+        }
+        HeaderValue::from_bytes(buf.get(..len).unwrap_or_default())
             .unwrap_or(HeaderValue::from_static("invalid"))
     }
 }
@@ -128,9 +170,9 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(v) if valid_request_id(v) => v.clone(),
-            _ => {
+        let id = match incoming_request_id(&req) {
+            Some(v) => v,
+            None => {
                 let fresh = self.cfg.ids.make();
                 req.headers_mut().insert(X_REQUEST_ID.clone(), fresh.clone());
                 fresh
@@ -178,6 +220,138 @@ where
     }
 }
 
+/// A valid `x-request-id` sent by the client, kept as is.
+fn incoming_request_id(req: &Request) -> Option<HeaderValue> {
+    req.headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| valid_request_id(v))
+        .cloned()
+}
+
+/// Answers a hot route synchronously (`Some`), or declines (`None`) so the request takes the router.
+/// It must decide from the request head alone, never block, and give the same answer the routed handler
+/// would give.
+pub trait FastRoute: Send + Sync + 'static {
+    fn answer(&self, req: &Request) -> Option<FastAnswer>;
+}
+
+/// What a [`FastRoute`] answers.
+pub enum FastAnswer {
+    /// `200 OK`, `Content-Type: application/json`, this body: the edge headers come from a prebuilt
+    /// map (one clone, no per-header hashing).
+    Json(Bytes),
+    /// Any other response; finished like a routed one.
+    Response(Response),
+}
+
+/// The headers of a `200` JSON answer on the fast path, in the order the routed path gives them: content
+/// type, request id (a placeholder, replaced in place), security headers. Cloning it allocates once for
+/// the entries and once for the index, sized so that nothing grows afterwards.
+fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 2);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("-"));
+    for (k, v) in SECURITY_HEADERS {
+        h.insert(k, v);
+    }
+    h
+}
+
+struct FrontInner<F> {
+    fast: F,
+    cfg: Arc<EdgeConfig>,
+    json_headers: HeaderMap,
+    routed: axum::Router,
+}
+
+/// The service in front of the router: a bodiless `GET` that `F` answers synchronously is served here
+/// with the same edge treatment as [`Edge`] (request id, span, panic → 500 envelope, error envelope,
+/// security headers), without the router's per-request boxing, cloning and extension inserts; anything
+/// else (other methods, a body, a query the fast route does not take, an auth-cache miss that needs the
+/// store) goes to the routed application unchanged, which has the whole edge stack. Ids come from the
+/// same counter as the [`EdgeLayer`] it is built with. No deadline is needed on the fast path: it never
+/// waits.
+pub struct Front<F>(Arc<FrontInner<F>>);
+
+impl<F> Clone for Front<F> {
+    fn clone(&self) -> Self {
+        Front(self.0.clone())
+    }
+}
+
+impl<F: FastRoute> Front<F> {
+    /// `routed` must already carry `edge` (see [`crate::api::with_edge`]).
+    pub fn new(edge: &EdgeLayer, fast: F, routed: axum::Router) -> Self {
+        Front(Arc::new(FrontInner {
+            fast,
+            cfg: edge.cfg.clone(),
+            json_headers: json_headers(),
+            routed,
+        }))
+    }
+}
+
+impl<F: FastRoute> Service<Request> for Front<F> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let me = &*self.0;
+        if req.method() == Method::GET && req.body().is_end_stream() {
+            let (id, fresh) = match incoming_request_id(&req) {
+                Some(v) => (v, false),
+                None => (me.cfg.ids.make(), true),
+            };
+            let span = tracing::info_span!(
+                "request",
+                request_id = %String::from_utf8_lossy(id.as_bytes()),
+                method = %req.method(),
+                path = %req.uri().path(),
+            );
+            let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+            let answer = {
+                let _entered = span.enter();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| me.fast.answer(&req))) {
+                    Ok(a) => a,
+                    Err(panic) => Some(FastAnswer::Response(panic_response(panic))),
+                }
+            };
+            let res = match answer {
+                Some(FastAnswer::Json(body)) => {
+                    let mut headers = me.json_headers.clone();
+                    headers.insert(X_REQUEST_ID.clone(), id);
+                    let mut res = Response::new(Body::from(body));
+                    *res.headers_mut() = headers;
+                    res
+                }
+                Some(FastAnswer::Response(res)) => finish(res, id),
+                None => {
+                    if fresh {
+                        // Keep the id already made; the edge layer keeps a valid incoming id.
+                        req.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                    }
+                    return Either::Right(me.routed.clone().call(req));
+                }
+            };
+            if let Some(started) = started {
+                let _entered = span.enter();
+                tracing::debug!(
+                    status = res.status().as_u16(),
+                    latency_us = started.elapsed().as_micros() as u64,
+                    "response"
+                );
+            }
+            return Either::Left(std::future::ready(Ok(res)));
+        }
+        Either::Right(me.routed.clone().call(req))
+    }
+}
+
 fn is_json(res: &Response) -> bool {
     res.headers()
         .get(header::CONTENT_TYPE)
@@ -201,11 +375,12 @@ fn finish(res: Response, id: HeaderValue) -> Response {
         res
     };
     let h = res.headers_mut();
+    // One growth at most, instead of one per insert past the map's capacity.
+    h.reserve(SECURITY_HEADERS.len() + 1);
     h.insert(X_REQUEST_ID.clone(), id);
     for (k, v) in SECURITY_HEADERS {
-        if !h.contains_key(&k) {
-            h.insert(k, HeaderValue::from_static(v));
-        }
+        // A handler's own value wins (one hash lookup either way).
+        h.entry(k).or_insert(v);
     }
     res
 }
@@ -247,5 +422,156 @@ mod tests {
         let b = ids.make();
         assert_ne!(a, b);
         assert!(valid_request_id(&a) && valid_request_id(&b));
+    }
+
+    #[test]
+    fn request_ids_are_prefix_dash_hex_counter() {
+        let ids = RequestIds::new();
+        let prefix = String::from_utf8(ids.prefix[..ids.prefix_len].to_vec()).unwrap();
+        assert_eq!(prefix.len(), 12);
+        for n in [1u64, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX] {
+            ids.next.store(n, Ordering::Relaxed);
+            assert_eq!(ids.make().to_str().unwrap(), format!("{prefix}-{n:x}"));
+        }
+    }
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// Answers `/fast` (JSON), `/fast-error` (a 401 envelope), `/fast-panic`; declines the rest.
+    struct TestFast;
+
+    impl FastRoute for TestFast {
+        fn answer(&self, req: &Request) -> Option<FastAnswer> {
+            match req.uri().path() {
+                "/fast" => Some(FastAnswer::Json(Bytes::from_static(b"{\"fast\":true}"))),
+                "/fast-error" => Some(FastAnswer::Response(ApiError::unauthorized().into_response())),
+                "/fast-panic" => {
+                    let v: Vec<u8> = Vec::new();
+                    #[allow(clippy::indexing_slicing)]
+                    let x = v[usize::from(v.is_empty())];
+                    Some(FastAnswer::Json(Bytes::from(vec![x])))
+                }
+                _ => None,
+            }
+        }
+    }
+
+    fn front() -> axum::Router {
+        let edge = EdgeLayer::new(1024, Duration::from_secs(5));
+        let routes = axum::Router::new()
+            .route(
+                "/fast",
+                get(|| async { "routed" }).post(|| async { "routed post" }),
+            )
+            .route(
+                "/echo-id",
+                get(|req: Request| async move { req.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned() }),
+            )
+            .fallback(not_found)
+            .layer(edge.clone());
+        axum::Router::new().fallback_service(Front::new(&edge, TestFast, routes))
+    }
+
+    async fn send(req: axum::http::Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let res = front().oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn assert_edge_headers(h: &axum::http::HeaderMap) {
+        assert!(valid_request_id(&h[&X_REQUEST_ID]));
+        for (k, v) in SECURITY_HEADERS {
+            assert_eq!(h[&k], v, "{k}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fast_answers_carry_the_edge_headers() {
+        let (s, h, body) = send(Request::get("/fast").body(Body::empty()).unwrap()).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"fast":true}"#));
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_edge_headers(&h);
+        assert_eq!(h.len(), 2 + SECURITY_HEADERS.len());
+
+        let (s, h, body) = send(Request::get("/fast-error").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("UNAUTHORIZED"), "{body}");
+        assert_edge_headers(&h);
+    }
+
+    #[tokio::test]
+    async fn a_valid_incoming_request_id_is_kept_on_both_paths() {
+        for path in ["/fast", "/echo-id"] {
+            let req = Request::get(path)
+                .header("x-request-id", "client-id-1")
+                .body(Body::empty())
+                .unwrap();
+            let (_, h, _) = send(req).await;
+            assert_eq!(h[&X_REQUEST_ID], "client-id-1", "{path}");
+            let req = Request::get(path)
+                .header("x-request-id", "not valid!")
+                .body(Body::empty())
+                .unwrap();
+            let (_, h, _) = send(req).await;
+            assert_ne!(h[&X_REQUEST_ID], "not valid!", "{path}");
+            assert!(valid_request_id(&h[&X_REQUEST_ID]));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_declined_request_is_routed_with_the_id_already_made() {
+        let (s, h, body) = send(Request::get("/echo-id").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK);
+        // The handler saw the id the response carries: one id per request, whichever path.
+        assert_eq!(h[&X_REQUEST_ID], body.as_str());
+        assert_edge_headers(&h);
+    }
+
+    #[tokio::test]
+    async fn other_methods_bodies_and_unknown_paths_take_the_router() {
+        let (s, h, body) = send(Request::post("/fast").body(Body::empty()).unwrap()).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "routed post"));
+        assert_edge_headers(&h);
+        // A GET with a body is not answered by the fast route.
+        let (s, _, body) = send(Request::get("/fast").body(Body::from("x")).unwrap()).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "routed"));
+        // Over the declared-size limit: the edge layer's 413 envelope.
+        let (s, h, body) = send(
+            Request::get("/fast")
+                .header(header::CONTENT_LENGTH, "2048")
+                .body(Body::from(vec![b'x'; 2048]))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("PAYLOAD_TOO_LARGE"), "{body}");
+        assert_edge_headers(&h);
+        let (s, h, body) = send(Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(body.contains("NOT_FOUND"), "{body}");
+        assert_edge_headers(&h);
+        let (s, h, body) = send(Request::delete("/fast").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body.contains("METHOD_NOT_ALLOWED"), "{body}");
+        assert!(h.contains_key(header::ALLOW));
+        assert_edge_headers(&h);
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_fast_path_is_an_opaque_500_envelope() {
+        let (s, h, body) = send(Request::get("/fast-panic").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("INTERNAL_ERROR"), "{body}");
+        assert!(!body.contains("index out of bounds"), "{body}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_edge_headers(&h);
     }
 }

@@ -367,8 +367,14 @@ async fn erase_an_account_while_the_server_runs() {
         ],
     );
     let key = ok(&data, &["keys", "create", "--project", &proj]);
-    let backup = tmp.path().join("backup.db");
-    std::fs::copy(data.join("skygate.db"), &backup).unwrap();
+    // The backup is the database file with its WAL (SQLite keeps recent commits there).
+    let backup = tmp.path().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    for f in ["skygate.db", "skygate.db-wal"] {
+        if data.join(f).exists() {
+            std::fs::copy(data.join(f), backup.join(f)).unwrap();
+        }
+    }
 
     let srv = tokio::task::spawn_blocking({
         let data = data.clone();
@@ -426,7 +432,11 @@ async fn erase_an_account_while_the_server_runs() {
         .status()
         .unwrap();
     assert!(status.success());
-    std::fs::copy(&backup, restored.join("skygate.db")).unwrap();
+    for f in ["skygate.db", "skygate.db-wal"] {
+        if backup.join(f).exists() {
+            std::fs::copy(backup.join(f), restored.join(f)).unwrap();
+        }
+    }
     let out = cli(&bin(), &restored, &["keys", "list", "--json"]).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

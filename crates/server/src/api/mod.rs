@@ -1,5 +1,10 @@
 //! The HTTP surface: routes grouped by API area, each handler thin (extract, call one function, map to
 //! the wire type), wrapped in the edge middleware stack.
+//!
+//! The hottest routes (`GET /v1/models` without a query, with a key the auth cache holds, and
+//! `GET /healthz`) are also answered by [`Hot`] in front of the router ([`middleware::Front`]), which
+//! gives byte-for-byte the answers the routed handlers give, minus the router's per-request plumbing.
+//! Whatever [`Hot`] declines goes through the router unchanged.
 
 mod health;
 mod models;
@@ -8,12 +13,12 @@ pub use models::ModelCatalog;
 
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::get;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::middleware;
+use crate::middleware::{self, EdgeLayer, FastAnswer, FastRoute, Front};
 use crate::state::AppState;
 
 /// The versioned API routes. Flat paths rather than a nested router: nesting costs a boxed service
@@ -24,7 +29,7 @@ fn v1(r: Router<AppState>) -> Router<AppState> {
         .route("/v1/model/{slug}", get(models::get))
 }
 
-/// The whole application: routes plus the edge middleware stack.
+/// The whole application: routes plus the edge middleware stack, behind the hot-route front.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().server.body_limit.0;
     let request_timeout = state.config().server.request_timeout;
@@ -32,16 +37,50 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz)))
     .fallback(middleware::not_found)
-    .with_state(state);
-    with_edge_layers(routes, body_limit, request_timeout)
+    .with_state(state.clone());
+    let edge = EdgeLayer::new(body_limit, request_timeout);
+    let routed = with_edge(routes, body_limit, &edge);
+    Router::new().fallback_service(Front::new(&edge, Hot::new(state), routed))
 }
 
 /// Wraps any router in the edge stack: the body limit for extractors, panic catching, and the edge layer
 /// (request id, declared-size check, deadline, error envelope, security headers; see [`middleware`]).
 pub fn with_edge_layers(routes: Router, body_limit: u64, request_timeout: Duration) -> Router {
+    with_edge(routes, body_limit, &EdgeLayer::new(body_limit, request_timeout))
+}
+
+/// [`with_edge_layers`] with a given edge layer (shared with a [`Front`]).
+fn with_edge(routes: Router, body_limit: u64, edge: &EdgeLayer) -> Router {
     let limit = usize::try_from(body_limit).unwrap_or(usize::MAX);
     routes
         .layer(DefaultBodyLimit::max(limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(middleware::EdgeLayer::new(body_limit, request_timeout))
+        .layer(edge.clone())
+}
+
+/// The routes [`Front`] answers without the router (bodiless `GET` only; see [`FastRoute`]).
+struct Hot {
+    state: AppState,
+    health: health::Prebuilt,
+}
+
+impl Hot {
+    fn new(state: AppState) -> Self {
+        Hot {
+            state,
+            health: health::Prebuilt::new(),
+        }
+    }
+}
+
+impl FastRoute for Hot {
+    fn answer(&self, req: &Request) -> Option<FastAnswer> {
+        match req.uri().path() {
+            // `list` reads the query; only the plain form is answered here.
+            "/v1/models" if req.uri().query().is_none() => models::list_cached(&self.state, req.headers()),
+            // `healthz` reads nothing from the request.
+            "/healthz" => Some(self.health.healthz()),
+            _ => None,
+        }
+    }
 }

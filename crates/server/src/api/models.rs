@@ -5,17 +5,19 @@
 
 use std::collections::HashMap;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use skygate_core::models::{ModelRegistry, ModelSpec};
-use skygate_core::Mode;
+use skygate_core::{Mode, Timestamp};
 
-use crate::auth::ApiKeyAuth;
+use crate::auth::{presented_credential, ApiKeyAuth, CacheLookup};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
+use crate::middleware::FastAnswer;
 use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +82,9 @@ const ALL_FIELDS: [Fields; 4] = [
 pub struct ModelCatalog {
     lists: HashMap<(Mode, Fields), Bytes>,
     one: HashMap<(String, Fields), (bool, Bytes)>,
+    /// The plain lists (no optional fields), live and test: the hot path, without a hash lookup.
+    plain_live: Bytes,
+    plain_test: Bytes,
 }
 
 impl ModelCatalog {
@@ -100,16 +105,39 @@ impl ModelCatalog {
                 one.insert((m.slug.clone(), f), (m.test_ok, body));
             }
         }
-        Ok(ModelCatalog { lists, one })
+        let plain = |mode| lists.get(&(mode, Fields::default())).cloned().unwrap_or_default();
+        let (plain_live, plain_test) = (plain(Mode::Live), plain(Mode::Test));
+        Ok(ModelCatalog {
+            lists,
+            one,
+            plain_live,
+            plain_test,
+        })
+    }
+
+    fn list(&self, mode: Mode, f: Fields) -> Option<&Bytes> {
+        if f == Fields::default() {
+            return Some(match mode {
+                Mode::Live => &self.plain_live,
+                Mode::Test => &self.plain_test,
+            });
+        }
+        self.lists.get(&(mode, f))
     }
 }
 
+/// Headers a JSON answer ends up with: content type, request id, six security headers (the edge layer),
+/// content length and date (hyper adds those two while writing, not into this map).
+const RESPONSE_HEADERS: usize = 8;
+
+/// A pre-serialised JSON answer: the body shares the catalogue's bytes (no copy), and the header map is
+/// sized up front for the headers the edge adds, so it never grows.
 fn json(body: &Bytes) -> Response {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body.clone(),
-    )
-        .into_response()
+    let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut res = Response::new(Body::from(body.clone()));
+    *res.headers_mut() = headers;
+    res
 }
 
 pub async fn list(
@@ -120,10 +148,31 @@ pub async fn list(
     let f = parse_fields(&q)?;
     let body = state
         .catalog()
-        .lists
-        .get(&(auth.mode(), f))
+        .list(auth.mode(), f)
         .ok_or_else(|| ApiError::model_not_found(""))?;
     Ok(json(body))
+}
+
+/// [`list`] without a query, for the hot path in front of the router: answered only when the
+/// credential check is decided in memory (a valid cached key, or a refusal); `None` when the store has to
+/// be asked, so the routed handler does that. Same checks, same order, same bytes as [`list`].
+pub(super) fn list_cached(state: &AppState, headers: &HeaderMap) -> Option<FastAnswer> {
+    if state.config().auth.key_cache_ttl.is_zero() {
+        // No cache: every check needs the store; don't hash here only to hash again there.
+        return None;
+    }
+    let auth = match state
+        .auth()
+        .check_cached(presented_credential(headers), Timestamp::now())
+    {
+        CacheLookup::Decided(Ok(auth)) => auth,
+        CacheLookup::Decided(Err(e)) => return Some(FastAnswer::Response(e.into_response())),
+        CacheLookup::Miss { .. } => return None,
+    };
+    Some(match state.catalog().list(auth.mode(), Fields::default()) {
+        Some(body) => FastAnswer::Json(body.clone()),
+        None => FastAnswer::Response(ApiError::model_not_found("").into_response()),
+    })
 }
 
 pub async fn get(
