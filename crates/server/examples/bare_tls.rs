@@ -15,32 +15,19 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use skygate_server::middleware::SECURITY_HEADERS;
 use skygate_server::tls;
 
-/// skygate's response headers for `GET /v1/models` (hyper adds `content-length` and `date` to both).
-/// Names and values are built once (`from_static`), so the baseline pays only for inserting them.
+/// skygate's response headers for `GET /v1/models` besides its security headers (hyper adds
+/// `content-length` and `date` to both). Names and values are built once (`from_static`), so the baseline
+/// pays only for inserting them.
 #[allow(clippy::declare_interior_mutable_const)]
-const SAME_HEADERS: [(HeaderName, HeaderValue); 8] = [
+const SAME_HEADERS: [(HeaderName, HeaderValue); 2] = [
     (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
     (
         HeaderName::from_static("x-request-id"),
         HeaderValue::from_static("AAAAAAAAAAAA-1f"),
     ),
-    (
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-    ),
-    (
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    ),
-    (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-    (
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    ),
-    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
 ];
 
 #[tokio::main]
@@ -76,8 +63,8 @@ async fn main() -> anyhow::Result<()> {
                         Some(b) => {
                             let mut r = hyper::Response::new(Full::new(b));
                             let h = r.headers_mut();
-                            h.reserve(SAME_HEADERS.len());
-                            for (k, v) in SAME_HEADERS {
+                            h.reserve(SAME_HEADERS.len() + SECURITY_HEADERS.len());
+                            for (k, v) in SAME_HEADERS.into_iter().chain(SECURITY_HEADERS) {
                                 h.insert(k, v);
                             }
                             r

@@ -44,7 +44,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Sent on every response unless the handler set its own value. `from_static`: no parsing or copying
 /// per request.
 #[allow(clippy::declare_interior_mutable_const)]
-const SECURITY_HEADERS: [(HeaderName, HeaderValue); 6] = [
+pub const SECURITY_HEADERS: [(HeaderName, HeaderValue); 6] = [
     (
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=63072000; includeSubDomains"),
