@@ -7,6 +7,7 @@ pub mod audit;
 pub mod base62;
 pub mod ids;
 pub mod models;
+pub mod predictions;
 pub mod records;
 pub mod secret;
 pub mod time;

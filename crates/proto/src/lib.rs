@@ -3,9 +3,14 @@
 
 pub mod error;
 pub mod model;
+pub mod prediction;
 
 pub use error::{ErrorBody, ErrorEnvelope, ErrorId};
 pub use model::{Model, ModelPricing};
+pub use prediction::{
+    CreatePrediction, OutputFileInfo, Pagination, Prediction, PredictionList, PredictionMetadata,
+    PredictionMetrics, PredictionModel, PredictionStatus, PredictionUrls, Storage, Success, WebhookSpec,
+};
 
 use serde::{Deserialize, Serialize};
 

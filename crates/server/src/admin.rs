@@ -73,8 +73,16 @@ pub async fn set_tier(store: &DynStore, who: &str, tier: Tier) -> Result<Account
 }
 
 /// Erases an account (see [`skygate_store::Store::erase_account`]), recording who did it. The audit entry
-/// names only the account id: the log outlives the account and holds no personal data.
-pub async fn erase_account(store: &DynStore, acct: &Account, actor: &str, now: Timestamp) -> Result<()> {
+/// names only the account id: the log outlives the account and holds no personal data. The account's
+/// output objects are deleted afterwards (their keys are already unusable by then: the rows that named
+/// them are gone and their retention windows' keys are destroyed once spent).
+pub async fn erase_account(
+    store: &DynStore,
+    objects: &skygate_store::objects::Objects,
+    acct: &Account,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
     let entry = skygate_core::NewAuditEntry {
         at: now,
         actor: actor.into(),
@@ -85,6 +93,9 @@ pub async fn erase_account(store: &DynStore, acct: &Account, actor: &str, now: T
     if !store.erase_account(&acct.id, &entry).await? {
         return Err(AdminError::NotFound(format!("no account {}", acct.id)));
     }
+    objects
+        .delete_prefix(&format!("outputs/{}", acct.id.as_str()))
+        .await?;
     Ok(())
 }
 

@@ -28,7 +28,40 @@ pub struct Config {
     pub auth: AuthConfig,
     pub keyring: KeyringConfig,
     pub outputs: OutputsConfig,
+    pub queue: QueueConfig,
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[queue]`: the prediction workers of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Predictions this node runs at once (0: this node runs none, like `--role api`).
+    pub workers: u32,
+    /// How long a claim lasts without a heartbeat; a worker that dies is noticed after this. Heartbeats
+    /// come every third of it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Runs started before a prediction that keeps being interrupted is failed.
+    pub max_attempts: u32,
+    /// How often an idle worker looks for new work (work created on this node wakes it at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest one run of a model may take before it is killed and the prediction fails.
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            workers: 2,
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            poll_interval: Duration::from_millis(500),
+            job_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[outputs]`: where generated outputs are stored (always sealed before they leave the process).
@@ -43,6 +76,16 @@ pub struct OutputsConfig {
     pub s3_region: String,
     /// For S3: allow an `http://` endpoint (tests and local development only).
     pub s3_allow_http: bool,
+    /// How long inputs, outputs and errors are kept after a prediction finishes; then they are destroyed
+    /// (objects deleted, keys shredded).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// The largest `retention` this deployment accepts (a guard against a typo keeping data for years).
+    #[serde(with = "humantime_serde")]
+    pub max_retention: Duration,
+    /// How often the retention sweeper runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for OutputsConfig {
@@ -52,6 +95,9 @@ impl Default for OutputsConfig {
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
             s3_allow_http: false,
+            retention: Duration::from_secs(300),
+            max_retention: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(5),
         }
     }
 }
@@ -189,6 +235,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             keyring: KeyringConfig::default(),
             outputs: OutputsConfig::default(),
+            queue: QueueConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -439,6 +486,33 @@ impl Config {
                     "outputs.s3_endpoint must be an https:// URL (http:// only with outputs.s3_allow_http), got {e:?}"
                 ));
             }
+        }
+        if o.retention < Duration::from_secs(1) || o.retention > o.max_retention {
+            return err(format!(
+                "outputs.retention must be between 1s and outputs.max_retention ({})",
+                humantime::format_duration(o.max_retention)
+            ));
+        }
+        if o.sweep_interval.is_zero() {
+            return err("outputs.sweep_interval must be greater than 0".into());
+        }
+        let q = &self.queue;
+        if q.workers > 256 {
+            return err("queue.workers must be at most 256".into());
+        }
+        if q.lease < Duration::from_secs(1) {
+            return err("queue.lease must be at least 1s".into());
+        }
+        if q.max_attempts == 0 || q.max_attempts > 100 {
+            return err("queue.max_attempts must be between 1 and 100".into());
+        }
+        if q.poll_interval.is_zero() || q.job_timeout.is_zero() {
+            return err("queue.poll_interval and queue.job_timeout must be greater than 0".into());
+        }
+        if self.server.await_timeout.is_zero() || self.server.await_timeout >= self.server.request_timeout {
+            return err(
+                "server.await_timeout must be greater than 0 and less than server.request_timeout".into(),
+            );
         }
         for (slug, m) in &self.models {
             m.to_spec(slug)

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod keyring;
 pub mod listener;
 pub mod middleware;
+pub mod predictions;
 pub mod state;
 pub mod tasks;
 pub mod tls;
@@ -163,12 +164,14 @@ impl Server {
             config.auth.key_cache_ttl,
         ));
         let public_url = config.public_url(bound);
+        let signer = predictions::OutputSigner::new(&provider.derive_secret(predictions::signing::PURPOSE)?);
         let state = AppState::new(
             config.clone(),
             store.clone(),
             objects,
             auth.clone(),
             models,
+            signer,
             public_url,
         )?;
         Ok(Server {
@@ -242,6 +245,7 @@ impl Server {
         }
 
         self.spawn_keyring_tasks(&mut tasks, &tasks_stop);
+        self.spawn_prediction_tasks(&mut tasks, &tasks_stop);
 
         let s = &self.config.server;
         let settings = listener::ListenerSettings {
@@ -267,6 +271,52 @@ impl Server {
 }
 
 impl Server {
+    /// The queue workers (unless `queue.workers = 0`), the lease reclaimer and the retention sweeper.
+    /// The reclaimer and sweeper run once at start, so a restart catches up at once.
+    fn spawn_prediction_tasks(&self, tasks: &mut tasks::Tasks, stop: &CancellationToken) {
+        let q = &self.config.queue;
+        if q.workers > 0 {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            let runner: Arc<dyn skygate_runtime::Runner> =
+                Arc::new(skygate_runtime::BuiltinRunner::default());
+            tasks.spawn("queue", predictions::worker::run_queue(state, runner, stop));
+        }
+        tasks.spawn("lease-reclaimer", {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            let period = (q.lease / 2).max(Duration::from_millis(500));
+            async move {
+                if let Err(e) = predictions::worker::reclaim(&state, skygate_core::Timestamp::now()).await {
+                    tracing::warn!(error = %format!("{e:#}"), "could not reclaim predictions at start");
+                }
+                tasks::every(period, stop, "lease-reclaimer", || {
+                    let state = state.clone();
+                    async move { predictions::worker::reclaim(&state, skygate_core::Timestamp::now()).await }
+                })
+                .await;
+                Ok(())
+            }
+        });
+        tasks.spawn("retention-sweeper", {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            let period = self.config.outputs.sweep_interval;
+            async move {
+                if let Err(e) = predictions::worker::sweep(&state, skygate_core::Timestamp::now()).await {
+                    tracing::warn!(error = %format!("{e:#}"), "retention sweep at start failed");
+                }
+                tasks::every(period, stop, "retention-sweeper", || {
+                    let state = state.clone();
+                    async move {
+                        predictions::worker::sweep(&state, skygate_core::Timestamp::now())
+                            .await
+                            .map(|_| ())
+                    }
+                })
+                .await;
+                Ok(())
+            }
+        });
+    }
+
     /// Keyring upkeep: refresh (so a rotation made by another node or the CLI is used for new writes
     /// within a second), the rotation-period check, and the background rewrap.
     fn spawn_keyring_tasks(&self, tasks: &mut tasks::Tasks, stop: &CancellationToken) {

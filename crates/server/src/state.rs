@@ -10,6 +10,7 @@ use skygate_store::DynStore;
 use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::predictions::{Hub, OutputSigner, Validators};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -21,6 +22,9 @@ struct Inner {
     auth: Arc<Authenticator>,
     models: ModelRegistry,
     catalog: ModelCatalog,
+    validators: Validators,
+    signer: OutputSigner,
+    hub: Hub,
     public_url: String,
 }
 
@@ -31,9 +35,11 @@ impl AppState {
         objects: Objects,
         auth: Arc<Authenticator>,
         models: ModelRegistry,
+        signer: OutputSigner,
         public_url: String,
-    ) -> Result<Self, serde_json::Error> {
+    ) -> anyhow::Result<Self> {
         let catalog = ModelCatalog::new(&models)?;
+        let validators = Validators::new(&models)?;
         Ok(AppState(Arc::new(Inner {
             config,
             store,
@@ -41,8 +47,26 @@ impl AppState {
             auth,
             models,
             catalog,
+            validators,
+            signer,
+            hub: Hub::default(),
             public_url,
         })))
+    }
+
+    /// Compiled input schemas of every model.
+    pub fn validators(&self) -> &Validators {
+        &self.0.validators
+    }
+
+    /// Signs and checks output download URLs.
+    pub fn signer(&self) -> &OutputSigner {
+        &self.0.signer
+    }
+
+    /// This node's change feed for predictions.
+    pub fn hub(&self) -> &Hub {
+        &self.0.hub
     }
 
     pub fn config(&self) -> &Config {

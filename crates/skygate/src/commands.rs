@@ -85,7 +85,7 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
-    let store = open_backend(config).await?.store;
+    let Backend { store, objects, .. } = open_backend(config).await?;
     let now = Timestamp::now();
     match cmd {
         AccountsCmd::Create { email, tier } => {
@@ -109,7 +109,7 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
                     acct.id
                 );
             }
-            admin::erase_account(&store, &acct, "operator", now).await?;
+            admin::erase_account(&store, &objects, &acct, "operator", now).await?;
             // Cached credential lookups end within key_cache_ttl everywhere.
             tokio::time::sleep(config.auth.key_cache_ttl).await;
             eprintln!(

@@ -10,6 +10,7 @@
 pub mod error;
 pub mod objects;
 pub mod postgres;
+mod predictions;
 mod queries;
 mod rows;
 pub mod seal;
@@ -18,6 +19,9 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use skygate_core::predictions::{
+    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, UsageRecord,
+};
 use skygate_core::{
     Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewAuditEntry,
     NewProject, Project, ProjectId, Tier, Timestamp,
@@ -45,6 +49,45 @@ pub struct RewrapBatch {
     pub failed: u64,
     /// The last row key looked at; `None` when the column has nothing more to rewrap.
     pub last_key: Option<String>,
+}
+
+/// What `cancel_prediction` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It was pending and is now cancelled.
+    Cancelled(PredictionRecord),
+    /// It is running: the worker was asked to stop (see `PredictionRecord::cancel_requested`).
+    Requested(PredictionRecord),
+    /// It had already finished; nothing changed.
+    AlreadyTerminal(PredictionRecord),
+    NotFound,
+}
+
+/// What a worker learns when it checks in on a running prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Still ours; `cancel` says whether someone asked to cancel it.
+    Held { cancel: bool },
+    /// Expired and reclaimed, finished, or purged: stop working on it and write nothing.
+    Lost,
+}
+
+/// What one `reclaim_expired` pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Put back in the queue to run again.
+    pub requeued: u64,
+    /// Failed after too many attempts.
+    pub failed: u64,
+    /// Cancelled: a cancel had been asked for.
+    pub cancelled: u64,
+}
+
+/// A prediction whose data is due to be destroyed: what the sweeper needs to delete its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuePurge {
+    pub id: PredictionId,
+    pub account: AccountId,
 }
 
 #[async_trait]
@@ -104,6 +147,96 @@ pub trait Store: Send + Sync + 'static {
     /// Records key use in one batch: `last_used_at = max(last_used_at, ts)` for each pair. Unknown ids are
     /// ignored.
     async fn touch_api_keys(&self, uses: &[(KeyId, Timestamp)]) -> Result<()>;
+
+    // ── predictions (tenant: project) and the queue ──────────────────────────────────────────────────
+
+    /// Commits a new `pending` prediction. `input` and `webhook` are sealed under the shred key of the
+    /// retention window (`window` long) its creation time falls in. Unknown project → `NotFound`.
+    async fn create_prediction(
+        &self,
+        new: &NewPrediction,
+        window: std::time::Duration,
+    ) -> Result<PredictionRecord>;
+    /// One prediction of `project`; another project's is `None`, like an unknown id.
+    async fn prediction(&self, project: &ProjectId, id: &PredictionId) -> Result<Option<PredictionRecord>>;
+    /// Operator/worker level: a prediction by id alone (signed output URLs carry no credential).
+    async fn find_prediction(&self, id: &PredictionId) -> Result<Option<PredictionRecord>>;
+    /// One page of a project's predictions, newest first, and how many match in all.
+    async fn list_predictions(
+        &self,
+        project: &ProjectId,
+        filter: &ListFilter,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<PredictionRecord>, u64)>;
+    /// Cancels a pending prediction at once, or asks the worker running it to stop.
+    async fn cancel_prediction(
+        &self,
+        project: &ProjectId,
+        id: &PredictionId,
+        now: Timestamp,
+        retention: std::time::Duration,
+    ) -> Result<CancelOutcome>;
+
+    /// Claims up to `limit` pending predictions, oldest first, for `lease` (atomic across processes and
+    /// nodes: `FOR UPDATE SKIP LOCKED` on PostgreSQL, one writer at a time on SQLite). Each moves to
+    /// `starting` with one more attempt and a fresh lease token.
+    async fn claim_predictions(
+        &self,
+        now: Timestamp,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<Claimed>>;
+    /// Extends the lease to `until` if still held, and reports whether a cancel was asked for.
+    async fn renew_lease(&self, id: &PredictionId, token: &str, until: Timestamp) -> Result<LeaseCheck>;
+    /// Records progress (and `processing`, with `started_at` on the first call) if the lease is still held.
+    async fn report_progress(
+        &self,
+        id: &PredictionId,
+        token: &str,
+        progress: u8,
+        now: Timestamp,
+    ) -> Result<LeaseCheck>;
+    /// Moves a claimed prediction to its terminal status (sealing output or error) with its usage record,
+    /// in one transaction, if the lease is still held. Returns false (and writes nothing) otherwise.
+    async fn complete_prediction(
+        &self,
+        id: &PredictionId,
+        token: &str,
+        completion: &Completion,
+        predict_time_us: i64,
+        now: Timestamp,
+        retention: std::time::Duration,
+        usage: Option<&UsageRecord>,
+    ) -> Result<bool>;
+    /// Leases that expired at `now` (their worker died): requeued, or failed once `max_attempts` runs
+    /// were started, or cancelled if a cancel was asked for.
+    async fn reclaim_expired(
+        &self,
+        now: Timestamp,
+        max_attempts: u32,
+        retention: std::time::Duration,
+    ) -> Result<Reclaimed>;
+
+    // ── retention ──────────────────────────────────────────────────────────────────────────────────
+
+    /// Predictions whose data is due for destruction at `now` (purge time passed, data still there).
+    async fn due_purges(&self, now: Timestamp, limit: u32) -> Result<Vec<DuePurge>>;
+    /// Destroys a prediction's sealed input, output, error and webhook now (the row keeps metadata, with
+    /// `data_removed`). A running prediction is also cancelled. Idempotent. Returns the record after, or
+    /// `None` if there is no such prediction. The caller deletes the output objects first.
+    async fn purge_prediction(&self, id: &PredictionId, now: Timestamp) -> Result<Option<PredictionRecord>>;
+    /// Deletes a prediction of `project` for good (after the caller purged its data and objects).
+    /// Returns false if there is no such prediction.
+    async fn delete_prediction(&self, project: &ProjectId, id: &PredictionId) -> Result<bool>;
+    /// Destroys the shred keys of retention windows that are over and whose predictions are all purged
+    /// (or deleted). Returns how many keys it destroyed.
+    async fn retire_windows(&self, now: Timestamp) -> Result<u64>;
+
+    // ── usage (tenant: account) ────────────────────────────────────────────────────────────────────
+
+    /// An account's usage records, newest first, created at or after `since`.
+    async fn usage(&self, account: &AccountId, since: Timestamp, limit: u32) -> Result<Vec<UsageRecord>>;
 
     // ── audit chain ────────────────────────────────────────────────────────────────────────────────
 

@@ -198,6 +198,27 @@ impl Objects {
         }
     }
 
+    /// Deletes every object whose key starts with `prefix/` (a directory-like prefix, e.g. one
+    /// prediction's outputs). Returns how many it deleted. Idempotent.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let dir = Self::path(prefix.trim_end_matches('/'))?;
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| obj_err("listing objects", e))?;
+        let mut n = 0;
+        for m in metas {
+            match self.inner.delete(&m.location).await {
+                Ok(()) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(obj_err("deleting an object", e)),
+            }
+        }
+        Ok(n)
+    }
+
     /// Every stored path, rewrap's temporary copies included.
     async fn all_paths(&self) -> Result<Vec<String>> {
         let metas: Vec<_> = self

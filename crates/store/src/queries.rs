@@ -77,7 +77,8 @@ pub(crate) const SELECT_AUDIT_PAGE: &str = "SELECT seq, at, actor, action, targe
 /// How many values of a sealed column each KEK version wraps (bytes 6..9 of the header, 1-based).
 pub(crate) fn count_versions_sql(c: &crate::SealedColumn) -> String {
     format!(
-        "SELECT substr({col}, 6, 4) AS v, COUNT(*) AS n FROM {table} GROUP BY substr({col}, 6, 4)",
+        "SELECT substr({col}, 6, 4) AS v, COUNT(*) AS n FROM {table} WHERE {col} IS NOT NULL \
+         GROUP BY substr({col}, 6, 4)",
         col = c.column,
         table = c.table
     )
@@ -127,6 +128,9 @@ pub(crate) fn latest_uses(
 macro_rules! impl_store {
     ($store:ty, backend = $backend:literal, db = $db:ty) => {
         impl $store {
+            $crate::predictions::prediction_helpers!();
+            $crate::predictions::prediction_methods!($db);
+
             /// Appends one audit entry inside `tx`, which holds the write lock (see `begin_write`).
             async fn append_audit_in(
                 tx: &mut sqlx::Transaction<'static, $db>,
@@ -169,6 +173,142 @@ macro_rules! impl_store {
             fn sealer(&self) -> &$crate::Sealer {
                 &self.sealer
             }
+
+            // ── predictions: the bodies are inherent methods (`predictions::prediction_methods!`); a
+            // macro call inside this impl would be invisible to `async_trait`, so these forward.
+
+            async fn create_prediction(
+                &self,
+                new: &skygate_core::predictions::NewPrediction,
+                window: std::time::Duration,
+            ) -> $crate::Result<skygate_core::predictions::PredictionRecord> {
+                <$store>::create_prediction(self, new, window).await
+            }
+
+            async fn prediction(
+                &self,
+                project: &skygate_core::ProjectId,
+                id: &skygate_core::predictions::PredictionId,
+            ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
+                <$store>::prediction(self, project, id).await
+            }
+
+            async fn find_prediction(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+            ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
+                <$store>::find_prediction(self, id).await
+            }
+
+            async fn list_predictions(
+                &self,
+                project: &skygate_core::ProjectId,
+                filter: &skygate_core::predictions::ListFilter,
+                offset: u64,
+                limit: u64,
+            ) -> $crate::Result<(Vec<skygate_core::predictions::PredictionRecord>, u64)> {
+                <$store>::list_predictions(self, project, filter, offset, limit).await
+            }
+
+            async fn cancel_prediction(
+                &self,
+                project: &skygate_core::ProjectId,
+                id: &skygate_core::predictions::PredictionId,
+                now: skygate_core::Timestamp,
+                retention: std::time::Duration,
+            ) -> $crate::Result<$crate::CancelOutcome> {
+                <$store>::cancel_prediction(self, project, id, now, retention).await
+            }
+
+            async fn claim_predictions(
+                &self,
+                now: skygate_core::Timestamp,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> $crate::Result<Vec<skygate_core::predictions::Claimed>> {
+                <$store>::claim_predictions(self, now, lease, limit).await
+            }
+
+            async fn renew_lease(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+                token: &str,
+                until: skygate_core::Timestamp,
+            ) -> $crate::Result<$crate::LeaseCheck> {
+                <$store>::renew_lease(self, id, token, until).await
+            }
+
+            async fn report_progress(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+                token: &str,
+                progress: u8,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<$crate::LeaseCheck> {
+                <$store>::report_progress(self, id, token, progress, now).await
+            }
+
+            async fn complete_prediction(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+                token: &str,
+                completion: &skygate_core::predictions::Completion,
+                predict_time_us: i64,
+                now: skygate_core::Timestamp,
+                retention: std::time::Duration,
+                usage: Option<&skygate_core::predictions::UsageRecord>,
+            ) -> $crate::Result<bool> {
+                <$store>::complete_prediction(self, id, token, completion, predict_time_us, now, retention, usage)
+                    .await
+            }
+
+            async fn reclaim_expired(
+                &self,
+                now: skygate_core::Timestamp,
+                max_attempts: u32,
+                retention: std::time::Duration,
+            ) -> $crate::Result<$crate::Reclaimed> {
+                <$store>::reclaim_expired(self, now, max_attempts, retention).await
+            }
+
+            async fn due_purges(&self, now: skygate_core::Timestamp, limit: u32) -> $crate::Result<Vec<$crate::DuePurge>> {
+                <$store>::due_purges(self, now, limit).await
+            }
+
+            async fn purge_prediction(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
+                <$store>::purge_prediction(self, id, now).await
+            }
+
+            async fn delete_prediction(
+                &self,
+                project: &skygate_core::ProjectId,
+                id: &skygate_core::predictions::PredictionId,
+            ) -> $crate::Result<bool> {
+                let done = sqlx::query($crate::predictions::DELETE_PREDICTION)
+                    .bind(project.as_str())
+                    .bind(id.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn retire_windows(&self, now: skygate_core::Timestamp) -> $crate::Result<u64> {
+                <$store>::retire_windows(self, now).await
+            }
+
+            async fn usage(
+                &self,
+                account: &skygate_core::AccountId,
+                since: skygate_core::Timestamp,
+                limit: u32,
+            ) -> $crate::Result<Vec<skygate_core::predictions::UsageRecord>> {
+                <$store>::usage(self, account, since, limit).await
+            }
+
 
             async fn migrate(&self) -> $crate::Result<()> {
                 self.run_migrations().await

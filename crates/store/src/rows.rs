@@ -18,6 +18,7 @@ pub(crate) trait StoreRow {
     fn int(&self, table: &str, col: &'static str) -> Result<i64>;
     fn opt_int(&self, table: &str, col: &'static str) -> Result<Option<i64>>;
     fn bytes(&self, table: &str, col: &'static str) -> Result<Vec<u8>>;
+    fn opt_bytes(&self, table: &str, col: &'static str) -> Result<Option<Vec<u8>>>;
 }
 
 impl<R> StoreRow for R
@@ -43,6 +44,10 @@ where
     fn bytes(&self, table: &str, col: &'static str) -> Result<Vec<u8>> {
         self.try_get(col).map_err(|e| decode_error(table, col, e))
     }
+
+    fn opt_bytes(&self, table: &str, col: &'static str) -> Result<Option<Vec<u8>>> {
+        self.try_get(col).map_err(|e| decode_error(table, col, e))
+    }
 }
 
 /// A value that cannot be read as its column's type (NULL, wrong type) is corrupt data; anything else (a
@@ -54,7 +59,7 @@ fn decode_error(table: &str, col: &str, e: sqlx::Error) -> StoreError {
     }
 }
 
-fn corrupt(table: &str, col: &str, why: impl Display) -> StoreError {
+pub(crate) fn corrupt(table: &str, col: &str, why: impl Display) -> StoreError {
     StoreError::Corrupt(format!("{table}.{col}: {why}"))
 }
 
@@ -164,6 +169,60 @@ pub(crate) fn audit_entry(r: &impl StoreRow) -> Result<AuditEntry> {
         },
         prev_hash: hash(r, t, "prev_hash")?,
         hash: hash(r, t, "hash")?,
+    })
+}
+
+/// Columns: [`crate::predictions::PRED_COLS`] of `predictions`. Sealed JSON values are opened and parsed;
+/// NULL means removed (or not produced yet).
+pub(crate) fn prediction(
+    r: &impl StoreRow,
+    sealer: &Sealer,
+) -> Result<skygate_core::predictions::PredictionRecord> {
+    let t = "predictions";
+    let id: skygate_core::predictions::PredictionId = parsed(r, t, "id")?;
+    let account: skygate_core::AccountId = parsed(r, t, "account_id")?;
+    let status = r.text(t, "status")?;
+    let status = skygate_proto::PredictionStatus::parse(&status)
+        .ok_or_else(|| corrupt(t, "status", format_args!("unknown status {status:?}")))?;
+    let open = |col: &'static str| -> Result<Option<String>> {
+        r.opt_bytes(t, col)?
+            .map(|b| sealer.open((t, id.as_str(), col), account.as_str(), &b))
+            .transpose()
+    };
+    let json = |col: &'static str| -> Result<Option<serde_json::Value>> {
+        open(col)?
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(t, col, e)))
+            .transpose()
+    };
+    let output = open("output")?
+        .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(t, "output", e)))
+        .transpose()?;
+    let webhook = open("webhook")?
+        .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(t, "webhook", e)))
+        .transpose()?;
+    let small = |col: &'static str| -> Result<i64> { r.int(t, col) };
+    Ok(skygate_core::predictions::PredictionRecord {
+        project: parsed(r, t, "project_id")?,
+        mode: parsed(r, t, "mode")?,
+        model: r.text(t, "model")?,
+        status,
+        stream: small("stream")? != 0,
+        input: json("input")?,
+        output,
+        error: open("error")?,
+        webhook,
+        progress: u8::try_from(small("progress")?.clamp(0, 100)).unwrap_or(0),
+        attempts: u32::try_from(small("attempts")?.max(0)).unwrap_or(u32::MAX),
+        cancel_requested: small("cancel_requested")? != 0,
+        created_at: ts(r, t, "created_at")?,
+        started_at: opt_ts(r, t, "started_at")?,
+        completed_at: opt_ts(r, t, "completed_at")?,
+        updated_at: ts(r, t, "updated_at")?,
+        predict_time_us: r.opt_int(t, "predict_time_us")?,
+        purge_at: opt_ts(r, t, "purge_at")?,
+        data_removed: small("data_removed")? != 0,
+        id,
+        account,
     })
 }
 

@@ -13,7 +13,8 @@ use crate::{Result, StoreError};
 /// The purpose string of the blind-index key, derived by the key provider.
 const BLIND_INDEX_PURPOSE: &str = "email-blind-index-v1";
 
-/// A sealed column: `table.column`, the row's key column, and whether it may be NULL.
+/// A sealed column: `table.column` and the row's key column. Columns may be NULL (purged data); NULLs are
+/// not values and are skipped by counting and rewrapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedColumn {
     pub table: &'static str,
@@ -37,6 +38,31 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         table: "api_keys",
         key: "id",
         column: "name",
+    },
+    SealedColumn {
+        table: "predictions",
+        key: "id",
+        column: "input",
+    },
+    SealedColumn {
+        table: "predictions",
+        key: "id",
+        column: "output",
+    },
+    SealedColumn {
+        table: "predictions",
+        key: "id",
+        column: "error",
+    },
+    SealedColumn {
+        table: "predictions",
+        key: "id",
+        column: "webhook",
+    },
+    SealedColumn {
+        table: "usage_records",
+        key: "prediction_id",
+        column: "record",
     },
 ];
 

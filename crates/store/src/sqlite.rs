@@ -93,6 +93,9 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// The queue claim (see `predictions`): SQLite runs one writer at a time, so it is atomic as is.
+    const CLAIM_SQL: &'static str = crate::predictions::CLAIM_SQLITE;
+
     /// SQLite's two-argument `MAX` is the scalar maximum.
     const TOUCH_SQL: &'static str =
         "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), $1) WHERE id = $2";

@@ -8,13 +8,15 @@
 
 mod health;
 mod models;
+pub mod outputs;
+pub mod predictions;
 
 pub use models::ModelCatalog;
 
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -27,6 +29,22 @@ fn v1(r: Router<AppState>) -> Router<AppState> {
     r.route("/v1/models", get(models::list))
         .route("/v1/models/{slug}", get(models::get))
         .route("/v1/model/{slug}", get(models::get))
+        .route("/v1/predict", post(predictions::create))
+        .route(
+            "/v1/predictions",
+            post(predictions::create).get(predictions::list),
+        )
+        .route(
+            "/v1/predictions/{id}",
+            get(predictions::get).delete(predictions::delete),
+        )
+        .route("/v1/predictions/{id}/cancel", post(predictions::cancel))
+        .route(
+            "/v1/predictions/{id}/delete",
+            axum::routing::delete(predictions::delete),
+        )
+        .route("/v1/predictions/{id}/stream", get(predictions::stream))
+        .route("/v1/outputs/{id}/{file}", get(outputs::download))
 }
 
 /// The whole application: routes plus the edge middleware stack, behind the hot-route front.

@@ -1,0 +1,504 @@
+//! Predictions API (DESIGN §3): create (`POST /v1/predictions`, `POST /v1/predict`), get, list, cancel,
+//! delete (`DELETE /v1/predictions/{id}` and `…/{id}/delete`), and `GET …/{id}/stream` (the Prediction
+//! JSON, or Server-Sent Events with `Accept: text/event-stream`). Every lookup is scoped to the key's
+//! project and mode: anything else is `404 PREDICTION_NOT_FOUND`, exactly like an unknown id.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::Stream;
+use serde::Deserialize;
+use serde_json::Value;
+use skygate_core::models::{is_valid_slug, ModelSpec};
+use skygate_core::predictions::{
+    date_range, FilterError, ListFilter, NewPrediction, PredictionId, PredictionRecord,
+};
+use skygate_core::{Mode, Timestamp};
+use skygate_proto::{CreatePrediction, ErrorId, Pagination, Prediction, PredictionList, Success};
+use skygate_store::CancelOutcome;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::ApiKeyAuth;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::predictions::worker::destroy_data;
+use crate::state::AppState;
+
+/// Webhook event names accepted in `webhook.events` (DESIGN §4, plus the SDKs' older names).
+const WEBHOOK_EVENTS: &[&str] = &[
+    "prediction.started",
+    "prediction.succeeded",
+    "prediction.failed",
+    "prediction.cancelled",
+    "started",
+    "completed",
+    "failed",
+    "canceled",
+];
+
+/// How often a waiter re-reads the store when no local change was announced (changes made by another
+/// node are seen this late at most).
+const POLL: Duration = Duration::from_millis(250);
+
+/// How long a cancel of a running prediction waits for the worker to stop, so the answer usually already
+/// says `cancelled`.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+pub fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorId::PredictionNotFound,
+        "Prediction not found",
+        "No prediction with this id exists for this API key's project.",
+    )
+}
+
+fn invalid(id: ErrorId, message: &str, details: impl Into<String>) -> ApiError {
+    ApiError::new(id, message, details)
+}
+
+/// The wire object of a record.
+pub fn wire(state: &AppState, rec: &PredictionRecord) -> Prediction {
+    crate::predictions::to_wire(
+        rec,
+        state.models().get(&rec.model),
+        state.public_url(),
+        state.signer(),
+    )
+}
+
+/// Parses a path id; anything that is not a UUID cannot name a prediction.
+fn parse_id(raw: &str) -> Result<PredictionId, ApiError> {
+    raw.parse().map_err(|_| not_found())
+}
+
+/// A prediction the key may see, or 404.
+async fn visible(
+    state: &AppState,
+    auth: &ApiKeyAuth,
+    id: &PredictionId,
+) -> Result<PredictionRecord, ApiError> {
+    match state.store().prediction(auth.project(), id).await? {
+        Some(rec) if rec.mode == auth.mode() => Ok(rec),
+        _ => Err(not_found()),
+    }
+}
+
+/// Checks the create body and resolves the model.
+fn validate_create<'a>(
+    state: &'a AppState,
+    auth: &ApiKeyAuth,
+    body: &CreatePrediction,
+) -> Result<(&'a ModelSpec, Value), ApiError> {
+    let slug = match &body.model {
+        None | Some(Value::Null) => {
+            return Err(invalid(
+                ErrorId::ValidationError,
+                "Request body is invalid",
+                "model is required",
+            ))
+        }
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(invalid(
+                ErrorId::ValidationError,
+                "Request body is invalid",
+                "model must be a string",
+            ))
+        }
+    };
+    let spec = state
+        .models()
+        .get(slug)
+        .filter(|_| is_valid_slug(slug))
+        .ok_or_else(|| ApiError::model_not_found(slug))?;
+    if auth.mode() == Mode::Test && !spec.test_ok {
+        return Err(ApiError::forbidden(format!(
+            "Test keys (sk_test_) cannot run {slug:?}; use a live key or a model marked test_ok."
+        )));
+    }
+    let input = match &body.input {
+        None | Some(Value::Null) => {
+            return Err(invalid(
+                ErrorId::ValidationError,
+                "Request body is invalid",
+                "input is required",
+            ))
+        }
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Err(invalid(
+                ErrorId::InvalidInput,
+                "Input is invalid",
+                "input must be a JSON object",
+            ))
+        }
+    };
+    state
+        .validators()
+        .check(slug, &input)
+        .map_err(|e| invalid(ErrorId::InvalidInput, "Input is invalid", e.to_string()))?;
+    if let Some(w) = &body.webhook {
+        let url = w.url.trim();
+        let ok_scheme = url.starts_with("https://") || url.starts_with("http://");
+        if !ok_scheme || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                ErrorId::ValidationError,
+                "Request body is invalid",
+                "webhook.url must be an http(s) URL of at most 2048 characters",
+            ));
+        }
+        if let Some(bad) = w.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
+            let shown: String = bad.chars().take(64).collect();
+            return Err(invalid(
+                ErrorId::ValidationError,
+                "Request body is invalid",
+                format!(
+                    "webhook.events: unknown event {shown:?} (allowed: {})",
+                    WEBHOOK_EVENTS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok((spec, input))
+}
+
+/// `POST /v1/predictions`, `POST /v1/predict`.
+pub async fn create(
+    State(state): State<AppState>,
+    auth: ApiKeyAuth,
+    ApiJson(body): ApiJson<CreatePrediction>,
+) -> Result<Response, ApiError> {
+    let (spec, input) = validate_create(&state, &auth, &body)?;
+    let id = PredictionId::generate().map_err(|_| ApiError::internal(&RandomFailed))?;
+    let new = NewPrediction {
+        id,
+        project: auth.project().clone(),
+        key: Some(auth.key_id().clone()),
+        mode: auth.mode(),
+        model: spec.slug.clone(),
+        stream: body.stream.unwrap_or(false),
+        input,
+        webhook: body.webhook.clone(),
+        created_at: Timestamp::now(),
+    };
+    let rec = state
+        .store()
+        .create_prediction(&new, state.config().outputs.retention)
+        .await?;
+    state.hub().work_queued();
+    if body.wait.unwrap_or(false) {
+        // Detached: a client that goes away does not cancel anything (the prediction is committed and
+        // runs regardless); the wait just stops.
+        let deadline = tokio::time::Instant::now() + state.config().server.await_timeout;
+        let rec = wait_for(&state, &auth, rec, deadline).await?;
+        return Ok((StatusCode::OK, Json(wire(&state, &rec))).into_response());
+    }
+    Ok((StatusCode::CREATED, Json(wire(&state, &rec))).into_response())
+}
+
+#[derive(Debug)]
+struct RandomFailed;
+impl std::fmt::Display for RandomFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the system random source failed")
+    }
+}
+impl std::error::Error for RandomFailed {}
+
+/// Re-reads `rec` until it is terminal or `deadline` passes; returns the latest state either way.
+async fn wait_for(
+    state: &AppState,
+    auth: &ApiKeyAuth,
+    mut rec: PredictionRecord,
+    deadline: tokio::time::Instant,
+) -> Result<PredictionRecord, ApiError> {
+    let mut changes = state.hub().subscribe();
+    while !rec.status.is_terminal() {
+        let woke = tokio::time::timeout_at(deadline, next_change(&mut changes, &rec.id)).await;
+        if woke.is_err() {
+            break;
+        }
+        match state.store().prediction(auth.project(), &rec.id).await? {
+            Some(r) => rec = r,
+            None => return Err(not_found()),
+        }
+    }
+    Ok(rec)
+}
+
+/// Resolves on the next announced change of `id`, or after [`POLL`].
+async fn next_change(changes: &mut tokio::sync::broadcast::Receiver<PredictionId>, id: &PredictionId) {
+    let wait = async {
+        loop {
+            match changes.recv().await {
+                Ok(c) if &c == id => return,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => return,
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(POLL, wait).await;
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdPath {
+    id: String,
+}
+
+/// `GET /v1/predictions/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    auth: ApiKeyAuth,
+    ApiPath(p): ApiPath<IdPath>,
+) -> Result<Json<Prediction>, ApiError> {
+    let id = parse_id(&p.id)?;
+    let rec = visible(&state, &auth, &id).await?;
+    Ok(Json(wire(&state, &rec)))
+}
+
+/// Raw list parameters: parsed by hand so that each bad one gets its own documented error.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    page: Option<String>,
+    per_page: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    model: Option<String>,
+}
+
+fn parse_count(raw: Option<&str>, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid_parameter(format!(
+            "{name} must be an integer between 1 and {max}"
+        ))),
+    }
+}
+
+/// `GET /v1/predictions`.
+pub async fn list(
+    State(state): State<AppState>,
+    auth: ApiKeyAuth,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<PredictionList>, ApiError> {
+    let page = parse_count(q.page.as_deref(), "page", 1, 1_000_000)?;
+    let per_page = parse_count(q.per_page.as_deref(), "per_page", 20, 50)?;
+    let (from, until) = date_range(
+        q.from.as_deref().filter(|s| !s.is_empty()),
+        q.to.as_deref().filter(|s| !s.is_empty()),
+    )
+    .map_err(|e| match e {
+        FilterError::DateFormat(_) => {
+            invalid(ErrorId::InvalidDateFormat, "Invalid date format", e.to_string())
+        }
+        FilterError::DateRange => invalid(ErrorId::InvalidDateRange, "Invalid date range", e.to_string()),
+    })?;
+    let model = match q.model.as_deref().filter(|s| !s.is_empty()) {
+        Some(m) if !is_valid_slug(m) => {
+            return Err(ApiError::invalid_parameter(
+                "model must be a model slug ([a-z0-9][a-z0-9._-]*)",
+            ))
+        }
+        m => m.map(str::to_owned),
+    };
+    let filter = ListFilter {
+        from,
+        until,
+        model,
+        mode: Some(auth.mode()),
+    };
+    let (rows, total) = state
+        .store()
+        .list_predictions(auth.project(), &filter, (page - 1) * per_page, per_page)
+        .await?;
+    Ok(Json(PredictionList {
+        data: rows.iter().map(|r| wire(&state, r)).collect(),
+        pagination: Pagination {
+            current_page: page,
+            per_page,
+            total,
+            last_page: total.div_ceil(per_page).max(1),
+        },
+    }))
+}
+
+/// `POST /v1/predictions/{id}/cancel`: returns the prediction (usually already `cancelled`).
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: ApiKeyAuth,
+    ApiPath(p): ApiPath<IdPath>,
+) -> Result<Json<Prediction>, ApiError> {
+    let id = parse_id(&p.id)?;
+    visible(&state, &auth, &id).await?;
+    let outcome = state
+        .store()
+        .cancel_prediction(
+            auth.project(),
+            &id,
+            Timestamp::now(),
+            state.config().outputs.retention,
+        )
+        .await?;
+    let rec = match outcome {
+        CancelOutcome::NotFound => return Err(not_found()),
+        CancelOutcome::AlreadyTerminal(rec) => {
+            return Err(invalid(
+                ErrorId::PredictionNotCancellable,
+                "Prediction cannot be cancelled",
+                format!("The prediction has already {}.", rec.status.as_str()),
+            ))
+        }
+        CancelOutcome::Cancelled(rec) => {
+            state.hub().changed(&id);
+            rec
+        }
+        CancelOutcome::Requested(rec) => {
+            state.hub().cancel(&id);
+            let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+            wait_for(&state, &auth, rec, deadline).await?
+        }
+    };
+    Ok(Json(wire(&state, &rec)))
+}
+
+/// `DELETE /v1/predictions/{id}` and `DELETE /v1/predictions/{id}/delete`: destroys the inputs and
+/// outputs now (a running prediction is cancelled) and removes the prediction.
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: ApiKeyAuth,
+    ApiPath(p): ApiPath<IdPath>,
+) -> Result<Json<Success>, ApiError> {
+    let id = parse_id(&p.id)?;
+    let rec = visible(&state, &auth, &id).await?;
+    destroy_data(&state, &rec.account, &id, Timestamp::now())
+        .await
+        .map_err(|e| ApiError::internal(e.as_ref()))?;
+    if !state.store().delete_prediction(auth.project(), &id).await? {
+        return Err(not_found());
+    }
+    Ok(Json(Success { success: true }))
+}
+
+/// `GET /v1/predictions/{id}/stream`: the Prediction JSON (what the SDK's `stream_prediction` reads), or
+/// with `Accept: text/event-stream` a stream of `status`, `progress`, `output` and `done` events that
+/// ends once the prediction is terminal.
+pub async fn stream(
+    State(state): State<AppState>,
+    auth: ApiKeyAuth,
+    headers: HeaderMap,
+    ApiPath(p): ApiPath<IdPath>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&p.id)?;
+    let rec = visible(&state, &auth, &id).await?;
+    let wants_sse = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    if !wants_sse {
+        return Ok(Json(wire(&state, &rec)).into_response());
+    }
+    let events = sse_events(state, auth, rec);
+    Ok(Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        )
+        .into_response())
+}
+
+fn event(name: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().event(name).data("{}"))
+}
+
+/// The SSE feed of one prediction: `status` (on every status change, starting with the current one),
+/// `progress` (on every progress change), `output` (once, when it succeeded), then `done` with the final
+/// Prediction object.
+fn sse_events(
+    state: AppState,
+    auth: ApiKeyAuth,
+    first: PredictionRecord,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream(move |tx| async move {
+        let mut changes = state.hub().subscribe();
+        let mut rec = first;
+        let id = rec.id.clone();
+        let mut last_status = None;
+        let mut last_progress = None;
+        loop {
+            if last_status != Some(rec.status) {
+                last_status = Some(rec.status);
+                let _ = tx
+                    .send(event(
+                        "status",
+                        &serde_json::json!({"id": id.as_str(), "status": rec.status.as_str()}),
+                    ))
+                    .await;
+            }
+            if last_progress != Some(rec.progress) {
+                last_progress = Some(rec.progress);
+                let _ = tx
+                    .send(event(
+                        "progress",
+                        &serde_json::json!({"id": id.as_str(), "progress": rec.progress}),
+                    ))
+                    .await;
+            }
+            if rec.status.is_terminal() {
+                let w = wire(&state, &rec);
+                if w.output.is_some() {
+                    let _ = tx
+                        .send(event(
+                            "output",
+                            &serde_json::json!({"id": id.as_str(), "output": w.output}),
+                        ))
+                        .await;
+                }
+                let _ = tx.send(event("done", &w)).await;
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+            next_change(&mut changes, &id).await;
+            match state.store().prediction(auth.project(), &id).await {
+                Ok(Some(r)) => rec = r,
+                Ok(None) => {
+                    let _ = tx
+                        .send(event(
+                            "error",
+                            &serde_json::json!({"id": id.as_str(), "error": "deleted"}),
+                        ))
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(prediction = %id, error = %e, "SSE: could not read the prediction");
+                }
+            }
+        }
+    })
+}
+
+/// A stream fed by a task through a small channel; the task stops when the client goes away (the
+/// channel closes).
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}

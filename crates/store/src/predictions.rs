@@ -1,0 +1,718 @@
+//! Predictions, the durable queue, retention and usage: SQL both backends share, and the
+//! [`prediction_methods!`] macro that [`crate::queries::impl_store!`] expands inside each backend's
+//! `impl Store`. The one dialect difference, the claim's row locking, is each backend's `CLAIM_SQL`.
+//!
+//! Queue protocol: `pending` rows are claimed (→ `starting`, `attempts + 1`, a random lease token and a
+//! lease deadline). Every later write by the worker names the token and requires the row still to be
+//! running, so a worker whose lease expired and was reclaimed cannot overwrite anything. A lease that
+//! expires (its worker died) is requeued, or failed after too many attempts, by `reclaim_expired`.
+
+use std::time::Duration;
+
+use skygate_core::predictions::PredictionId;
+use skygate_core::Timestamp;
+
+/// Every column of `predictions`, as [`crate::rows::prediction`] reads them.
+pub(crate) const PRED_COLS: &str = "id, account_id, project_id, mode, model, status, stream, input, output, \
+     error, webhook, progress, attempts, cancel_requested, created_at, started_at, completed_at, \
+     updated_at, predict_time_us, purge_at, data_removed";
+
+macro_rules! pred_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, account_id, project_id, mode, model, status, stream, input, output, error, webhook, ",
+            "progress, attempts, cancel_requested, created_at, started_at, completed_at, updated_at, ",
+            "predict_time_us, purge_at, data_removed FROM predictions ",
+            $tail
+        )
+    };
+}
+
+pub(crate) const SELECT_WINDOW: &str = "SELECT shred_id FROM retention_windows WHERE starts_at = $1";
+pub(crate) const INSERT_WINDOW: &str = "INSERT INTO retention_windows (starts_at, ends_at, shred_id) \
+     VALUES ($1, $2, $3) ON CONFLICT (starts_at) DO NOTHING";
+pub(crate) const SELECT_PROJECT_ACCOUNT: &str = "SELECT account_id FROM projects WHERE id = $1";
+
+pub(crate) const INSERT_PREDICTION: &str = "INSERT INTO predictions \
+     (id, account_id, project_id, key_id, mode, model, status, stream, shred_id, input, webhook, \
+      created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $11)";
+
+pub(crate) const SELECT_PREDICTION_SCOPED: &str = pred_select!("WHERE project_id = $1 AND id = $2");
+pub(crate) const SELECT_PREDICTION_BY_ID: &str = pred_select!("WHERE id = $1");
+
+/// Optional filters: a NULL parameter matches everything.
+const LIST_WHERE: &str = "WHERE project_id = $1 AND ($2 IS NULL OR created_at >= $2) \
+     AND ($3 IS NULL OR created_at < $3) AND ($4 IS NULL OR model = $4) AND ($5 IS NULL OR mode = $5)";
+
+pub(crate) fn list_sql() -> String {
+    format!(
+        "SELECT {PRED_COLS} FROM predictions {LIST_WHERE} ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
+    )
+}
+
+pub(crate) fn count_sql() -> String {
+    format!("SELECT COUNT(*) FROM predictions {LIST_WHERE}")
+}
+
+pub(crate) const CANCEL_PENDING: &str = "UPDATE predictions SET status = 'cancelled', cancel_requested = 1, \
+     completed_at = $1, updated_at = $1, purge_at = $2 WHERE id = $3 AND status = 'pending'";
+pub(crate) const REQUEST_CANCEL: &str = "UPDATE predictions SET cancel_requested = 1, updated_at = $1 \
+     WHERE id = $2 AND status IN ('starting', 'processing')";
+
+/// The claim without row locking: SQLite serialises writers, so the statement is atomic there.
+pub(crate) const CLAIM_SQLITE: &str = "UPDATE predictions SET status = 'starting', attempts = attempts + 1, \
+     lease_token = $1, lease_until = $2, updated_at = $3 \
+     WHERE id IN (SELECT id FROM predictions WHERE status = 'pending' ORDER BY created_at, id LIMIT $4) \
+     RETURNING id";
+/// PostgreSQL: concurrent claimers skip each other's locked rows instead of waiting or double-claiming.
+pub(crate) const CLAIM_POSTGRES: &str =
+    "UPDATE predictions SET status = 'starting', attempts = attempts + 1, \
+     lease_token = $1, lease_until = $2, updated_at = $3 \
+     WHERE id IN (SELECT id FROM predictions WHERE status = 'pending' ORDER BY created_at, id LIMIT $4 \
+     FOR UPDATE SKIP LOCKED) RETURNING id";
+pub(crate) const SELECT_CLAIMED: &str = "SELECT shred_id FROM predictions WHERE id = $1 AND lease_token = $2";
+
+pub(crate) const RENEW_LEASE: &str = "UPDATE predictions SET lease_until = $1 \
+     WHERE id = $2 AND lease_token = $3 AND status IN ('starting', 'processing') RETURNING cancel_requested";
+pub(crate) const REPORT_PROGRESS: &str = "UPDATE predictions SET status = 'processing', progress = $1, \
+     started_at = COALESCE(started_at, $2), updated_at = $2 \
+     WHERE id = $3 AND lease_token = $4 AND status IN ('starting', 'processing') RETURNING cancel_requested";
+pub(crate) const SELECT_SEAL_PLACE: &str = "SELECT account_id, shred_id FROM predictions WHERE id = $1";
+pub(crate) const COMPLETE: &str = "UPDATE predictions SET status = $1, output = $2, error = $3, \
+     progress = CASE WHEN $1 = 'succeeded' THEN 100 ELSE progress END, \
+     started_at = COALESCE(started_at, $4), completed_at = $4, updated_at = $4, purge_at = $5, \
+     predict_time_us = $6, lease_token = NULL, lease_until = NULL \
+     WHERE id = $7 AND lease_token = $8 AND status IN ('starting', 'processing')";
+pub(crate) const SELECT_ACCOUNT_SHRED: &str = "SELECT shred_id FROM accounts WHERE id = $1";
+pub(crate) const INSERT_USAGE: &str = "INSERT INTO usage_records (prediction_id, account_id, at, record) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (prediction_id) DO NOTHING";
+pub(crate) const SELECT_USAGE: &str = "SELECT prediction_id, record FROM usage_records \
+     WHERE account_id = $1 AND at >= $2 ORDER BY at DESC, prediction_id DESC LIMIT $3";
+
+pub(crate) const SELECT_EXPIRED: &str = "SELECT id, account_id, shred_id, attempts, cancel_requested, lease_token \
+     FROM predictions WHERE status IN ('starting', 'processing') AND lease_until < $1 ORDER BY lease_until LIMIT 500";
+pub(crate) const REQUEUE: &str = "UPDATE predictions SET status = 'pending', lease_token = NULL, \
+     lease_until = NULL, updated_at = $1 WHERE id = $2 AND lease_token = $3 AND lease_until < $1 \
+     AND status IN ('starting', 'processing')";
+pub(crate) const FINISH_EXPIRED: &str = "UPDATE predictions SET status = $1, error = $2, completed_at = $3, \
+     updated_at = $3, purge_at = $4, lease_token = NULL, lease_until = NULL \
+     WHERE id = $5 AND lease_token = $6 AND lease_until < $3 AND status IN ('starting', 'processing')";
+
+pub(crate) const SELECT_DUE: &str = "SELECT id, account_id FROM predictions \
+     WHERE data_removed = 0 AND purge_at IS NOT NULL AND purge_at <= $1 ORDER BY purge_at LIMIT $2";
+/// Removes the data; a prediction still queued or running is cancelled on the way (its worker loses the
+/// lease on its next check-in and writes nothing).
+pub(crate) const PURGE: &str = "UPDATE predictions SET input = NULL, output = NULL, error = NULL, \
+     webhook = NULL, data_removed = 1, updated_at = $1, purge_at = COALESCE(purge_at, $1), \
+     completed_at = COALESCE(completed_at, $1), lease_token = NULL, lease_until = NULL, \
+     status = CASE WHEN status IN ('pending', 'starting', 'processing') THEN 'cancelled' ELSE status END, \
+     cancel_requested = CASE WHEN status IN ('pending', 'starting', 'processing') THEN 1 ELSE cancel_requested END \
+     WHERE id = $2 AND data_removed = 0";
+
+pub(crate) const DELETE_PREDICTION: &str = "DELETE FROM predictions WHERE project_id = $1 AND id = $2";
+
+pub(crate) const SELECT_SPENT_WINDOWS: &str = "SELECT w.starts_at, w.shred_id FROM retention_windows w \
+     WHERE w.ends_at < $1 AND NOT EXISTS \
+     (SELECT 1 FROM predictions p WHERE p.shred_id = w.shred_id AND p.data_removed = 0)";
+pub(crate) const WINDOW_STILL_SPENT: &str =
+    "SELECT COUNT(*) FROM predictions WHERE shred_id = $1 AND data_removed = 0";
+pub(crate) const DELETE_WINDOW: &str = "DELETE FROM retention_windows WHERE starts_at = $1";
+
+/// A window's shred key is destroyed only this long after the window ended, so a creation racing the
+/// end of its window (or a node with a slightly late clock) never seals under a key being destroyed.
+pub(crate) const WINDOW_GRACE: Duration = Duration::from_secs(600);
+
+/// The message a prediction fails with when its runs kept being interrupted.
+pub(crate) fn interrupted_message(attempts: u32) -> String {
+    format!("the prediction was interrupted {attempts} times (its worker stopped); giving up")
+}
+
+/// A fresh lease token: 128 random bits, hex.
+pub(crate) fn lease_token() -> crate::Result<String> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| crate::StoreError::Config("the system random source failed".into()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn plus(t: Timestamp, d: Duration) -> i64 {
+    t.saturating_add(d).as_micros()
+}
+
+pub(crate) fn parse_id(s: &str) -> crate::Result<PredictionId> {
+    s.parse()
+        .map_err(|e| crate::rows::corrupt("predictions", "id", e))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T, what: &str) -> crate::Result<String> {
+    serde_json::to_string(v).map_err(|e| crate::StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A usage record's sealed JSON. `Timestamp` serialises as RFC 3339 text (the wire form) but
+/// deserialises from integer micros, so `at` is written as micros for the record to read back.
+pub(crate) fn usage_json(u: &skygate_core::predictions::UsageRecord) -> crate::Result<String> {
+    let mut v =
+        serde_json::to_value(u).map_err(|e| crate::StoreError::Corrupt(format!("usage record: {e}")))?;
+    v["at"] = serde_json::Value::from(u.at.as_micros());
+    Ok(v.to_string())
+}
+
+/// The bodies of the `Store` methods for predictions, expanded as inherent methods of each backend by
+/// [`crate::queries::impl_store!`] (whose `impl Store` forwards to them). `$db` is the sqlx database type.
+macro_rules! prediction_methods {
+    ($db:ty) => {
+        async fn create_prediction(
+            &self,
+            new: &skygate_core::predictions::NewPrediction,
+            window: std::time::Duration,
+        ) -> $crate::Result<skygate_core::predictions::PredictionRecord> {
+            use $crate::predictions as q;
+            let account: Option<String> = sqlx::query_scalar(q::SELECT_PROJECT_ACCOUNT)
+                .bind(new.project.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(account) = account else {
+                return Err($crate::StoreError::NotFound(format!(
+                    "project {}",
+                    new.project
+                )));
+            };
+            let starts = skygate_core::predictions::window_start(new.created_at, window);
+            let shred = self.window_shred(starts, window).await?;
+            let id = new.id.as_str();
+            let input = self.sealer.seal(
+                ("predictions", id, "input"),
+                &account,
+                shred,
+                &q::to_json(&new.input, "input")?,
+            )?;
+            let webhook = new
+                .webhook
+                .as_ref()
+                .map(|w| -> $crate::Result<Vec<u8>> {
+                    self.sealer.seal(
+                        ("predictions", id, "webhook"),
+                        &account,
+                        shred,
+                        &q::to_json(w, "webhook")?,
+                    )
+                })
+                .transpose()?;
+            sqlx::query(q::INSERT_PREDICTION)
+                .bind(id)
+                .bind(&account)
+                .bind(new.project.as_str())
+                .bind(new.key.as_ref().map(|k| k.as_str().to_owned()))
+                .bind(new.mode.as_str())
+                .bind(&new.model)
+                .bind(i64::from(new.stream))
+                .bind(shred as i64)
+                .bind(input)
+                .bind(webhook)
+                .bind(new.created_at.as_micros())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    $crate::rows::constraint(e, "prediction id", || format!("project {}", new.project))
+                })?;
+            Ok(skygate_core::predictions::PredictionRecord {
+                id: new.id.clone(),
+                account: account
+                    .parse()
+                    .map_err(|e| $crate::rows::corrupt("projects", "account_id", e))?,
+                project: new.project.clone(),
+                mode: new.mode,
+                model: new.model.clone(),
+                status: skygate_proto::PredictionStatus::Pending,
+                stream: new.stream,
+                input: Some(new.input.clone()),
+                output: None,
+                error: None,
+                webhook: new.webhook.clone(),
+                progress: 0,
+                attempts: 0,
+                cancel_requested: false,
+                created_at: new.created_at,
+                started_at: None,
+                completed_at: None,
+                updated_at: new.created_at,
+                predict_time_us: None,
+                purge_at: None,
+                data_removed: false,
+            })
+        }
+
+        async fn prediction(
+            &self,
+            project: &skygate_core::ProjectId,
+            id: &skygate_core::predictions::PredictionId,
+        ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
+            let row = sqlx::query($crate::predictions::SELECT_PREDICTION_SCOPED)
+                .bind(project.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref()
+                .map(|r| $crate::rows::prediction(r, &self.sealer))
+                .transpose()
+        }
+
+        async fn find_prediction(
+            &self,
+            id: &skygate_core::predictions::PredictionId,
+        ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
+            let row = sqlx::query($crate::predictions::SELECT_PREDICTION_BY_ID)
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref()
+                .map(|r| $crate::rows::prediction(r, &self.sealer))
+                .transpose()
+        }
+
+        async fn list_predictions(
+            &self,
+            project: &skygate_core::ProjectId,
+            filter: &skygate_core::predictions::ListFilter,
+            offset: u64,
+            limit: u64,
+        ) -> $crate::Result<(Vec<skygate_core::predictions::PredictionRecord>, u64)> {
+            let from = filter.from.map(skygate_core::Timestamp::as_micros);
+            let until = filter.until.map(skygate_core::Timestamp::as_micros);
+            let mode = filter.mode.map(|m| m.as_str().to_owned());
+            let total: i64 = sqlx::query_scalar(&$crate::predictions::count_sql())
+                .bind(project.as_str())
+                .bind(from)
+                .bind(until)
+                .bind(filter.model.clone())
+                .bind(mode.clone())
+                .fetch_one(&self.pool)
+                .await?;
+            let rows = sqlx::query(&$crate::predictions::list_sql())
+                .bind(project.as_str())
+                .bind(from)
+                .bind(until)
+                .bind(filter.model.clone())
+                .bind(mode)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+            let page = rows
+                .iter()
+                .map(|r| $crate::rows::prediction(r, &self.sealer))
+                .collect::<$crate::Result<Vec<_>>>()?;
+            Ok((page, u64::try_from(total).unwrap_or(0)))
+        }
+
+        async fn cancel_prediction(
+            &self,
+            project: &skygate_core::ProjectId,
+            id: &skygate_core::predictions::PredictionId,
+            now: skygate_core::Timestamp,
+            retention: std::time::Duration,
+        ) -> $crate::Result<$crate::CancelOutcome> {
+            use $crate::predictions as q;
+            let Some(before) = self.prediction(project, id).await? else {
+                return Ok($crate::CancelOutcome::NotFound);
+            };
+            if before.status.is_terminal() {
+                return Ok($crate::CancelOutcome::AlreadyTerminal(before));
+            }
+            let done = sqlx::query(q::CANCEL_PENDING)
+                .bind(now.as_micros())
+                .bind(q::plus(now, retention))
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await?;
+            let cancelled_now = done.rows_affected() == 1;
+            if !cancelled_now {
+                sqlx::query(q::REQUEST_CANCEL)
+                    .bind(now.as_micros())
+                    .bind(id.as_str())
+                    .execute(&self.pool)
+                    .await?;
+            }
+            let Some(after) = self.prediction(project, id).await? else {
+                return Ok($crate::CancelOutcome::NotFound);
+            };
+            Ok(if cancelled_now {
+                $crate::CancelOutcome::Cancelled(after)
+            } else if after.status.is_terminal() {
+                $crate::CancelOutcome::AlreadyTerminal(after)
+            } else {
+                $crate::CancelOutcome::Requested(after)
+            })
+        }
+
+        async fn claim_predictions(
+            &self,
+            now: skygate_core::Timestamp,
+            lease: std::time::Duration,
+            limit: u32,
+        ) -> $crate::Result<Vec<skygate_core::predictions::Claimed>> {
+            use $crate::predictions as q;
+            let token = q::lease_token()?;
+            let until = now.saturating_add(lease);
+            let ids: Vec<String> = sqlx::query_scalar(Self::CLAIM_SQL)
+                .bind(&token)
+                .bind(until.as_micros())
+                .bind(now.as_micros())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let id = q::parse_id(&id)?;
+                let Some(record) = self.find_prediction(&id).await? else {
+                    continue;
+                };
+                let shred: Option<i64> = sqlx::query_scalar(q::SELECT_CLAIMED)
+                    .bind(id.as_str())
+                    .bind(&token)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(shred) = shred else { continue };
+                out.push(skygate_core::predictions::Claimed {
+                    record,
+                    lease: skygate_core::predictions::Lease {
+                        token: token.clone(),
+                        until,
+                    },
+                    shred: shred as u64,
+                });
+            }
+            // `RETURNING` has no defined order: hand the batch out oldest first, as it was chosen.
+            out.sort_by(|a, b| (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id)));
+            Ok(out)
+        }
+
+        async fn renew_lease(
+            &self,
+            id: &skygate_core::predictions::PredictionId,
+            token: &str,
+            until: skygate_core::Timestamp,
+        ) -> $crate::Result<$crate::LeaseCheck> {
+            let cancel: Option<i64> = sqlx::query_scalar($crate::predictions::RENEW_LEASE)
+                .bind(until.as_micros())
+                .bind(id.as_str())
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(match cancel {
+                Some(c) => $crate::LeaseCheck::Held { cancel: c != 0 },
+                None => $crate::LeaseCheck::Lost,
+            })
+        }
+
+        async fn report_progress(
+            &self,
+            id: &skygate_core::predictions::PredictionId,
+            token: &str,
+            progress: u8,
+            now: skygate_core::Timestamp,
+        ) -> $crate::Result<$crate::LeaseCheck> {
+            let cancel: Option<i64> = sqlx::query_scalar($crate::predictions::REPORT_PROGRESS)
+                .bind(i64::from(progress.min(100)))
+                .bind(now.as_micros())
+                .bind(id.as_str())
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(match cancel {
+                Some(c) => $crate::LeaseCheck::Held { cancel: c != 0 },
+                None => $crate::LeaseCheck::Lost,
+            })
+        }
+
+        async fn complete_prediction(
+            &self,
+            id: &skygate_core::predictions::PredictionId,
+            token: &str,
+            completion: &skygate_core::predictions::Completion,
+            predict_time_us: i64,
+            now: skygate_core::Timestamp,
+            retention: std::time::Duration,
+            usage: Option<&skygate_core::predictions::UsageRecord>,
+        ) -> $crate::Result<bool> {
+            use skygate_core::predictions::Completion;
+            use $crate::predictions as q;
+            let place: Option<(String, i64)> = sqlx::query_as(q::SELECT_SEAL_PLACE)
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some((account, shred)) = place else {
+                return Ok(false);
+            };
+            let shred = shred as u64;
+            let (output, error) = match completion {
+                Completion::Succeeded(out) => (
+                    Some(self.sealer.seal(
+                        ("predictions", id.as_str(), "output"),
+                        &account,
+                        shred,
+                        &q::to_json(out, "output")?,
+                    )?),
+                    None,
+                ),
+                Completion::Failed(msg) => (
+                    None,
+                    Some(
+                        self.sealer
+                            .seal(("predictions", id.as_str(), "error"), &account, shred, msg)?,
+                    ),
+                ),
+                Completion::Cancelled => (None, None),
+            };
+            let usage = match usage {
+                Some(u) => {
+                    let account_shred: Option<i64> = sqlx::query_scalar(q::SELECT_ACCOUNT_SHRED)
+                        .bind(&account)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    let Some(account_shred) = account_shred else {
+                        return Ok(false);
+                    };
+                    Some(self.sealer.seal(
+                        ("usage_records", id.as_str(), "record"),
+                        &account,
+                        account_shred as u64,
+                        &q::usage_json(u)?,
+                    )?)
+                }
+                None => None,
+            };
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query(q::COMPLETE)
+                .bind(completion.status().as_str())
+                .bind(output)
+                .bind(error)
+                .bind(now.as_micros())
+                .bind(q::plus(now, retention))
+                .bind(predict_time_us)
+                .bind(id.as_str())
+                .bind(token)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Ok(false);
+            }
+            if let Some(record) = usage {
+                sqlx::query(q::INSERT_USAGE)
+                    .bind(id.as_str())
+                    .bind(&account)
+                    .bind(now.as_micros())
+                    .bind(record)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+
+        async fn reclaim_expired(
+            &self,
+            now: skygate_core::Timestamp,
+            max_attempts: u32,
+            retention: std::time::Duration,
+        ) -> $crate::Result<$crate::Reclaimed> {
+            use $crate::predictions as q;
+            let rows: Vec<(String, String, i64, i64, i64, Option<String>)> =
+                sqlx::query_as(q::SELECT_EXPIRED)
+                    .bind(now.as_micros())
+                    .fetch_all(&self.pool)
+                    .await?;
+            let mut out = $crate::Reclaimed::default();
+            for (id, account, shred, attempts, cancel, token) in rows {
+                let Some(token) = token else { continue };
+                let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+                if cancel == 0 && attempts < max_attempts {
+                    let done = sqlx::query(q::REQUEUE)
+                        .bind(now.as_micros())
+                        .bind(&id)
+                        .bind(&token)
+                        .execute(&self.pool)
+                        .await?;
+                    out.requeued += done.rows_affected();
+                    continue;
+                }
+                let (status, error) = if cancel != 0 {
+                    ("cancelled", None)
+                } else {
+                    let msg = q::interrupted_message(attempts);
+                    (
+                        "failed",
+                        Some(self.sealer.seal(
+                            ("predictions", &id, "error"),
+                            &account,
+                            shred as u64,
+                            &msg,
+                        )?),
+                    )
+                };
+                let done = sqlx::query(q::FINISH_EXPIRED)
+                    .bind(status)
+                    .bind(error)
+                    .bind(now.as_micros())
+                    .bind(q::plus(now, retention))
+                    .bind(&id)
+                    .bind(&token)
+                    .execute(&self.pool)
+                    .await?;
+                if cancel != 0 {
+                    out.cancelled += done.rows_affected();
+                } else {
+                    out.failed += done.rows_affected();
+                }
+            }
+            Ok(out)
+        }
+
+        async fn due_purges(
+            &self,
+            now: skygate_core::Timestamp,
+            limit: u32,
+        ) -> $crate::Result<Vec<$crate::DuePurge>> {
+            let rows: Vec<(String, String)> = sqlx::query_as($crate::predictions::SELECT_DUE)
+                .bind(now.as_micros())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.into_iter()
+                .map(|(id, account)| {
+                    Ok($crate::DuePurge {
+                        id: $crate::predictions::parse_id(&id)?,
+                        account: account
+                            .parse()
+                            .map_err(|e| $crate::rows::corrupt("predictions", "account_id", e))?,
+                    })
+                })
+                .collect()
+        }
+
+        async fn purge_prediction(
+            &self,
+            id: &skygate_core::predictions::PredictionId,
+            now: skygate_core::Timestamp,
+        ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
+            sqlx::query($crate::predictions::PURGE)
+                .bind(now.as_micros())
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await?;
+            self.find_prediction(id).await
+        }
+
+        async fn retire_windows(&self, now: skygate_core::Timestamp) -> $crate::Result<u64> {
+            use $crate::predictions as q;
+            let before = now.saturating_sub(q::WINDOW_GRACE);
+            let spent: Vec<(i64, i64)> = sqlx::query_as(q::SELECT_SPENT_WINDOWS)
+                .bind(before.as_micros())
+                .fetch_all(&self.pool)
+                .await?;
+            let mut retired = 0;
+            for (starts, shred) in spent {
+                // Under the write lock: re-check, then queue the key's destruction and drop the window
+                // in one transaction, so a crash before the destruction is finished at the next start.
+                let mut tx = self.begin_write().await?;
+                let live: i64 = sqlx::query_scalar(q::WINDOW_STILL_SPENT)
+                    .bind(shred)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if live != 0 {
+                    continue;
+                }
+                sqlx::query($crate::queries::INSERT_PENDING_SHRED)
+                    .bind(shred)
+                    .bind(format!("retention window {starts} purged"))
+                    .bind(now.as_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(q::DELETE_WINDOW)
+                    .bind(starts)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                retired += 1;
+            }
+            if retired > 0 {
+                <Self as $crate::Store>::finish_pending_shreds(self).await?;
+            }
+            Ok(retired)
+        }
+
+        async fn usage(
+            &self,
+            account: &skygate_core::AccountId,
+            since: skygate_core::Timestamp,
+            limit: u32,
+        ) -> $crate::Result<Vec<skygate_core::predictions::UsageRecord>> {
+            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as($crate::predictions::SELECT_USAGE)
+                .bind(account.as_str())
+                .bind(since.as_micros())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.into_iter()
+                .map(|(id, sealed)| {
+                    let json =
+                        self.sealer
+                            .open(("usage_records", &id, "record"), account.as_str(), &sealed)?;
+                    serde_json::from_str(&json)
+                        .map_err(|e| $crate::rows::corrupt("usage_records", "record", e))
+                })
+                .collect()
+        }
+    };
+}
+pub(crate) use prediction_methods;
+
+/// Inherent helpers of each backend for the macro above.
+macro_rules! prediction_helpers {
+    () => {
+        /// The shred key of the retention window starting at `starts`, created on first use. Two writers
+        /// racing to create it agree on one (the loser destroys its own key).
+        async fn window_shred(
+            &self,
+            starts: skygate_core::Timestamp,
+            len: std::time::Duration,
+        ) -> $crate::Result<u64> {
+            use $crate::predictions as q;
+            let found: Option<i64> = sqlx::query_scalar(q::SELECT_WINDOW)
+                .bind(starts.as_micros())
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(shred) = found {
+                return Ok(shred as u64);
+            }
+            let provider = self.sealer.cipher().provider().clone();
+            let mine = provider.create_shred_key()?;
+            let inserted = sqlx::query(q::INSERT_WINDOW)
+                .bind(starts.as_micros())
+                .bind(starts.as_micros().saturating_add(q::micros(len)))
+                .bind(mine as i64)
+                .execute(&self.pool)
+                .await;
+            match inserted {
+                Ok(done) if done.rows_affected() == 1 => return Ok(mine),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = provider.destroy_shred_key(mine);
+                    return Err(e.into());
+                }
+            }
+            let _ = provider.destroy_shred_key(mine);
+            let theirs: i64 = sqlx::query_scalar(q::SELECT_WINDOW)
+                .bind(starts.as_micros())
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(theirs as u64)
+        }
+    };
+}
+pub(crate) use prediction_helpers;
