@@ -13,7 +13,7 @@ def test_models_list(skygate):
     models = client(skygate, skygate.live_key).models.list()
     assert isinstance(models, list)
     slugs = {m["namespace"] for m in models}
-    assert {"echo", "gradient", "countdown"} <= slugs
+    assert {"echo", "sky-image", "countdown"} <= slugs
     assert all("input_schema" not in m for m in models)
 
 
@@ -47,8 +47,8 @@ def test_bad_key_maps_to_unauthorized(skygate):
 def test_test_key_is_limited_to_test_models(skygate):
     c = client(skygate, skygate.test_key)
     slugs = {m["namespace"] for m in c.models.list()}
-    assert "echo" in slugs and "gradient" not in slugs
+    assert "echo" in slugs and "sky-image" not in slugs
     with pytest.raises(SkytellsError) as e:
-        c.models.get("gradient")
+        c.models.get("sky-image")
     assert e.value.error_id == "FORBIDDEN"
     assert e.value.http_status == 403

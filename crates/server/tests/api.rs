@@ -67,7 +67,7 @@ async fn models_list_and_get_with_a_live_key() {
         .map(|m| m["namespace"].as_str().unwrap())
         .collect();
     assert!(
-        slugs.contains(&"echo") && slugs.contains(&"gradient") && slugs.contains(&"countdown"),
+        slugs.contains(&"echo") && slugs.contains(&"sky-image") && slugs.contains(&"countdown"),
         "{slugs:?}"
     );
     assert!(list[0].get("input_schema").is_none());
@@ -115,8 +115,8 @@ async fn test_keys_see_only_test_models() {
         .map(|m| m["namespace"].as_str().unwrap())
         .collect();
     assert!(slugs.contains(&"echo"));
-    assert!(!slugs.contains(&"gradient"), "{slugs:?}");
-    let (s, v) = envelope_of(get(&srv, "/v1/model/gradient", Some(&k.key)).await).await;
+    assert!(!slugs.contains(&"sky-image"), "{slugs:?}");
+    let (s, v) = envelope_of(get(&srv, "/v1/model/sky-image", Some(&k.key)).await).await;
     assert_eq!(s, 403);
     assert_envelope(&v, 403, "FORBIDDEN");
     srv.stop().await.unwrap();

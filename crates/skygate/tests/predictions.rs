@@ -1,0 +1,284 @@
+//! Predictions through the real `skygate` binary: SIGKILL while predictions run and restart (nothing
+//! lost, nothing stuck), on SQLite and PostgreSQL; and retention in real time (outputs downloadable
+//! before the retention ends, destroyed after: 404, `data_removed`, object files gone).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use skygate_testkit::binary::{cli, last_line, BinaryServer};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skygate"))
+}
+
+fn ok(data: &Path, args: &[&str]) -> String {
+    let out = cli(&bin(), data, args).unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_line(&out)
+}
+
+/// Writes `skygate.toml` into the data dir and creates a live key.
+fn setup(data: &Path, toml: &str) -> String {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(data.join("skygate.toml"), toml).unwrap();
+    let acct = ok(data, &["accounts", "create", "--email", "p@example.com"]);
+    let proj = ok(data, &["projects", "create", "--account", &acct, "--name", "p"]);
+    ok(data, &["keys", "create", "--project", &proj])
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    fn new(srv: &BinaryServer, key: &str) -> Api {
+        Api {
+            client: skygate_testkit::client_trusting(&std::fs::read(&srv.ca_path).unwrap()),
+            base: format!("https://{}", srv.addr),
+            key: key.to_owned(),
+        }
+    }
+
+    async fn post(&self, body: Value) -> Value {
+        let res = self
+            .client
+            .post(format!("{}/v1/predictions", self.base))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+        res.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    /// Every prediction of the key's project.
+    async fn all(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for page in 1.. {
+            let l = self
+                .get(&format!("/v1/predictions?per_page=50&page={page}"))
+                .await;
+            let data = l["data"].as_array().unwrap().clone();
+            let last = l["pagination"]["last_page"].as_u64().unwrap();
+            out.extend(data);
+            if page >= last {
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn status_of(v: &Value) -> &str {
+    v["status"].as_str().unwrap()
+}
+
+async fn kill_nine_then_restart(data: &Path, toml: &str) {
+    const N: usize = 12;
+    let key = setup(data, toml);
+    let srv = BinaryServer::start(&bin(), data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let p = api
+            .post(json!({"model": "countdown", "input": {"seconds": 1.5 + (i % 3) as f64 * 0.1}}))
+            .await;
+        ids.push(p["id"].as_str().unwrap().to_owned());
+    }
+    // SIGKILL while some run and some wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = api.all().await;
+        let running = all.iter().filter(|p| status_of(p) == "processing").count();
+        let waiting = all.iter().filter(|p| status_of(p) == "pending").count();
+        if running >= 2 && waiting >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw running and waiting predictions together"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = srv.pid();
+    drop(srv); // SIGKILL, then reaped.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+        }
+    );
+
+    let srv = BinaryServer::start(&bin(), data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let before = api.all().await;
+    let unfinished = before.iter().filter(|p| !is_terminal(p)).count();
+    assert!(
+        unfinished >= 4,
+        "the kill should have interrupted work: {unfinished} unfinished"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let all = loop {
+        let all = api.all().await;
+        if all.iter().all(is_terminal) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "predictions stuck after restart: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all.len(), N, "none lost");
+    let mut got: Vec<_> = all.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    for p in &all {
+        assert_eq!(status_of(p), "succeeded", "{p}");
+        assert!(p["output"].as_str().unwrap().starts_with("done after"), "{p}");
+    }
+    drop(srv);
+}
+
+fn is_terminal(v: &Value) -> bool {
+    matches!(status_of(v), "succeeded" | "failed" | "cancelled")
+}
+
+const QUEUE: &str = "[queue]\nworkers = 4\nlease = \"2s\"\n";
+
+#[tokio::test]
+async fn sigkill_while_predictions_run_then_restart_finishes_every_one_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    kill_nine_then_restart(&tmp.path().join("data"), QUEUE).await;
+}
+
+#[tokio::test]
+async fn sigkill_while_predictions_run_then_restart_finishes_every_one_postgres() {
+    let Some(base) = skygate_testkit::env_or_skip(
+        "SKYGATE_TEST_DATABASE_URL",
+        "sigkill_while_predictions_run_then_restart_finishes_every_one_postgres",
+    ) else {
+        return;
+    };
+    let schema = format!("q_{}", std::process::id());
+    let owner = skygate_store::postgres::PgStore::connect_in_schema(
+        &base,
+        &schema,
+        skygate_store::Sealer::ephemeral().unwrap(),
+    )
+    .await
+    .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options[search_path]={schema}");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let toml = format!("{QUEUE}[storage]\ndatabase_url = \"{url}\"\n");
+    let outcome = tokio::spawn(async move { kill_nine_then_restart(&data, &toml).await }).await;
+    owner.drop_schema().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn retention_destroys_outputs_in_real_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = setup(
+        &data,
+        "[outputs]\nretention = \"3s\"\nsweep_interval = \"250ms\"\n",
+    );
+    let srv = BinaryServer::start(&bin(), &data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let p = api
+        .post(json!({"model": "sky-image", "input": {"prompt": "tide", "width": 32, "height": 32, "steps": 1}, "await": true}))
+        .await;
+    assert_eq!(status_of(&p), "succeeded", "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    let url = p["output"][0].as_str().unwrap().to_owned();
+    let stored = || {
+        files(&data.join("objects"))
+            .into_iter()
+            .filter(|f| f.to_string_lossy().contains(&id))
+            .count()
+    };
+    // Before the retention ends: downloadable, and sealed on disk.
+    let res = api.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let png = res.bytes().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    assert_eq!(stored(), 1);
+    let on_disk = std::fs::read(
+        files(&data.join("objects"))
+            .into_iter()
+            .find(|f| f.to_string_lossy().contains(&id))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !on_disk.windows(8).any(|w| w == &png[..8]),
+        "the object is stored sealed"
+    );
+
+    let done = Instant::now();
+    let gone = loop {
+        let g = api.get(&format!("/v1/predictions/{id}")).await;
+        if g["data_removed"] == true {
+            break g;
+        }
+        assert!(done.elapsed() < Duration::from_secs(30), "never purged: {g}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let completed = skygate_core::Timestamp::parse_rfc3339(p["completed_at"].as_str().unwrap()).unwrap();
+    let now = skygate_core::Timestamp::now();
+    assert!(
+        now.as_micros() - completed.as_micros() >= 3_000_000,
+        "purged before the retention ended"
+    );
+    assert!(gone["output"].is_null() && gone["input"].is_null(), "{gone}");
+    assert_eq!(gone["urls"], json!({}));
+    assert_eq!(gone["metadata"]["data_available"], false);
+    assert_eq!(api.client.get(&url).send().await.unwrap().status(), 404);
+    assert_eq!(stored(), 0, "the object file is gone");
+    drop(srv);
+}
