@@ -66,68 +66,173 @@ pub fn is_valid_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
 }
 
-/// The demo models compiled into the binary.
+/// The largest seed the built-in models accept (fits every JSON number and every SDK's integers).
+const MAX_SEED: u64 = u32::MAX as u64;
+
+/// A file-producing model's output on the wire: the URLs of its files, in order.
+fn file_urls(max_items: u32) -> Value {
+    json!({"type": "array", "items": {"type": "string", "format": "uri"}, "minItems": 1, "maxItems": max_items})
+}
+
+/// Who may run a built-in model.
+#[derive(Clone, Copy)]
+enum Access {
+    /// Billable; live keys only.
+    Paid,
+    /// Not billable; test keys may run it too.
+    Free,
+}
+
+fn builtin(
+    slug: &str,
+    name: &str,
+    description: &str,
+    kind: &str,
+    access: Access,
+    input_schema: Value,
+    output_schema: Value,
+) -> ModelSpec {
+    ModelSpec {
+        slug: slug.into(),
+        name: name.into(),
+        description: description.into(),
+        kind: kind.into(),
+        vendor: "skygate".into(),
+        billable: matches!(access, Access::Paid),
+        test_ok: matches!(access, Access::Free),
+        input_schema,
+        output_schema,
+        backend: Backend::Builtin(slug.into()),
+    }
+}
+
+/// The demo models compiled into the binary (run by `skygate_runtime::BuiltinRunner`). Inputs reach
+/// the models without defaults filled in: each model applies the `default`s given here itself.
 pub fn builtin_models() -> Vec<ModelSpec> {
     vec![
-        ModelSpec {
-            slug: "echo".into(),
-            name: "Echo".into(),
-            description: "Returns the prompt, optionally repeated. Free; runs with test keys.".into(),
-            kind: "text".into(),
-            vendor: "skygate".into(),
-            billable: false,
-            test_ok: true,
-            input_schema: json!({
+        builtin(
+            "echo",
+            "Echo",
+            "Returns the prompt, optionally repeated. Free; runs with test keys.",
+            "text",
+            Access::Free,
+            json!({
                 "type": "object",
                 "required": ["prompt"],
                 "properties": {
                     "prompt": {"type": "string", "maxLength": 10000, "description": "Text to echo back."},
-                    "repeat": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1}
+                    "repeat": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1,
+                               "description": "How many times to repeat the prompt, one per line."}
                 }
             }),
-            output_schema: json!({"type": "string"}),
-            backend: Backend::Builtin("echo".into()),
-        },
-        ModelSpec {
-            slug: "gradient".into(),
-            name: "Gradient".into(),
-            description: "Draws a PNG colour gradient; a stand-in for an image model.".into(),
-            kind: "image".into(),
-            vendor: "skygate".into(),
-            billable: true,
-            test_ok: false,
-            input_schema: json!({
+            json!({"type": "string"}),
+        ),
+        builtin(
+            "sky-text",
+            "Sky Text",
+            "Deterministic text transformations of a prompt: reverse, upper, lower, title case, a seeded \
+             word shuffle, or rot13.",
+            "text",
+            Access::Paid,
+            json!({
                 "type": "object",
+                "required": ["prompt"],
                 "properties": {
-                    "width": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 256},
-                    "height": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 256},
-                    "from": {"type": "string", "pattern": "^#[0-9a-fA-F]{6}$", "default": "#000000"},
-                    "to": {"type": "string", "pattern": "^#[0-9a-fA-F]{6}$", "default": "#ffffff"},
-                    "num_outputs": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1}
+                    "prompt": {"type": "string", "maxLength": 10000, "description": "Text to transform."},
+                    "mode": {"type": "string", "enum": ["reverse", "upper", "lower", "title", "words", "rot13"],
+                             "default": "title",
+                             "description": "The transformation; \"words\" shuffles the words in a seeded order."},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
+                             "description": "Seeds the \"words\" shuffle; defaults to a hash of the prompt."}
                 }
             }),
-            output_schema: json!({"type": "array", "items": {"type": "string", "format": "uri"}}),
-            backend: Backend::Builtin("gradient".into()),
-        },
-        ModelSpec {
-            slug: "countdown".into(),
-            name: "Countdown".into(),
-            description:
-                "Counts down for the given seconds, reporting progress; for testing cancel and await.".into(),
-            kind: "text".into(),
-            vendor: "skygate".into(),
-            billable: false,
-            test_ok: true,
-            input_schema: json!({
+            json!({"type": "string"}),
+        ),
+        builtin(
+            "sky-image",
+            "Sky Image",
+            "Procedural PNG images seeded by the prompt: layered, domain-warped noise through a colour \
+             gradient. Each step is one refinement pass, so time grows with steps.",
+            "image",
+            Access::Paid,
+            json!({
+                "type": "object",
+                "required": ["prompt"],
+                "properties": {
+                    "prompt": {"type": "string", "maxLength": 2000,
+                               "description": "Seeds the image (with seed)."},
+                    "width": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256,
+                              "description": "Width in pixels."},
+                    "height": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256,
+                               "description": "Height in pixels."},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
+                             "description": "Same prompt and seed give the same image; defaults to a hash of the prompt."},
+                    "steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20,
+                              "description": "Refinement passes."},
+                    "num_outputs": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1,
+                                    "description": "How many images (output-0.png, output-1.png, …)."}
+                }
+            }),
+            file_urls(4),
+        ),
+        builtin(
+            "sky-audio",
+            "Sky Audio",
+            "Synthesises a mono 16-bit WAV from notes (\"C4 E4 G4 C5\") or from text (a tone per \
+             character).",
+            "audio",
+            Access::Paid,
+            json!({
+                "type": "object",
+                "anyOf": [{"required": ["notes"]}, {"required": ["text"]}],
+                "properties": {
+                    "notes": {"type": "string", "minLength": 1, "maxLength": 1000,
+                              "description": "Notes played in order, each an equal share of the duration: a letter A-G, optional # or b, optional octave 0-8 (default 4); R is a rest. Wins over text."},
+                    "text": {"type": "string", "minLength": 1, "maxLength": 2000,
+                             "description": "Text turned into a tone sequence (whitespace rests)."},
+                    "duration": {"type": "number", "minimum": 0.1, "maximum": 30, "default": 2,
+                                 "description": "Length in seconds."},
+                    "sample_rate": {"type": "integer", "enum": [8000, 16000, 22050, 44100], "default": 22050,
+                                    "description": "Samples per second."},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED,
+                             "description": "Varies the timbre (and the scale for text); defaults to a hash of notes or text."}
+                }
+            }),
+            file_urls(1),
+        ),
+        builtin(
+            "countdown",
+            "Countdown",
+            "Counts down for the given seconds, reporting progress; for testing cancel and await.",
+            "text",
+            Access::Free,
+            json!({
                 "type": "object",
                 "required": ["seconds"],
                 "properties": {
-                    "seconds": {"type": "number", "minimum": 0, "maximum": 600}
+                    "seconds": {"type": "number", "minimum": 0, "maximum": 600,
+                                "description": "How long to run."}
                 }
             }),
-            output_schema: json!({"type": "string"}),
-            backend: Backend::Builtin("countdown".into()),
-        },
+            json!({"type": "string"}),
+        ),
+        builtin(
+            "fail",
+            "Fail",
+            "Always fails: mode \"error\" reports an error, \"panic\" crashes the model. For testing failure paths.",
+            "text",
+            Access::Free,
+            json!({
+                "type": "object",
+                "properties": {
+                    "mode": {"type": "string", "enum": ["error", "panic"], "default": "error",
+                             "description": "How to fail."},
+                    "message": {"type": "string", "maxLength": 200,
+                                "description": "The error message for mode \"error\"."}
+                }
+            }),
+            json!({"type": "string"}),
+        ),
     ]
 }
 
@@ -178,10 +283,100 @@ mod tests {
 
     #[test]
     fn builtins_have_valid_slugs_and_object_schemas() {
-        for m in builtin_models() {
+        let models = builtin_models();
+        let slugs: Vec<&str> = models.iter().map(|m| m.slug.as_str()).collect();
+        assert_eq!(
+            slugs,
+            ["echo", "sky-text", "sky-image", "sky-audio", "countdown", "fail"]
+        );
+        for m in &models {
             assert!(is_valid_slug(&m.slug));
-            assert_eq!(m.input_schema["type"], "object");
+            assert_eq!(m.backend, Backend::Builtin(m.slug.clone()));
+            assert!(
+                ["text", "image", "audio"].contains(&m.kind.as_str()),
+                "{}",
+                m.slug
+            );
+            assert_eq!(m.input_schema["type"], "object", "{}", m.slug);
+            assert!(m.output_schema.is_object(), "{}", m.slug);
+            let props = m.input_schema["properties"].as_object().unwrap();
+            for (name, p) in props {
+                assert!(p["type"].is_string(), "{}.{name} has no type", m.slug);
+                assert!(
+                    p["description"].is_string(),
+                    "{}.{name} has no description",
+                    m.slug
+                );
+            }
+            let mut required: Vec<&Value> = m.input_schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect();
+            for alt in m.input_schema["anyOf"].as_array().into_iter().flatten() {
+                required.extend(alt["required"].as_array().unwrap());
+            }
+            for r in required {
+                assert!(
+                    props.contains_key(r.as_str().unwrap()),
+                    "{}: required {r} is not a property",
+                    m.slug
+                );
+            }
         }
+    }
+
+    #[test]
+    fn builtin_access() {
+        for m in builtin_models() {
+            assert_eq!(m.billable, !m.test_ok, "{}", m.slug);
+            let free = ["echo", "countdown", "fail"].contains(&m.slug.as_str());
+            assert_eq!(m.test_ok, free, "{}", m.slug);
+        }
+    }
+
+    /// The subset of JSON Schema the built-ins use, enough to check that each default obeys its own
+    /// property's constraints.
+    fn satisfies(schema: &Value, v: &Value) -> bool {
+        let typed = match schema["type"].as_str() {
+            Some("integer") => v.is_i64() || v.is_u64(),
+            Some("number") => v.is_number(),
+            Some("string") => v.is_string(),
+            _ => false,
+        };
+        let num = v.as_f64();
+        let within = |key: &str, ok: fn(f64, f64) -> bool| match (schema[key].as_f64(), num) {
+            (Some(bound), Some(n)) => ok(n, bound),
+            _ => true,
+        };
+        let len_ok = match (schema["maxLength"].as_u64(), v.as_str()) {
+            (Some(max), Some(s)) => s.chars().count() as u64 <= max,
+            _ => true,
+        };
+        let enum_ok = schema["enum"].as_array().is_none_or(|e| e.contains(v));
+        typed && within("minimum", |n, b| n >= b) && within("maximum", |n, b| n <= b) && len_ok && enum_ok
+    }
+
+    #[test]
+    fn builtin_defaults_satisfy_their_schemas() {
+        let mut defaults = 0;
+        for m in builtin_models() {
+            for (name, p) in m.input_schema["properties"].as_object().unwrap() {
+                if let Some(d) = p.get("default") {
+                    defaults += 1;
+                    assert!(satisfies(p, d), "{}.{name}: default {d} breaks {p}", m.slug);
+                }
+                if let (Some(lo), Some(hi)) = (p["minimum"].as_f64(), p["maximum"].as_f64()) {
+                    assert!(lo <= hi, "{}.{name}", m.slug);
+                }
+            }
+        }
+        assert_eq!(defaults, 9, "every default was checked");
+        // The checker itself must be able to say no.
+        let p = json!({"type": "integer", "minimum": 1, "maximum": 10});
+        assert!(satisfies(&p, &json!(5)));
+        assert!(!satisfies(&p, &json!(11)) && !satisfies(&p, &json!(0)) && !satisfies(&p, &json!(1.5)));
+        assert!(!satisfies(&json!({"type": "string", "enum": ["a"]}), &json!("b")));
     }
 
     #[test]
@@ -190,7 +385,7 @@ mod tests {
         custom.description = "mine".into();
         let reg = ModelRegistry::new([custom]);
         assert_eq!(reg.get("echo").unwrap().description, "mine");
-        assert!(reg.get("gradient").is_some());
+        assert!(reg.get("sky-image").is_some());
         assert!(reg.get("nope").is_none());
     }
 

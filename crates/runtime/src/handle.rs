@@ -62,7 +62,7 @@ impl Control for JobControl {
     }
 
     fn should_stop(&self) -> bool {
-        self.shared.reason() == CANCELLED
+        self.shared.reason() != RUNNING
     }
 }
 
@@ -94,7 +94,8 @@ impl std::fmt::Debug for Shared {
 
 impl RunHandle {
     /// Progress in percent, 0..=100, never decreasing; 100 once the job succeeded. The channel closes
-    /// when the job has ended.
+    /// when the work has ended and the result is final (a model that ignored its stop flag past the
+    /// grace period keeps it open until it returns; `finish` does not wait for that).
     pub fn progress(&self) -> watch::Receiver<u8> {
         self.progress.clone()
     }
@@ -119,7 +120,8 @@ impl RunHandle {
 
 impl Drop for RunHandle {
     fn drop(&mut self) {
-
+        // After `finish` the job is over and this is a no-op; otherwise nobody is waiting: stop the work.
+        self.shared.request_stop(CANCELLED);
     }
 }
 
@@ -155,7 +157,7 @@ where
             r = &mut join => Some(r),
             _ = sup.wake.notified() => None,
             _ = tokio::time::sleep(deadline) => {
-                sup.stop.store(TIMED_OUT, Ordering::Release); if false { sup.request_stop(0) }
+                sup.request_stop(TIMED_OUT);
                 None
             }
         };

@@ -20,6 +20,9 @@ fn job(id: &str, input: Value, deadline: Duration) -> Job {
 }
 
 const LONG: Duration = Duration::from_secs(120);
+/// Long enough that only a working stop ends it in time, short enough that a broken stop cannot hang
+/// the test binary for long (dropping a Tokio runtime waits for its blocking tasks).
+const LONG_COUNTDOWN: u64 = 20;
 
 /// Collects every progress value until the job ends (the channel closes).
 async fn watch_all(mut rx: watch::Receiver<u8>) -> Vec<u8> {
@@ -72,7 +75,7 @@ async fn progress_is_monotonic_and_reaches_100() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_long_countdown_quickly() {
     let h = BuiltinRunner
-        .start(job("countdown", json!({"seconds": 600}), LONG))
+        .start(job("countdown", json!({"seconds": LONG_COUNTDOWN}), LONG))
         .unwrap();
     let rx = h.progress();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -92,7 +95,7 @@ async fn cancel_stops_a_long_countdown_quickly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_big_image_quickly() {
-    let input = json!({"prompt": "big", "width": 1024, "height": 1024, "steps": 200, "num_outputs": 4});
+    let input = json!({"prompt": "big", "width": 1024, "height": 1024, "steps": 200, "num_outputs": 2});
     let h = BuiltinRunner.start(job("sky-image", input, LONG)).unwrap();
     let rx = h.progress();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -114,7 +117,7 @@ async fn deadline_times_out_and_stops_the_work() {
     let deadline = Duration::from_millis(200);
     let t = Instant::now();
     let h = BuiltinRunner
-        .start(job("countdown", json!({"seconds": 600}), deadline))
+        .start(job("countdown", json!({"seconds": LONG_COUNTDOWN}), deadline))
         .unwrap();
     let rx = h.progress();
     let r = tokio::time::timeout(Duration::from_secs(2), h.finish())
@@ -137,7 +140,7 @@ async fn deadline_applies_even_when_nobody_awaits_yet() {
     let h = BuiltinRunner
         .start(job(
             "countdown",
-            json!({"seconds": 600}),
+            json!({"seconds": LONG_COUNTDOWN}),
             Duration::from_millis(100),
         ))
         .unwrap();
@@ -151,7 +154,7 @@ async fn deadline_applies_even_when_nobody_awaits_yet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_handle_stops_the_work() {
     let h = BuiltinRunner
-        .start(job("countdown", json!({"seconds": 600}), LONG))
+        .start(job("countdown", json!({"seconds": LONG_COUNTDOWN}), LONG))
         .unwrap();
     let rx = h.progress();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -163,7 +166,7 @@ async fn dropping_the_handle_stops_the_work() {
 
     // Also when the drop happens inside an abandoned `finish` future.
     let h = BuiltinRunner
-        .start(job("countdown", json!({"seconds": 600}), LONG))
+        .start(job("countdown", json!({"seconds": LONG_COUNTDOWN}), LONG))
         .unwrap();
     let rx = h.progress();
     assert!(tokio::time::timeout(Duration::from_millis(50), h.finish())
