@@ -5,9 +5,10 @@
 //! `SkytellsError(message, error_id, details, http_status)` and raises with `response`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Stable public error ids. Clients match on these strings; never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorId {
     Unauthorized,
@@ -83,7 +84,7 @@ impl ErrorId {
 }
 
 /// The inner `error` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub http_status: u16,
     pub message: String,
@@ -92,7 +93,7 @@ pub struct ErrorBody {
 }
 
 /// The whole envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorEnvelope {
     /// Always `false`: the SDK treats a top-level `"status": false` as an error.
     pub status: bool,

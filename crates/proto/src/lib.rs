@@ -13,9 +13,10 @@ pub use prediction::{
 };
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `GET /healthz` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
 }

@@ -3,15 +3,16 @@
 //! optional `input_schema` / `output_schema` requested with `?fields=`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelPricing {
     pub amount: f64,
     pub currency: String,
     pub unit: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Model {
     /// Human-readable name.
     pub name: String,
@@ -27,13 +28,18 @@ pub struct Model {
     pub vendor: String,
     pub billable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub pricing: Option<ModelPricing>,
     /// `operational` while the model can be run.
     pub status: String,
     /// Whether `sk_test_` keys may run it.
     pub test_mode: bool,
+    /// JSON Schema of the input; only with `?fields=input_schema`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
     pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema of the output; only with `?fields=output_schema`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
     pub output_schema: Option<serde_json::Value>,
 }

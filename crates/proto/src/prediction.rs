@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Lifecycle status. `pending → starting → processing → succeeded | failed | cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PredictionStatus {
     Pending,
@@ -51,7 +52,7 @@ impl PredictionStatus {
 }
 
 /// `webhook` of a create request and of the Prediction object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WebhookSpec {
     pub url: String,
     #[serde(default)]
@@ -60,41 +61,54 @@ pub struct WebhookSpec {
 
 /// `POST /v1/predictions` and `POST /v1/predict`. Unknown fields are ignored. `model` and `input` are
 /// optional here so that their absence is a `VALIDATION_ERROR` naming the field rather than a generic
-/// shape error.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// shape error (the OpenAPI schema still lists them as required: a valid request has both).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(
+    description = "Body of `POST /v1/predictions` and `POST /v1/predict`. Unknown fields are \
+    ignored; a missing `model` or `input` is a 422 `VALIDATION_ERROR`."
+)]
 pub struct CreatePrediction {
+    /// The model slug.
+    // A `Value`, so that a missing or non-string model gets its own error; the schema says string.
     #[serde(default)]
+    #[schema(value_type = String, required = true, pattern = "^[a-z0-9][a-z0-9._-]*$")]
     pub model: Option<Value>,
+    /// The model's input: a JSON object checked against the model's input schema.
     #[serde(default)]
+    #[schema(value_type = Object, required = true)]
     pub input: Option<Value>,
     #[serde(default)]
     pub webhook: Option<WebhookSpec>,
+    /// Wait (up to the server's await timeout) for the final state before answering.
     #[serde(default, rename = "await")]
     pub wait: Option<bool>,
     #[serde(default)]
     pub stream: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PredictionModel {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PredictionMetrics {
     /// Seconds the model ran.
+    #[schema(required = true)]
     pub predict_time: Option<f64>,
     /// Seconds from creation to the terminal status.
+    #[schema(required = true)]
     pub total_time: Option<f64>,
     /// 0–100.
+    #[schema(maximum = 100)]
     pub progress: u8,
     pub image_count: u32,
     pub asset_count: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OutputFileInfo {
     pub name: String,
     /// MIME type.
@@ -102,15 +116,16 @@ pub struct OutputFileInfo {
     pub content_type: String,
     pub size: u64,
     /// Signed, expiring download URL.
+    #[schema(format = "uri")]
     pub url: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Storage {
     pub files: Vec<OutputFileInfo>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PredictionMetadata {
     pub storage: Storage,
     /// False once inputs and outputs have been destroyed (retention or delete).
@@ -118,21 +133,40 @@ pub struct PredictionMetadata {
 }
 
 /// Absolute URLs of the prediction's endpoints; all absent once its data is removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PredictionUrls {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = "uri")]
     pub get: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = "uri")]
     pub cancel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = "uri")]
     pub stream: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = "uri")]
     pub delete: Option<String>,
 }
 
+/// The schema of [`Prediction::output`]: an array of URLs, a string, or null.
+fn output_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    OneOfBuilder::new()
+        .item(ArrayBuilder::new().items(string().format(Some(SchemaFormat::Custom("uri".into())))))
+        .item(string())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Output URLs (file models), a string (text models), or null.",
+        ))
+        .into()
+}
+
 /// The Prediction object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Prediction {
+    #[schema(format = "uuid")]
     pub id: String,
     pub status: PredictionStatus,
     pub stream: bool,
@@ -140,21 +174,30 @@ pub struct Prediction {
     #[serde(rename = "type")]
     pub kind: String,
     /// The input as sent; null once removed.
+    #[schema(value_type = Option<Object>, required = true)]
     pub input: Option<Value>,
     /// Output URLs (file models), a string (text models), or null.
+    #[schema(schema_with = output_schema, required = true)]
     pub output: Option<Value>,
     /// The error message of a failed prediction (the SDK raises with it), else null.
+    #[schema(required = true)]
     pub response: Option<String>,
+    #[schema(required = true)]
     pub error: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime, required = true)]
     pub started_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     pub completed_at: Option<String>,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// `"private"`: predictions are visible only to their project.
     pub privacy: String,
     /// `"api"`.
     pub source: String,
     pub model: PredictionModel,
+    #[schema(required = true)]
     pub webhook: Option<WebhookSpec>,
     pub metrics: PredictionMetrics,
     pub metadata: PredictionMetadata,
@@ -162,7 +205,7 @@ pub struct Prediction {
     pub urls: PredictionUrls,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Pagination {
     pub current_page: u64,
     pub per_page: u64,
@@ -171,14 +214,14 @@ pub struct Pagination {
 }
 
 /// `GET /v1/predictions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PredictionList {
     pub data: Vec<Prediction>,
     pub pagination: Pagination,
 }
 
 /// `DELETE /v1/predictions/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Success {
     pub success: bool,
 }

@@ -404,7 +404,7 @@ async fn sse_sends_status_progress_output_and_done_then_ends() {
     let done: Value = serde_json::from_str(
         body.lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .next_back()
             .unwrap(),
     )
     .unwrap();

@@ -8,6 +8,7 @@
 
 mod health;
 mod models;
+pub mod openapi;
 pub mod outputs;
 pub mod predictions;
 
@@ -45,6 +46,7 @@ fn v1(r: Router<AppState>) -> Router<AppState> {
         )
         .route("/v1/predictions/{id}/stream", get(predictions::stream))
         .route("/v1/outputs/{id}/{file}", get(outputs::download))
+        .route("/v1/openapi.json", get(openapi::serve_spec))
 }
 
 /// The whole application: routes plus the edge middleware stack, behind the hot-route front.
