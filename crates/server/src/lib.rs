@@ -277,8 +277,7 @@ impl Server {
         let q = &self.config.queue;
         if q.workers > 0 {
             let (state, stop) = (self.state.clone(), stop.clone());
-            let runner: Arc<dyn skygate_runtime::Runner> =
-                Arc::new(skygate_runtime::BuiltinRunner);
+            let runner: Arc<dyn skygate_runtime::Runner> = Arc::new(skygate_runtime::BuiltinRunner);
             tasks.spawn("queue", predictions::worker::run_queue(state, runner, stop));
         }
         tasks.spawn("lease-reclaimer", {
