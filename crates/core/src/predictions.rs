@@ -164,6 +164,35 @@ pub struct PredictionRecord {
     pub data_removed: bool,
 }
 
+impl PredictionRecord {
+    /// The record of a prediction just accepted: `pending`, nothing run yet.
+    pub fn new_pending(new: &NewPrediction, account: AccountId) -> Self {
+        PredictionRecord {
+            id: new.id.clone(),
+            account,
+            project: new.project.clone(),
+            mode: new.mode,
+            model: new.model.clone(),
+            status: PredictionStatus::Pending,
+            stream: new.stream,
+            input: Some(new.input.clone()),
+            output: None,
+            error: None,
+            webhook: new.webhook.clone(),
+            progress: 0,
+            attempts: 0,
+            cancel_requested: false,
+            created_at: new.created_at,
+            started_at: None,
+            completed_at: None,
+            updated_at: new.created_at,
+            predict_time_us: None,
+            purge_at: None,
+            data_removed: false,
+        }
+    }
+}
+
 /// A job a worker claimed: the record plus the lease it holds.
 #[derive(Debug, Clone)]
 pub struct Claimed {

@@ -3,11 +3,11 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime, UtcOffset};
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(transparent)]
+/// Serialises as RFC 3339 (the wire form); deserialises from that or from integer microseconds.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -94,9 +94,35 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Micros(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Micros(us) => Ok(Timestamp(us)),
+            Raw::Text(s) => Timestamp::parse_rfc3339(&s)
+                .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp")),
+        }
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_round_trips_and_reads_micros() {
+        let t = Timestamp::from_micros(1_795_398_204_000_042);
+        let s = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&s).unwrap(), t);
+        assert_eq!(serde_json::from_str::<Timestamp>("1795398204000042").unwrap(), t);
+        assert!(serde_json::from_str::<Timestamp>("\"soon\"").is_err());
+    }
 
     #[test]
     fn renders_microseconds_and_z() {

@@ -199,6 +199,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<LeaseCheck>;
     /// Moves a claimed prediction to its terminal status (sealing output or error) with its usage record,
     /// in one transaction, if the lease is still held. Returns false (and writes nothing) otherwise.
+    #[allow(clippy::too_many_arguments)]
     async fn complete_prediction(
         &self,
         id: &PredictionId,

@@ -131,7 +131,7 @@ impl PgStore {
     }
 
     /// The queue claim (see `predictions`): `FOR UPDATE SKIP LOCKED`, so nodes never claim the same row.
-    const CLAIM_SQL: &'static str = crate::predictions::CLAIM_SQLITE;
+    const CLAIM_SQL: &'static str = crate::predictions::CLAIM_POSTGRES;
 
     const TOUCH_SQL: &'static str =
         "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2";

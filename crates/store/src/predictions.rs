@@ -153,15 +153,6 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T, what: &str) -> crate::Result<S
     serde_json::to_string(v).map_err(|e| crate::StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-/// A usage record's sealed JSON. `Timestamp` serialises as RFC 3339 text (the wire form) but
-/// deserialises from integer micros, so `at` is written as micros for the record to read back.
-pub(crate) fn usage_json(u: &skygate_core::predictions::UsageRecord) -> crate::Result<String> {
-    let mut v =
-        serde_json::to_value(u).map_err(|e| crate::StoreError::Corrupt(format!("usage record: {e}")))?;
-    v["at"] = serde_json::Value::from(u.at.as_micros());
-    Ok(v.to_string())
-}
-
 /// The bodies of the `Store` methods for predictions, expanded as inherent methods of each backend by
 /// [`crate::queries::impl_store!`] (whose `impl Store` forwards to them). `$db` is the sqlx database type.
 macro_rules! prediction_methods {
@@ -220,31 +211,10 @@ macro_rules! prediction_methods {
                 .map_err(|e| {
                     $crate::rows::constraint(e, "prediction id", || format!("project {}", new.project))
                 })?;
-            Ok(skygate_core::predictions::PredictionRecord {
-                id: new.id.clone(),
-                account: account
-                    .parse()
-                    .map_err(|e| $crate::rows::corrupt("projects", "account_id", e))?,
-                project: new.project.clone(),
-                mode: new.mode,
-                model: new.model.clone(),
-                status: skygate_proto::PredictionStatus::Pending,
-                stream: new.stream,
-                input: Some(new.input.clone()),
-                output: None,
-                error: None,
-                webhook: new.webhook.clone(),
-                progress: 0,
-                attempts: 0,
-                cancel_requested: false,
-                created_at: new.created_at,
-                started_at: None,
-                completed_at: None,
-                updated_at: new.created_at,
-                predict_time_us: None,
-                purge_at: None,
-                data_removed: false,
-            })
+            let account = account
+                .parse()
+                .map_err(|e| $crate::rows::corrupt("projects", "account_id", e))?;
+            Ok(skygate_core::predictions::PredictionRecord::new_pending(new, account))
         }
 
         async fn prediction(
@@ -369,8 +339,24 @@ macro_rules! prediction_methods {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 let id = q::parse_id(&id)?;
-                let Some(record) = self.find_prediction(&id).await? else {
-                    continue;
+                let record = match self.find_prediction(&id).await {
+                    Ok(Some(record)) => record,
+                    Ok(None) => continue,
+                    // A row that cannot be read (tampered, or its key gone) must not hold up the rest
+                    // of the batch or come back forever: it fails now, naming no value.
+                    Err(e) => {
+                        tracing::error!(prediction = %id, error = %e, "a claimed prediction cannot be read; failing it");
+                        let failed = skygate_core::predictions::Completion::Failed(
+                            "the prediction's stored data could not be read".into(),
+                        );
+                        if let Err(e) = <Self as $crate::Store>::complete_prediction(
+                            self, &id, &token, &failed, 0, now, std::time::Duration::ZERO, None,
+                        )
+                        .await {
+                            tracing::error!(prediction = %id, error = %e, "could not fail an unreadable prediction");
+                        }
+                        continue;
+                    }
                 };
                 let shred: Option<i64> = sqlx::query_scalar(q::SELECT_CLAIMED)
                     .bind(id.as_str())
@@ -430,6 +416,7 @@ macro_rules! prediction_methods {
             })
         }
 
+        #[allow(clippy::too_many_arguments)]
         async fn complete_prediction(
             &self,
             id: &skygate_core::predictions::PredictionId,
@@ -482,7 +469,7 @@ macro_rules! prediction_methods {
                         ("usage_records", id.as_str(), "record"),
                         &account,
                         account_shred as u64,
-                        &q::usage_json(u)?,
+                        &q::to_json(u, "usage record")?,
                     )?)
                 }
                 None => None,

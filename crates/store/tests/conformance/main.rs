@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cases;
+mod predictions;
 mod schema;
 
 use std::future::Future;
@@ -156,6 +157,19 @@ conformance!(
     audit_chain_appends_from_two_handles,
     pending_shreds_are_finished,
     tampered_or_swapped_values_fail_closed,
+    predictions_create_get_and_scope,
+    list_predictions_newest_first_filtered_and_paged,
+    claim_takes_the_oldest_pending_first,
+    concurrent_claimers_never_share_a_prediction,
+    progress_and_lease_renewal,
+    complete_prediction_outcomes,
+    cancel_prediction_outcomes,
+    reclaim_expired_leases,
+    retention_purges_due_predictions,
+    retire_windows_shreds_purged_windows,
+    tampered_prediction_values_fail_closed,
+    erase_removes_predictions_and_usage,
+    rewrap_covers_prediction_columns,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's
@@ -182,6 +196,18 @@ async fn both_migration_trees_reach_the_same_schema() {
         "column api_keys.revoked_at NULL",
         "index api_keys_project_id",
         "index projects_account_id",
+        "table predictions",
+        "column predictions.id NOT NULL",
+        "column predictions.input NULL",
+        "column predictions.shred_id NOT NULL",
+        "column predictions.lease_token NULL",
+        "index predictions_project_created",
+        "index predictions_queue",
+        "index predictions_purge",
+        "index predictions_shred",
+        "column retention_windows.shred_id NOT NULL",
+        "column usage_records.record NOT NULL",
+        "index usage_records_account_at",
     ] {
         assert!(
             lite_schema.contains(expected),
