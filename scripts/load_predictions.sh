@@ -84,5 +84,5 @@ if [[ -n "$pg" ]]; then
   psql "$pg" -qc "CREATE SCHEMA $schema" >/dev/null
   sep='?'; [[ "$pg" == *\?* ]] && sep='&'
   bench postgres "${pg}${sep}options[search_path]=${schema}"
-  psql "$pg" -qc "DROP SCHEMA $schema CASCADE" >/dev/null
+  PGOPTIONS="-c client_min_messages=warning" psql "$pg" -qc "DROP SCHEMA $schema CASCADE" >/dev/null
 fi
