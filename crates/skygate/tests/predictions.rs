@@ -282,3 +282,53 @@ async fn retention_destroys_outputs_in_real_time() {
     assert_eq!(stored(), 0, "the object file is gone");
     drop(srv);
 }
+
+// Multi-threaded: `terminate` blocks its thread while the client's connection task must still run to
+// close its connection when the server drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_running_predictions_back_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // The default 30 s lease: a prediction that waited for it would blow the deadline below.
+    let key = setup(&data, "[queue]\nworkers = 1\n");
+    let mut srv = BinaryServer::start(&bin(), &data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let p = api
+        .post(json!({"model": "countdown", "input": {"seconds": 1}}))
+        .await;
+    let id = p["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_of(&api.get(&format!("/v1/predictions/{id}")).await) != "processing" {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = srv.terminate(Duration::from_secs(30));
+    assert!(
+        stopped.as_ref().is_ok_and(|s| s.success()),
+        "{stopped:?}: {}",
+        srv.stderr()
+    );
+    assert!(
+        srv.stderr()
+            .contains("returned a running prediction to the queue"),
+        "{}",
+        srv.stderr()
+    );
+
+    let srv = BinaryServer::start(&bin(), &data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let restarted = Instant::now();
+    let done = loop {
+        let g = api.get(&format!("/v1/predictions/{id}")).await;
+        if is_terminal(&g) {
+            break g;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(15),
+            "not rerun before its lease would expire: {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status_of(&done), "succeeded", "{done}");
+    drop(srv);
+}

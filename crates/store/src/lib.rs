@@ -210,6 +210,10 @@ pub trait Store: Send + Sync + 'static {
         retention: std::time::Duration,
         usage: Option<&UsageRecord>,
     ) -> Result<bool>;
+    /// Gives a claimed prediction back to the queue (a node shutting down gracefully): `pending` again,
+    /// the attempt not counted, if the lease is still held and no cancel was asked for (a cancelled one is
+    /// left to expire and end `cancelled`). Returns whether it was released.
+    async fn release_lease(&self, id: &PredictionId, token: &str, now: Timestamp) -> Result<bool>;
     /// Leases that expired at `now` (their worker died): requeued, or failed once `max_attempts` runs
     /// were started, or cancelled if a cancel was asked for.
     async fn reclaim_expired(

@@ -95,6 +95,9 @@ pub(crate) const SELECT_EXPIRED: &str = "SELECT id, account_id, shred_id, attemp
 pub(crate) const REQUEUE: &str = "UPDATE predictions SET status = 'pending', lease_token = NULL, \
      lease_until = NULL, updated_at = $1 WHERE id = $2 AND lease_token = $3 AND lease_until < $1 \
      AND status IN ('starting', 'processing')";
+pub(crate) const RELEASE: &str = "UPDATE predictions SET status = 'pending', lease_token = NULL, \
+     lease_until = NULL, attempts = attempts - 1, progress = 0, updated_at = $1 \
+     WHERE id = $2 AND lease_token = $3 AND status IN ('starting', 'processing') AND cancel_requested = 0";
 pub(crate) const FINISH_EXPIRED: &str = "UPDATE predictions SET status = $1, error = $2, completed_at = $3, \
      updated_at = $3, purge_at = $4, lease_token = NULL, lease_until = NULL \
      WHERE id = $5 AND lease_token = $6 AND lease_until < $3 AND status IN ('starting', 'processing')";

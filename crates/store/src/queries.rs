@@ -262,6 +262,21 @@ macro_rules! impl_store {
                     .await
             }
 
+            async fn release_lease(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+                token: &str,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                let done = sqlx::query($crate::predictions::RELEASE)
+                    .bind(now.as_micros())
+                    .bind(id.as_str())
+                    .bind(token)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn reclaim_expired(
                 &self,
                 now: skygate_core::Timestamp,

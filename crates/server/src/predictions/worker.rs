@@ -46,8 +46,8 @@ pub fn output_aad(account: &AccountId, id: &PredictionId, file: &str) -> Aad {
 const CHECK_IN: Duration = Duration::from_millis(400);
 
 /// Runs the queue until `stop`: claims work into free slots and supervises the running jobs. On stop,
-/// running jobs are cancelled without being completed: their leases expire and another node (or this
-/// one after restart) runs them again.
+/// running jobs are stopped and given back to the queue (the attempt not counted), so another node, or
+/// this one after a restart, runs them at once.
 pub async fn run_queue(
     state: AppState,
     runner: Arc<dyn Runner>,
@@ -97,8 +97,10 @@ pub async fn run_queue(
 /// What the supervision loop of one job ended with.
 enum Ended {
     Finished(Result<Output, RunError>),
-    /// The lease is gone (reclaimed, purged, deleted) or the node is stopping: write nothing.
+    /// The lease is gone (reclaimed, purged, deleted): write nothing.
     Abandoned,
+    /// The node is stopping: the job was stopped and goes back to the queue.
+    Released,
 }
 
 async fn run_one(
@@ -136,6 +138,17 @@ async fn run_one(
     };
     let result = match ended {
         Ended::Abandoned => return,
+        Ended::Released => {
+            match state.store().release_lease(&id, &token, Timestamp::now()).await {
+                Ok(released) => {
+                    tracing::info!(prediction = %id, released, "stopping: returned a running prediction to the queue")
+                }
+                Err(e) => {
+                    tracing::warn!(prediction = %id, error = %e, "stopping: could not return a prediction to the queue; it runs again when its lease expires")
+                }
+            }
+            return;
+        }
         Ended::Finished(r) => r,
     };
     let predict_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
@@ -296,7 +309,7 @@ async fn supervise(
             () = tokio::time::sleep_until(hard_deadline) => break,
             () = stop.cancelled() => {
                 handle.cancel();
-                return Ended::Abandoned;
+                return Ended::Released;
             }
         }
     }

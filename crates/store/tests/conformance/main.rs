@@ -170,6 +170,7 @@ conformance!(
     tampered_prediction_values_fail_closed,
     erase_removes_predictions_and_usage,
     rewrap_covers_prediction_columns,
+    release_lease_requeues_without_counting,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's

@@ -1619,3 +1619,46 @@ pub async fn sensitive_prediction_workload(s: &DynStore, project: &ProjectId, i:
     s.purge_prediction(&ids[3], at(base + 30)).await.unwrap();
     markers
 }
+
+/// A node stopping gracefully gives its running predictions back: pending again, the attempt not
+/// counted, its token dead; one with a cancel asked for is not given back (it expires into `cancelled`).
+pub async fn release_lease_requeues_without_counting(db: Db) {
+    let s = db.migrated().await;
+    let a = tenant(&s, "a@example.com").await;
+    let p = create(&s, &a.project, at(0)).await;
+    let q = create(&s, &a.project, at(1)).await;
+    let c = claim_one(&s, at(10)).await;
+    assert_eq!(c.record.id, p.id);
+    s.report_progress(&p.id, &c.lease.token, 40, at(11))
+        .await
+        .unwrap();
+    assert!(!s.release_lease(&p.id, "wrong", at(12)).await.unwrap());
+    assert!(s.release_lease(&p.id, &c.lease.token, at(12)).await.unwrap());
+    let r = get(&s, &p.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.progress),
+        (PredictionStatus::Pending, 0, 0)
+    );
+    assert_eq!(
+        s.renew_lease(&p.id, &c.lease.token, at(100)).await.unwrap(),
+        LeaseCheck::Lost
+    );
+    assert!(
+        !s.release_lease(&p.id, &c.lease.token, at(13)).await.unwrap(),
+        "once"
+    );
+    // It is claimed again first (oldest), as attempt 1.
+    let again = claim_one(&s, at(14)).await;
+    assert_eq!(
+        (again.record.id.clone(), again.record.attempts),
+        (p.id.clone(), 1)
+    );
+    // A cancel asked for: not released.
+    let cq = claim_one(&s, at(15)).await;
+    assert_eq!(cq.record.id, q.id);
+    s.cancel_prediction(&a.project, &q.id, at(16), std::time::Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(!s.release_lease(&q.id, &cq.lease.token, at(17)).await.unwrap());
+    assert_eq!(get(&s, &q.id).await.status, PredictionStatus::Starting);
+}
