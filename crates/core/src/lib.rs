@@ -8,6 +8,7 @@ pub mod base62;
 pub mod ids;
 pub mod models;
 pub mod predictions;
+pub mod ratelimit;
 pub mod records;
 pub mod secret;
 pub mod time;
