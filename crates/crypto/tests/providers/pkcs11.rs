@@ -631,7 +631,10 @@ fn pkcs11_child_process() {
 
 /// Runs [`pkcs11_child_process`] in another process on the token of `config`; returns its result line.
 fn in_another_process(config: &Pkcs11Config, action: &str) -> String {
-    // The child inherits SOFTHSM2_CONF, so it sees the same token directory.
+    // The child inherits SOFTHSM2_CONF, so it sees the same token directory, and its C_GetSlotList reads
+    // every token there: one that a parallel test is initialising at that moment (half written) fails
+    // the child's whole slot scan with CKR_GENERAL_ERROR. No token is initialised while the child runs.
+    let _no_new_tokens = hsm().map(|h| h.tokens.lock().unwrap_or_else(|p| p.into_inner()));
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
