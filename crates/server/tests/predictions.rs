@@ -62,6 +62,19 @@ async fn create(srv: &TestServer, k: &TestKey, body: Value) -> Value {
     v
 }
 
+/// Runs `model` with `"await": true` on `/v1/predict` and returns the answer (which must be a 200).
+async fn run(srv: &TestServer, k: &TestKey, model: &str, input: Value) -> Value {
+    let (s, v) = post(
+        srv,
+        "/v1/predict",
+        &k.key,
+        &json!({"model": model, "input": input, "await": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
 /// Polls until `pred` satisfies `done` (≤ 30 s).
 async fn until(srv: &TestServer, k: &TestKey, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..600 {
@@ -361,13 +374,7 @@ async fn failing_crashing_and_slow_models_fail_with_a_clear_error() {
         assert!(p["output"].is_null());
     }
     // The server is still fine.
-    let (_, ok) = post(
-        &srv,
-        "/v1/predict",
-        &k.key,
-        &json!({"model": "echo", "input": {"prompt": "ok"}, "await": true}),
-    )
-    .await;
+    let ok = run(&srv, &k, "echo", json!({"prompt": "ok"})).await;
     assert_eq!(ok["output"], "ok");
     srv.stop().await.unwrap();
 }
@@ -417,7 +424,13 @@ async fn sse_sends_status_progress_output_and_done_then_ends() {
 async fn outputs_download_by_signed_url_and_retention_destroys_them() {
     let srv = TestServer::start().await.unwrap();
     let k = srv.new_key(Mode::Live).await.unwrap();
-    let (_, p) = post(&srv, "/v1/predict", &k.key, &json!({"model": "sky-image", "input": {"prompt": "dunes", "width": 48, "height": 32, "steps": 2, "num_outputs": 2}, "await": true})).await;
+    let p = run(
+        &srv,
+        &k,
+        "sky-image",
+        json!({"prompt": "dunes", "width": 48, "height": 32, "steps": 2, "num_outputs": 2}),
+    )
+    .await;
     assert_eq!(p["status"], "succeeded", "{p}");
     let files = p["metadata"]["storage"]["files"].as_array().unwrap().clone();
     assert_eq!(files.len(), 2);
@@ -512,11 +525,11 @@ async fn outputs_download_by_signed_url_and_retention_destroys_them() {
 async fn delete_destroys_at_once_and_twice_is_not_found() {
     let srv = TestServer::start().await.unwrap();
     let k = srv.new_key(Mode::Live).await.unwrap();
-    let (_, p) = post(
+    let p = run(
         &srv,
-        "/v1/predict",
-        &k.key,
-        &json!({"model": "sky-audio", "input": {"notes": "C4 E4 G4", "duration": 0.5}, "await": true}),
+        &k,
+        "sky-audio",
+        json!({"notes": "C4 E4 G4", "duration": 0.5}),
     )
     .await;
     assert_eq!(p["status"], "succeeded", "{p}");
@@ -572,13 +585,7 @@ async fn delete_destroys_at_once_and_twice_is_not_found() {
 async fn usage_is_recorded_sealed_per_account() {
     let srv = TestServer::start().await.unwrap();
     let k = srv.new_key(Mode::Live).await.unwrap();
-    let (_, p) = post(
-        &srv,
-        "/v1/predict",
-        &k.key,
-        &json!({"model": "sky-text", "input": {"prompt": "héllo", "mode": "upper"}, "await": true}),
-    )
-    .await;
+    let p = run(&srv, &k, "sky-text", json!({"prompt": "héllo", "mode": "upper"})).await;
     assert_eq!(p["status"], "succeeded");
     let usage = srv
         .store

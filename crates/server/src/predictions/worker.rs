@@ -241,17 +241,10 @@ async fn supervise(
     let mut cancels = state.hub().subscribe_cancels();
     let mut cancelled = false;
     // Visible as `processing` from here on.
-    match store.report_progress(id, token, 0, Timestamp::now()).await {
-        Ok(LeaseCheck::Lost) => {
-            handle.cancel();
-            return Ended::Abandoned;
-        }
-        Ok(LeaseCheck::Held { cancel: true }) => {
-            handle.cancel();
-            cancelled = true;
-        }
-        Ok(LeaseCheck::Held { cancel: false }) => {}
-        Err(e) => tracing::warn!(prediction = %id, error = %e, "could not record progress"),
+    let first = store.report_progress(id, token, 0, Timestamp::now()).await;
+    match heed(first, &handle, id, "could not record progress") {
+        Err(ended) => return ended,
+        Ok(c) => cancelled |= c,
     }
     state.hub().changed(id);
     let mut tick = tokio::time::interval(CHECK_IN.min(lease / 3));
@@ -270,33 +263,19 @@ async fn supervise(
                 // 100 is written with the terminal status.
                 if p > last_sent && p < 100 {
                     last_sent = p;
-                    match store.report_progress(id, token, p, Timestamp::now()).await {
-                        Ok(LeaseCheck::Lost) => {
-                            handle.cancel();
-                            return Ended::Abandoned;
-                        }
-                        Ok(LeaseCheck::Held { cancel: true }) => {
-                        handle.cancel();
-                        cancelled = true;
-                    }
-                        Ok(LeaseCheck::Held { cancel: false }) => {}
-                        Err(e) => tracing::warn!(prediction = %id, error = %e, "could not record progress"),
+                    let check = store.report_progress(id, token, p, Timestamp::now()).await;
+                    match heed(check, &handle, id, "could not record progress") {
+                        Err(ended) => return ended,
+                        Ok(c) => cancelled |= c,
                     }
                     state.hub().changed(id);
                 }
             }
             _ = tick.tick() => {
-                match store.renew_lease(id, token, Timestamp::now().saturating_add(lease)).await {
-                    Ok(LeaseCheck::Lost) => {
-                        handle.cancel();
-                        return Ended::Abandoned;
-                    }
-                    Ok(LeaseCheck::Held { cancel: true }) => {
-                        handle.cancel();
-                        cancelled = true;
-                    }
-                    Ok(LeaseCheck::Held { cancel: false }) => {}
-                    Err(e) => tracing::warn!(prediction = %id, error = %e, "could not renew a lease"),
+                let check = store.renew_lease(id, token, Timestamp::now().saturating_add(lease)).await;
+                match heed(check, &handle, id, "could not renew a lease") {
+                    Err(ended) => return ended,
+                    Ok(c) => cancelled |= c,
                 }
             }
             msg = cancels.recv() => match msg {
@@ -314,6 +293,33 @@ async fn supervise(
         }
     }
     Ended::Finished(handle.finish().await)
+}
+
+/// Acts on one check-in with the store: a cancel asked for stops the job (`Ok(true)`); a lost lease
+/// stops it and ends the supervision (`Err(Ended::Abandoned)`); a store error is logged and the job goes
+/// on (the next check-in retries).
+fn heed(
+    check: skygate_store::Result<LeaseCheck>,
+    handle: &skygate_runtime::RunHandle,
+    id: &PredictionId,
+    failure: &str,
+) -> Result<bool, Ended> {
+    match check {
+        Ok(LeaseCheck::Lost) => {
+            handle.cancel();
+            Err(Ended::Abandoned)
+        }
+        Ok(LeaseCheck::Held { cancel }) => {
+            if cancel {
+                handle.cancel();
+            }
+            Ok(cancel)
+        }
+        Err(e) => {
+            tracing::warn!(prediction = %id, error = %e, "{failure}");
+            Ok(false)
+        }
+    }
 }
 
 /// Seals each output file into the object store; returns what the record keeps about them.
