@@ -12,6 +12,7 @@ pub mod ratelimit;
 pub mod records;
 pub mod secret;
 pub mod time;
+pub mod webhooks;
 
 pub use apikey::{ApiKey, KeyFormatError, KeyHasher, Pepper};
 pub use audit::{AuditEntry, NewAuditEntry};

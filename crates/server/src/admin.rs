@@ -179,3 +179,57 @@ pub async fn revoke_key(store: &DynStore, key: &str, now: Timestamp) -> Result<R
         other => Ok(other),
     }
 }
+
+/// A project's webhook signing secrets, newest first (the first one is made on first use). With
+/// `rotate`, a new secret is made first and the current one keeps signing for `overlap`; the rotation is
+/// audited.
+pub async fn webhook_secret(
+    store: &DynStore,
+    project: &str,
+    rotate: bool,
+    overlap: Duration,
+    now: Timestamp,
+) -> Result<Vec<skygate_core::webhooks::WebhookSecretRecord>> {
+    let project = parse_project(project)?;
+    let Some(p) = store.find_project(&project).await? else {
+        return Err(AdminError::NotFound(format!("no project {project}")));
+    };
+    let fresh = skygate_webhooks::WebhookSecret::generate().map_err(|_| AdminError::Random)?;
+    let fresh = skygate_core::SecretString::new(fresh.expose());
+    if !rotate {
+        return Ok(store.ensure_webhook_secret(&project, &fresh, now).await?);
+    }
+    let secrets = store
+        .rotate_webhook_secret(&project, &fresh, now, overlap)
+        .await?;
+    let version = secrets.first().map_or(0, |s| s.version);
+    store
+        .append_audit(&skygate_core::NewAuditEntry {
+            at: now,
+            actor: "operator".into(),
+            action: "webhooks.secret.rotate".into(),
+            target: project.to_string(),
+            detail: format!(
+                "account {}: new signing secret v{version}; older secrets sign until {}",
+                p.account_id,
+                now.saturating_add(overlap)
+            ),
+        })
+        .await?;
+    Ok(secrets)
+}
+
+/// Schedules a delivery for another attempt now (the operator's replay).
+pub async fn retry_delivery(
+    store: &DynStore,
+    id: &str,
+    now: Timestamp,
+) -> Result<skygate_core::webhooks::Delivery> {
+    let id: skygate_core::webhooks::DeliveryId = id
+        .parse()
+        .map_err(|e: skygate_core::webhooks::DeliveryIdError| AdminError::Invalid(e.to_string()))?;
+    store
+        .retry_delivery(&id, now)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no delivery {id}")))
+}

@@ -29,7 +29,66 @@ pub struct Config {
     pub keyring: KeyringConfig,
     pub outputs: OutputsConfig,
     pub queue: QueueConfig,
+    pub webhooks: WebhooksConfig,
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[webhooks]`: how prediction webhooks are checked, signed and delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Accept plain `http://` webhook URLs (local development and tests only).
+    pub allow_insecure_http: bool,
+    /// Deliver to loopback, private, link-local and other non-public addresses (on-prem receivers).
+    pub allow_private_networks: bool,
+    /// Total time one attempt may take: connect, TLS, request and response.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long resolving a webhook host may take (on create and before each new connection).
+    #[serde(with = "humantime_serde")]
+    pub resolve_timeout: Duration,
+    /// Deliveries this node sends at once (0: this node sends none).
+    pub concurrency: u32,
+    /// Delay before each attempt: the first is normally `0s`; its length is the number of attempts.
+    #[serde(with = "duration_list")]
+    pub schedule: Vec<Duration>,
+    /// Random spread of each retry delay, as a fraction (0.1 = ±10 %).
+    pub jitter: f64,
+    /// The longest `Retry-After` from a receiver that is honoured.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_cap: Duration,
+    /// How long a dispatcher's claim on a delivery lasts (longer than `timeout`); a dispatcher that
+    /// dies is noticed after this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often an idle dispatcher looks for due deliveries (changes made on this node wake it at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// After `webhooks secret --rotate`, how long the old secret keeps signing beside the new one.
+    #[serde(with = "humantime_serde")]
+    pub secret_overlap: Duration,
+    /// PEM files of extra certificate authorities trusted for webhook receivers.
+    pub extra_ca: Vec<PathBuf>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        WebhooksConfig {
+            allow_insecure_http: false,
+            allow_private_networks: false,
+            timeout: s(15),
+            resolve_timeout: s(2),
+            concurrency: 128,
+            schedule: vec![s(0), s(5), s(300), s(1800), s(7200), s(18000), s(36000), s(36000)],
+            jitter: 0.1,
+            retry_after_cap: s(3600),
+            lease: s(60),
+            poll_interval: Duration::from_millis(500),
+            secret_overlap: s(86400),
+            extra_ca: Vec::new(),
+        }
+    }
 }
 
 /// `[queue]`: the prediction workers of this node.
@@ -236,6 +295,7 @@ impl Default for Config {
             keyring: KeyringConfig::default(),
             outputs: OutputsConfig::default(),
             queue: QueueConfig::default(),
+            webhooks: WebhooksConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -266,6 +326,59 @@ impl Default for AuthConfig {
             key_cache_ttl: Duration::from_secs(1),
             last_used_flush: Duration::from_secs(5),
         }
+    }
+}
+
+impl WebhooksConfig {
+    fn validate(&self) -> Result<(), String> {
+        let w = self;
+        if w.timeout.is_zero() || w.timeout > Duration::from_secs(300) {
+            return Err("webhooks.timeout must be between 1ms and 5m".into());
+        }
+        if w.resolve_timeout.is_zero() || w.resolve_timeout > w.timeout {
+            return Err(
+                "webhooks.resolve_timeout must be greater than 0 and at most webhooks.timeout".into(),
+            );
+        }
+        if w.concurrency > 10_000 {
+            return Err("webhooks.concurrency must be at most 10000".into());
+        }
+        if w.schedule.is_empty() || w.schedule.len() > 50 {
+            return Err("webhooks.schedule must list 1 to 50 delays".into());
+        }
+        if w.schedule.iter().any(|d| *d > Duration::from_secs(7 * 86400)) {
+            return Err("webhooks.schedule: each delay must be at most 7 days".into());
+        }
+        if !(0.0..=0.5).contains(&w.jitter) {
+            return Err("webhooks.jitter must be between 0 and 0.5".into());
+        }
+        if w.lease <= w.timeout {
+            return Err("webhooks.lease must be longer than webhooks.timeout".into());
+        }
+        if w.poll_interval.is_zero() {
+            return Err("webhooks.poll_interval must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// A list of durations written as `["0s", "5s", "5m"]`.
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -431,6 +544,7 @@ impl Config {
                 );
             }
         }
+        self.webhooks.validate().map_err(ConfigError)?;
         let k = &self.keyring;
         match k.provider.as_str() {
             "local" => {}

@@ -17,6 +17,7 @@ pub mod predictions;
 pub mod state;
 pub mod tasks;
 pub mod tls;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -135,6 +136,17 @@ pub struct Server {
 impl Server {
     /// Everything that can fail at start fails here, with one clear message.
     pub async fn prepare(config: Arc<Config>, bound: SocketAddr) -> anyhow::Result<Server> {
+        let webhooks = webhooks::Webhooks::new(&config.webhooks)?;
+        Self::prepare_with(config, bound, webhooks).await
+    }
+
+    /// As [`Server::prepare`], with webhook machinery built by the caller (tests inject a resolver and a
+    /// connector).
+    pub async fn prepare_with(
+        config: Arc<Config>,
+        bound: SocketAddr,
+        webhooks: webhooks::Webhooks,
+    ) -> anyhow::Result<Server> {
         config::ensure_data_dir(&config.data_dir)?;
         let settings = tls_settings(&config);
         let material = tls::prepare(&config.tls_dir(), &settings, time::OffsetDateTime::now_utc())?;
@@ -165,15 +177,16 @@ impl Server {
         ));
         let public_url = config.public_url(bound);
         let signer = predictions::OutputSigner::new(&provider.derive_secret(predictions::signing::PURPOSE)?);
-        let state = AppState::new(
-            config.clone(),
-            store.clone(),
+        let state = AppState::new(state::StateParts {
+            config: config.clone(),
+            store: store.clone(),
             objects,
-            auth.clone(),
+            auth: auth.clone(),
             models,
             signer,
+            webhooks,
             public_url,
-        )?;
+        })?;
         Ok(Server {
             config,
             state,
@@ -279,6 +292,10 @@ impl Server {
             let (state, stop) = (self.state.clone(), stop.clone());
             let runner: Arc<dyn skygate_runtime::Runner> = Arc::new(skygate_runtime::BuiltinRunner);
             tasks.spawn("queue", predictions::worker::run_queue(state, runner, stop));
+        }
+        if self.config.webhooks.concurrency > 0 {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            tasks.spawn("webhook-dispatcher", webhooks::dispatcher::run(state, stop));
         }
         tasks.spawn("lease-reclaimer", {
             let (state, stop) = (self.state.clone(), stop.clone());

@@ -11,6 +11,7 @@ use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::predictions::{Hub, OutputSigner, Validators};
+use crate::webhooks::Webhooks;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -25,19 +26,35 @@ struct Inner {
     validators: Validators,
     signer: OutputSigner,
     hub: Hub,
+    webhooks: Webhooks,
     public_url: String,
 }
 
+/// What a state is built from; the rest (catalog, validators, change feed) is derived.
+pub struct StateParts {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub objects: Objects,
+    pub auth: Arc<Authenticator>,
+    pub models: ModelRegistry,
+    pub signer: OutputSigner,
+    pub webhooks: Webhooks,
+    /// Base for absolute URLs in responses, no trailing slash.
+    pub public_url: String,
+}
+
 impl AppState {
-    pub fn new(
-        config: Arc<Config>,
-        store: DynStore,
-        objects: Objects,
-        auth: Arc<Authenticator>,
-        models: ModelRegistry,
-        signer: OutputSigner,
-        public_url: String,
-    ) -> anyhow::Result<Self> {
+    pub fn new(parts: StateParts) -> anyhow::Result<Self> {
+        let StateParts {
+            config,
+            store,
+            objects,
+            auth,
+            models,
+            signer,
+            webhooks,
+            public_url,
+        } = parts;
         let catalog = ModelCatalog::new(&models)?;
         let validators = Validators::new(&models)?;
         Ok(AppState(Arc::new(Inner {
@@ -50,6 +67,7 @@ impl AppState {
             validators,
             signer,
             hub: Hub::default(),
+            webhooks,
             public_url,
         })))
     }
@@ -67,6 +85,11 @@ impl AppState {
     /// This node's change feed for predictions.
     pub fn hub(&self) -> &Hub {
         &self.0.hub
+    }
+
+    /// Webhook checks, client and schedule.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.0.webhooks
     }
 
     pub fn config(&self) -> &Config {

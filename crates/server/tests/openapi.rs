@@ -6,10 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use skygate_core::Mode;
 use skygate_server::api::openapi::{spec, spec_json};
+use skygate_testkit::net::{LoopbackOnly, MapResolver};
 use skygate_testkit::TestServer;
 
 const REGENERATE: &str =
@@ -243,7 +245,17 @@ fn exact(name: &str) -> Value {
 
 #[tokio::test]
 async fn real_answers_match_the_schemas() {
-    let srv = TestServer::start().await.unwrap();
+    // The webhook host "resolves" to a public address through a test resolver (no DNS query leaves the
+    // machine), and the test connector opens nothing that is not loopback.
+    let resolver = MapResolver::default();
+    resolver.set("example.test", &["93.184.216.34"]);
+    let network: (
+        Arc<dyn skygate_webhooks::Resolver>,
+        Arc<dyn skygate_webhooks::Connector>,
+    ) = (Arc::new(resolver), Arc::new(LoopbackOnly::default()));
+    let srv = TestServer::start_with_network(|_| {}, Some(network))
+        .await
+        .unwrap();
     let k = srv.new_key(Mode::Live).await.unwrap();
     let client = srv.client();
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {

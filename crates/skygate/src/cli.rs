@@ -43,6 +43,55 @@ pub enum Command {
     /// Key-encryption keys: status, rotation, rewrap, retirement.
     #[command(subcommand)]
     Keyring(KeyringCmd),
+    /// Webhooks: signing secrets, the delivery log, replays, signature checks.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    /// Show a project's signing secret (made on first use). Last stdout line: the newest secret.
+    Secret {
+        #[arg(long)]
+        project: String,
+        /// Make a new secret; the current one keeps signing beside it for the overlap.
+        #[arg(long)]
+        rotate: bool,
+        /// How long the old secret keeps signing after --rotate. Default: webhooks.secret_overlap (24h).
+        #[arg(long, value_parser = humantime_duration, requires = "rotate")]
+        overlap: Option<std::time::Duration>,
+    },
+    /// The delivery log, newest first: state, attempts, last answer or error, next attempt.
+    Deliveries {
+        /// Only this prediction's deliveries (with every attempt listed).
+        #[arg(long)]
+        prediction: Option<String>,
+        /// Only deliveries that stopped without success.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again now (its webhook-id stays the same). Last stdout line: the delivery id.
+    Retry { delivery_id: String },
+    /// Check a received webhook's signatures (Standard Webhooks and X-Skytells-Signature). Exits 0 and
+    /// prints "valid …", or exits 1 and prints the reason.
+    Verify {
+        /// A candidate secret (whsec_…); repeat for several.
+        #[arg(long = "secret", required = true, value_name = "SECRET")]
+        secrets: Vec<String>,
+        /// The raw request body.
+        #[arg(long, value_name = "FILE")]
+        body: PathBuf,
+        /// A received header as "name: value"; repeat for each.
+        #[arg(long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// How far the webhook-timestamp may be from now.
+        #[arg(long, value_parser = humantime_duration, default_value = "5m")]
+        tolerance: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,9 @@ use skygate_server::config::{Config, Overrides};
 use skygate_server::{admin, keyring, open_backend, Backend, Server};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs};
+use crate::cli::{
+    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs, WebhooksCmd,
+};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let listen = match &cli.command {
@@ -36,6 +38,190 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys(&config, cmd).await,
         Command::Keyring(cmd) => keyring_cmd(&config, cmd).await,
         Command::Models(ModelsCmd::List { json }) => models(&config, json),
+        Command::Webhooks(WebhooksCmd::Verify {
+            secrets,
+            body,
+            headers,
+            tolerance,
+        }) => verify_webhook(&secrets, &body, &headers, tolerance),
+        Command::Webhooks(cmd) => webhooks(&config, cmd).await,
+    }
+}
+
+async fn webhooks(config: &Config, cmd: WebhooksCmd) -> anyhow::Result<()> {
+    let store = open_backend(config).await?.store;
+    let now = Timestamp::now();
+    match cmd {
+        WebhooksCmd::Secret {
+            project,
+            rotate,
+            overlap,
+        } => {
+            let overlap = overlap.unwrap_or(config.webhooks.secret_overlap);
+            let secrets = admin::webhook_secret(&store, &project, rotate, overlap, now).await?;
+            for s in &secrets {
+                let until = s
+                    .retires_at
+                    .map_or_else(String::new, |t| format!(", signs until {t}"));
+                eprintln!("v{} made {}{until}", s.version, s.created_at);
+            }
+            if rotate {
+                eprintln!("rotated: deliveries carry signatures from every secret listed above");
+            }
+            let newest = secrets
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("the project has no signing secret"))?;
+            println!("{}", newest.secret.expose());
+        }
+        WebhooksCmd::Deliveries {
+            prediction,
+            failed,
+            limit,
+            json,
+        } => {
+            let prediction = prediction.map(|p| p.parse()).transpose().map_err(
+                |e: skygate_core::predictions::PredictionIdError| anyhow::anyhow!("--prediction: {e}"),
+            )?;
+            let show_attempts = prediction.is_some();
+            let filter = skygate_core::webhooks::DeliveryFilter {
+                prediction,
+                failed_only: failed,
+                limit: limit.clamp(1, 1000),
+            };
+            let list = store.list_deliveries(&filter).await?;
+            let mut rows = Vec::with_capacity(list.len());
+            for d in list {
+                let attempts = if show_attempts || json {
+                    store.delivery_attempts(&d.id).await?
+                } else {
+                    Vec::new()
+                };
+                rows.push((d, attempts));
+            }
+            print_deliveries(&rows, json, show_attempts)?;
+        }
+        WebhooksCmd::Retry { delivery_id } => {
+            let d = admin::retry_delivery(&store, &delivery_id, now).await?;
+            eprintln!(
+                "delivery {} ({} of prediction {}) is due now; a running server sends it within its poll interval",
+                d.id, d.event, d.prediction
+            );
+            println!("{}", d.id);
+        }
+        // Dispatched before the store is opened.
+        WebhooksCmd::Verify { .. } => {}
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn print_deliveries(
+    rows: &[(
+        skygate_core::webhooks::Delivery,
+        Vec<skygate_core::webhooks::DeliveryAttempt>,
+    )],
+    as_json: bool,
+    show_attempts: bool,
+) -> anyhow::Result<()> {
+    let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339());
+    if as_json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(d, attempts)| {
+                json!({
+                    "id": d.id, "prediction": d.prediction, "project": d.project, "event": d.event,
+                    "state": d.state, "attempts": d.attempts, "next_attempt_at": ts(d.next_attempt_at),
+                    "created_at": d.created_at.to_rfc3339(), "updated_at": d.updated_at.to_rfc3339(),
+                    "last_status": d.last_status, "last_error": d.last_error,
+                    "log": attempts.iter().map(|a| json!({
+                        "number": a.number, "at": a.at.to_rfc3339(), "duration_ms": a.duration_us as f64 / 1000.0,
+                        "status": a.status, "error": a.error, "next_attempt_at": ts(a.next_attempt_at),
+                        "response": a.response.as_ref().map(|r| String::from_utf8_lossy(r).into_owned()),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<20} {:<9} {:>3} {:<6} {:<25} LAST ERROR",
+        "DELIVERY", "EVENT", "STATE", "TRY", "STATUS", "NEXT ATTEMPT"
+    );
+    for (d, attempts) in rows {
+        let status = d.last_status.map_or_else(|| "-".to_owned(), |s| s.to_string());
+        let next = ts(d.next_attempt_at).unwrap_or_else(|| "-".into());
+        let err: String = d.last_error.as_deref().unwrap_or("").chars().take(80).collect();
+        println!(
+            "{:<36} {:<20} {:<9} {:>3} {:<6} {:<25} {err}",
+            d.id,
+            d.event.as_str(),
+            d.state.as_str(),
+            d.attempts,
+            status,
+            next
+        );
+        if show_attempts {
+            for a in attempts {
+                let what = match (a.status, &a.error) {
+                    (Some(s), _) => format!("answered {s}"),
+                    (None, Some(e)) => e.clone(),
+                    (None, None) => "-".into(),
+                };
+                println!(
+                    "    #{} at {} took {:.1} ms: {what}",
+                    a.number,
+                    a.at,
+                    a.duration_us as f64 / 1000.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `webhooks verify`: "valid (…)" on stdout, or an error naming the reason (exit 1).
+fn verify_webhook(
+    secrets: &[String],
+    body: &std::path::Path,
+    headers: &[String],
+    tolerance: std::time::Duration,
+) -> anyhow::Result<()> {
+    let secrets = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            skygate_webhooks::WebhookSecret::parse(s.trim())
+                .map_err(|e| anyhow::anyhow!("--secret #{}: {e}", i + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let body = std::fs::read(body).with_context(|| format!("cannot read {}", body.display()))?;
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected \"name: value\""))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| anyhow::anyhow!("--header {h:?}: not a valid header name"))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| anyhow::anyhow!("--header {h:?}: not a valid header value"))?;
+        map.append(name, value);
+    }
+    let now = Timestamp::now().as_unix_seconds();
+    match skygate_webhooks::verify(&secrets, &map, &body, now, tolerance) {
+        Ok(v) => {
+            let schemes: Vec<&str> = v
+                .schemes
+                .iter()
+                .map(|s| match s {
+                    skygate_webhooks::Scheme::Standard => "Standard Webhooks",
+                    skygate_webhooks::Scheme::Skytells => "X-Skytells-Signature",
+                })
+                .collect();
+            println!("valid ({})", schemes.join(", "));
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("invalid webhook: {e}")),
     }
 }
 

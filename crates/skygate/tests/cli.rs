@@ -2,24 +2,13 @@
 //! talking HTTPS to it as a client would, and the start-up failures an operator can hit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use skygate_testkit::binary::{cli, last_line, BinaryServer};
+use skygate_testkit::binary::{cli, BinaryServer};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_skygate"))
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let out = cli(&bin(), data, args).unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    last_line(&out)
-}
+mod common;
+use common::{bin, files, ok};
 
 fn fails(data: &Path, args: &[&str]) -> String {
     let out = cli(&bin(), data, args).unwrap();
@@ -31,20 +20,6 @@ fn fails(data: &Path, args: &[&str]) -> String {
         "one error line: {err}"
     );
     err
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn client(ca: &Path) -> reqwest::Client {

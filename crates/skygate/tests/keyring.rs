@@ -14,9 +14,8 @@ use skygate_server::config::{Config, Overrides};
 use skygate_server::{admin, open_backend};
 use skygate_testkit::binary::last_line;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_skygate"))
-}
+mod common;
+use common::bin;
 
 /// Runs the binary with `env` added, to completion.
 fn run(data: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
@@ -366,33 +365,15 @@ async fn sigkill_during_keyring_commands_loses_nothing_postgres() {
     ) else {
         return;
     };
-    let schema = format!("k_{}", std::process::id());
-    let owner = skygate_store::postgres::PgStore::connect_in_schema(
-        &base,
-        &schema,
-        skygate_store::Sealer::ephemeral().unwrap(),
-    )
-    .await
-    .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options[search_path]={schema}");
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let outcome = tokio::spawn({
-        let (data, url) = (data.clone(), url.clone());
-        async move {
-            let env = [
-                ("SKYGATE_KEYRING__REWRAP_BATCH", "5"),
-                ("SKYGATE_DATABASE_URL", url.as_str()),
-            ];
-            crash_matrix(&data, &env).await
-        }
+    skygate_testkit::pg::in_schema(&base, "k", |url| async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = [
+            ("SKYGATE_KEYRING__REWRAP_BATCH", "5"),
+            ("SKYGATE_DATABASE_URL", url.as_str()),
+        ];
+        crash_matrix(&tmp.path().join("data"), &env).await
     })
     .await;
-    owner.drop_schema().await.unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
 
 /// The one `error:` line of a failed command, checked to leak nothing in `forbidden`.

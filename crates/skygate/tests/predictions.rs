@@ -3,96 +3,14 @@
 //! before the retention ends, destroyed after: 404, `data_removed`, object files gone).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use skygate_testkit::binary::{cli, last_line, BinaryServer};
+use serde_json::json;
+use skygate_testkit::binary::BinaryServer;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_skygate"))
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let out = cli(&bin(), data, args).unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    last_line(&out)
-}
-
-/// Writes `skygate.toml` into the data dir and creates a live key.
-fn setup(data: &Path, toml: &str) -> String {
-    std::fs::create_dir_all(data).unwrap();
-    std::fs::write(data.join("skygate.toml"), toml).unwrap();
-    let acct = ok(data, &["accounts", "create", "--email", "p@example.com"]);
-    let proj = ok(data, &["projects", "create", "--account", &acct, "--name", "p"]);
-    ok(data, &["keys", "create", "--project", &proj])
-}
-
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Api {
-    fn new(srv: &BinaryServer, key: &str) -> Api {
-        Api {
-            client: skygate_testkit::client_trusting(&std::fs::read(&srv.ca_path).unwrap()),
-            base: format!("https://{}", srv.addr),
-            key: key.to_owned(),
-        }
-    }
-
-    async fn post(&self, body: Value) -> Value {
-        let res = self
-            .client
-            .post(format!("{}/v1/predictions", self.base))
-            .header("x-api-key", &self.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "{}", res.status());
-        res.json().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let res = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .header("x-api-key", &self.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        res.json().await.unwrap()
-    }
-
-    /// Every prediction of the key's project.
-    async fn all(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for page in 1.. {
-            let l = self
-                .get(&format!("/v1/predictions?per_page=50&page={page}"))
-                .await;
-            let data = l["data"].as_array().unwrap().clone();
-            let last = l["pagination"]["last_page"].as_u64().unwrap();
-            out.extend(data);
-            if page >= last {
-                break;
-            }
-        }
-        out
-    }
-}
-
-fn status_of(v: &Value) -> &str {
-    v["status"].as_str().unwrap()
-}
+mod common;
+use common::{bin, files, is_terminal, setup, status_of, Api};
 
 async fn kill_nine_then_restart(data: &Path, toml: &str) {
     const N: usize = 12;
@@ -163,10 +81,6 @@ async fn kill_nine_then_restart(data: &Path, toml: &str) {
     drop(srv);
 }
 
-fn is_terminal(v: &Value) -> bool {
-    matches!(status_of(v), "succeeded" | "failed" | "cancelled")
-}
-
 const QUEUE: &str = "[queue]\nworkers = 4\nlease = \"2s\"\n";
 
 #[tokio::test]
@@ -183,41 +97,12 @@ async fn sigkill_while_predictions_run_then_restart_finishes_every_one_postgres(
     ) else {
         return;
     };
-    let schema = format!("q_{}", std::process::id());
-    let owner = skygate_store::postgres::PgStore::connect_in_schema(
-        &base,
-        &schema,
-        skygate_store::Sealer::ephemeral().unwrap(),
-    )
-    .await
-    .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options[search_path]={schema}");
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let toml = format!("{QUEUE}[storage]\ndatabase_url = \"{url}\"\n");
-    let outcome = tokio::spawn(async move { kill_nine_then_restart(&data, &toml).await }).await;
-    owner.drop_schema().await.unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    skygate_testkit::pg::in_schema(&base, "q", |url| async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let toml = format!("{QUEUE}[storage]\ndatabase_url = \"{url}\"\n");
+        kill_nine_then_restart(&tmp.path().join("data"), &toml).await;
+    })
+    .await;
 }
 
 #[tokio::test]

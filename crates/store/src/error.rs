@@ -9,6 +9,10 @@ pub enum StoreError {
     /// A referenced row (account, project) does not exist. The string names what was missing.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A value handed to the store breaks a rule the caller should have checked first (e.g. an unknown
+    /// webhook event name). The string says which rule, never a secret.
+    #[error("invalid: {0}")]
+    Invalid(String),
     /// A stored value could not be decoded (corrupt row).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

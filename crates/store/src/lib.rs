@@ -15,6 +15,7 @@ mod queries;
 mod rows;
 pub mod seal;
 pub mod sqlite;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -22,9 +23,12 @@ use async_trait::async_trait;
 use skygate_core::predictions::{
     Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, UsageRecord,
 };
+use skygate_core::webhooks::{
+    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, NextStep, WebhookSecretRecord,
+};
 use skygate_core::{
     Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewAuditEntry,
-    NewProject, Project, ProjectId, Tier, Timestamp,
+    NewProject, Project, ProjectId, SecretString, Tier, Timestamp,
 };
 
 pub use error::StoreError;
@@ -115,7 +119,8 @@ pub trait Store: Send + Sync + 'static {
     async fn account_by_email(&self, email: &str) -> Result<Option<Account>>;
     /// Returns false if there is no such account.
     async fn set_account_tier(&self, id: &AccountId, tier: Tier) -> Result<bool>;
-    /// Operator level: deletes the account with its projects and keys, appends `audit` to the audit log
+    /// Operator level: deletes the account with everything it owns (projects, keys, predictions, usage,
+    /// webhook secrets, deliveries and attempts), appends `audit` to the audit log
     /// in the same transaction, and destroys the account's shred key, so its sealed values cannot be
     /// read from any backup either. Returns false if there is no such account.
     async fn erase_account(&self, id: &AccountId, audit: &NewAuditEntry) -> Result<bool>;
@@ -151,7 +156,14 @@ pub trait Store: Send + Sync + 'static {
     // ── predictions (tenant: project) and the queue ──────────────────────────────────────────────────
 
     /// Commits a new `pending` prediction. `input` and `webhook` are sealed under the shred key of the
-    /// retention window (`window` long) its creation time falls in. Unknown project → `NotFound`.
+    /// retention window (`window` long) its creation time falls in; the webhook's URL is also kept as the
+    /// delivery target, sealed under the account's shred key (it outlives the purge, for retries), with
+    /// the subscribed events (an empty list: every terminal event). Unknown project → `NotFound`; an
+    /// unknown event name → `Invalid` (the caller validates first).
+    ///
+    /// Every method below that changes a prediction's status writes the webhook delivery announcing it
+    /// (if subscribed) in the same transaction: `started` when claimed (once per prediction), and
+    /// `succeeded`, `failed` or `cancelled` when it ends, however it ends.
     async fn create_prediction(
         &self,
         new: &NewPrediction,
@@ -237,6 +249,71 @@ pub trait Store: Send + Sync + 'static {
     /// Destroys the shred keys of retention windows that are over and whose predictions are all purged
     /// (or deleted). Returns how many keys it destroyed.
     async fn retire_windows(&self, now: Timestamp) -> Result<u64>;
+
+    // ── webhooks (worker and operator level) ────────────────────────────────────────────────────────────
+
+    /// The project's signing secrets that still sign at `now` (not retired, or retiring later), newest
+    /// version first.
+    async fn webhook_secrets(&self, project: &ProjectId, now: Timestamp) -> Result<Vec<WebhookSecretRecord>>;
+    /// The valid secrets, storing `candidate` as the next version first if there is none. Safe to race:
+    /// nodes ensuring at once end with one secret (all of them return it). Unknown project → `NotFound`.
+    async fn ensure_webhook_secret(
+        &self,
+        project: &ProjectId,
+        candidate: &SecretString,
+        now: Timestamp,
+    ) -> Result<Vec<WebhookSecretRecord>>;
+    /// In one transaction: every valid secret not yet retiring retires at `now + overlap` (ones already
+    /// retiring keep their time), and `new` becomes the next version. Returns the valid secrets, newest
+    /// first. Unknown project → `NotFound`.
+    async fn rotate_webhook_secret(
+        &self,
+        project: &ProjectId,
+        new: &SecretString,
+        now: Timestamp,
+        overlap: std::time::Duration,
+    ) -> Result<Vec<WebhookSecretRecord>>;
+    /// Claims up to `limit` due deliveries (pending, `next_attempt_at <= now`, no live lease), the longest
+    /// due first, under one fresh lease token until `now + lease` (atomic across processes and nodes, like
+    /// the queue). `url` is the decrypted target, `None` if the prediction is gone or its target cannot
+    /// be read (logged).
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>>;
+    /// Logs an attempt (the response excerpt sealed, cut to `MAX_RESPONSE_EXCERPT` bytes) and moves the
+    /// delivery on as `next` says, releasing the lease, in one transaction, if `lease_token` still holds
+    /// it. Returns false, writing nothing, otherwise.
+    async fn record_attempt(
+        &self,
+        attempt: &DeliveryAttempt,
+        lease_token: &str,
+        next: &NextStep,
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Fails every pending delivery of a prediction with `reason` (its endpoint answered 410 Gone). A
+    /// delivery being attempted right now keeps its lease: its attempt is still recorded. Returns how
+    /// many stopped.
+    async fn stop_prediction_deliveries(
+        &self,
+        prediction: &PredictionId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<u64>;
+    /// Gives a claimed delivery back, due as it was (a dispatcher shutting down). False if the lease was
+    /// not held.
+    async fn release_delivery(&self, id: &DeliveryId, lease_token: &str) -> Result<bool>;
+    /// Operator level: one delivery.
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>>;
+    /// Operator level: deliveries, newest first; `limit` 1..=1000, 0 meaning 100.
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>>;
+    /// Operator level: a delivery's attempts in order, responses opened.
+    async fn delivery_attempts(&self, id: &DeliveryId) -> Result<Vec<DeliveryAttempt>>;
+    /// Operator level: replays a delivery in any state: pending and due at `now`, its lease cleared, its
+    /// attempts kept. `None` if there is no such delivery.
+    async fn retry_delivery(&self, id: &DeliveryId, now: Timestamp) -> Result<Option<Delivery>>;
 
     // ── usage (tenant: account) ────────────────────────────────────────────────────────────────────
 

@@ -130,8 +130,17 @@ impl PgStore {
         Ok(tx)
     }
 
+    /// A transaction that reads, then writes depending on what it read: an ordinary one here (row locks and
+    /// unique constraints settle races; see SQLite's for why it differs).
+    async fn begin_read_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
     /// The queue claim (see `predictions`): `FOR UPDATE SKIP LOCKED`, so nodes never claim the same row.
     const CLAIM_SQL: &'static str = crate::predictions::CLAIM_POSTGRES;
+
+    /// The webhook delivery claim (see `webhooks`): `FOR UPDATE SKIP LOCKED`, like the queue claim.
+    const CLAIM_DELIVERIES_SQL: &'static str = crate::webhooks::CLAIM_DELIVERIES_POSTGRES;
 
     const TOUCH_SQL: &'static str =
         "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2";

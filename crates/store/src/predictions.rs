@@ -6,6 +6,9 @@
 //! lease deadline). Every later write by the worker names the token and requires the row still to be
 //! running, so a worker whose lease expired and was reclaimed cannot overwrite anything. A lease that
 //! expires (its worker died) is requeued, or failed after too many attempts, by `reclaim_expired`.
+//!
+//! Every status change also writes its webhook delivery in the same transaction (`enqueue_webhook`, see
+//! [`crate::webhooks`]): claim, complete, cancel, reclaim and purge.
 
 use std::time::Duration;
 
@@ -31,12 +34,11 @@ macro_rules! pred_select {
 pub(crate) const SELECT_WINDOW: &str = "SELECT shred_id FROM retention_windows WHERE starts_at = $1";
 pub(crate) const INSERT_WINDOW: &str = "INSERT INTO retention_windows (starts_at, ends_at, shred_id) \
      VALUES ($1, $2, $3) ON CONFLICT (starts_at) DO NOTHING";
-pub(crate) const SELECT_PROJECT_ACCOUNT: &str = "SELECT account_id FROM projects WHERE id = $1";
 
 pub(crate) const INSERT_PREDICTION: &str = "INSERT INTO predictions \
      (id, account_id, project_id, key_id, mode, model, status, stream, shred_id, input, webhook, \
-      created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $11)";
+      created_at, updated_at, webhook_events, webhook_target) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $11, $12, $13)";
 
 pub(crate) const SELECT_PREDICTION_SCOPED: &str = pred_select!("WHERE project_id = $1 AND id = $2");
 pub(crate) const SELECT_PREDICTION_BY_ID: &str = pred_select!("WHERE id = $1");
@@ -104,8 +106,15 @@ pub(crate) const FINISH_EXPIRED: &str = "UPDATE predictions SET status = $1, err
 
 pub(crate) const SELECT_DUE: &str = "SELECT id, account_id FROM predictions \
      WHERE data_removed = 0 AND purge_at IS NOT NULL AND purge_at <= $1 ORDER BY purge_at LIMIT $2";
-/// Removes the data; a prediction still queued or running is cancelled on the way (its worker loses the
-/// lease on its next check-in and writes nothing).
+/// Run before [`PURGE`], in one transaction: a prediction still queued or running is cancelled on the
+/// way (its worker loses the lease on its next check-in and writes nothing), as its own statement so the
+/// transaction knows to announce the cancellation (`crate::webhooks::ENQUEUE`).
+pub(crate) const PURGE_CANCEL: &str = "UPDATE predictions SET status = 'cancelled', cancel_requested = 1, \
+     completed_at = COALESCE(completed_at, $1), updated_at = $1 \
+     WHERE id = $2 AND data_removed = 0 AND status IN ('pending', 'starting', 'processing')";
+/// Removes the data, but not the webhook subscription: `webhook_events` and `webhook_target` (sealed under
+/// the account's key, not the window's) stay for deliveries still being retried. Also cancels on its own,
+/// for a caller that ran no [`PURGE_CANCEL`].
 pub(crate) const PURGE: &str = "UPDATE predictions SET input = NULL, output = NULL, error = NULL, \
      webhook = NULL, data_removed = 1, updated_at = $1, purge_at = COALESCE(purge_at, $1), \
      completed_at = COALESCE(completed_at, $1), lease_token = NULL, lease_until = NULL, \
@@ -166,16 +175,12 @@ macro_rules! prediction_methods {
             window: std::time::Duration,
         ) -> $crate::Result<skygate_core::predictions::PredictionRecord> {
             use $crate::predictions as q;
-            let account: Option<String> = sqlx::query_scalar(q::SELECT_PROJECT_ACCOUNT)
-                .bind(new.project.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-            let Some(account) = account else {
-                return Err($crate::StoreError::NotFound(format!(
-                    "project {}",
-                    new.project
-                )));
+            let events = match &new.webhook {
+                Some(w) => skygate_core::webhooks::EventMask::from_names(&w.events)
+                    .map_err(|(i, e)| $crate::StoreError::Invalid(format!("webhook.events[{i}]: {e}")))?,
+                None => skygate_core::webhooks::EventMask::default(),
             };
+            let (account, account_shred) = self.project_owner(&new.project).await?;
             let starts = skygate_core::predictions::window_start(new.created_at, window);
             let shred = self.window_shred(starts, window).await?;
             let id = new.id.as_str();
@@ -197,6 +202,15 @@ macro_rules! prediction_methods {
                     )
                 })
                 .transpose()?;
+            // The target outlives the window's purge (retries), so it is sealed under the account's key.
+            let target = new
+                .webhook
+                .as_ref()
+                .map(|w| {
+                    self.sealer
+                        .seal(("predictions", id, "webhook_target"), &account, account_shred, &w.url)
+                })
+                .transpose()?;
             sqlx::query(q::INSERT_PREDICTION)
                 .bind(id)
                 .bind(&account)
@@ -209,6 +223,8 @@ macro_rules! prediction_methods {
                 .bind(input)
                 .bind(webhook)
                 .bind(new.created_at.as_micros())
+                .bind(events.bits())
+                .bind(target)
                 .execute(&self.pool)
                 .await
                 .map_err(|e| {
@@ -297,13 +313,19 @@ macro_rules! prediction_methods {
             if before.status.is_terminal() {
                 return Ok($crate::CancelOutcome::AlreadyTerminal(before));
             }
+            let mut tx = self.pool.begin().await?;
             let done = sqlx::query(q::CANCEL_PENDING)
                 .bind(now.as_micros())
                 .bind(q::plus(now, retention))
                 .bind(id.as_str())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
             let cancelled_now = done.rows_affected() == 1;
+            if cancelled_now {
+                Self::enqueue_webhook(&mut tx, id.as_str(), skygate_core::webhooks::WebhookEvent::Cancelled, now)
+                    .await?;
+            }
+            tx.commit().await?;
             if !cancelled_now {
                 sqlx::query(q::REQUEST_CANCEL)
                     .bind(now.as_micros())
@@ -332,13 +354,19 @@ macro_rules! prediction_methods {
             use $crate::predictions as q;
             let token = q::lease_token()?;
             let until = now.saturating_add(lease);
+            // The claim and its `started` announcements commit together.
+            let mut tx = self.pool.begin().await?;
             let ids: Vec<String> = sqlx::query_scalar(Self::CLAIM_SQL)
                 .bind(&token)
                 .bind(until.as_micros())
                 .bind(now.as_micros())
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
+            for id in &ids {
+                Self::enqueue_webhook(&mut tx, id, skygate_core::webhooks::WebhookEvent::Started, now).await?;
+            }
+            tx.commit().await?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 let id = q::parse_id(&id)?;
@@ -492,6 +520,9 @@ macro_rules! prediction_methods {
             if done.rows_affected() != 1 {
                 return Ok(false);
             }
+            if let Some(event) = skygate_core::webhooks::WebhookEvent::terminal(completion.status().as_str()) {
+                Self::enqueue_webhook(&mut tx, id.as_str(), event, now).await?;
+            }
             if let Some(record) = usage {
                 sqlx::query(q::INSERT_USAGE)
                     .bind(id.as_str())
@@ -545,6 +576,7 @@ macro_rules! prediction_methods {
                         )?),
                     )
                 };
+                let mut tx = self.pool.begin().await?;
                 let done = sqlx::query(q::FINISH_EXPIRED)
                     .bind(status)
                     .bind(error)
@@ -552,8 +584,14 @@ macro_rules! prediction_methods {
                     .bind(q::plus(now, retention))
                     .bind(&id)
                     .bind(&token)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                if done.rows_affected() == 1 {
+                    if let Some(event) = skygate_core::webhooks::WebhookEvent::terminal(status) {
+                        Self::enqueue_webhook(&mut tx, &id, event, now).await?;
+                    }
+                }
+                tx.commit().await?;
                 if cancel != 0 {
                     out.cancelled += done.rows_affected();
                 } else {
@@ -590,11 +628,23 @@ macro_rules! prediction_methods {
             id: &skygate_core::predictions::PredictionId,
             now: skygate_core::Timestamp,
         ) -> $crate::Result<Option<skygate_core::predictions::PredictionRecord>> {
-            sqlx::query($crate::predictions::PURGE)
+            use $crate::predictions as q;
+            let mut tx = self.pool.begin().await?;
+            let cancelled = sqlx::query(q::PURGE_CANCEL)
                 .bind(now.as_micros())
                 .bind(id.as_str())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+            if cancelled.rows_affected() == 1 {
+                Self::enqueue_webhook(&mut tx, id.as_str(), skygate_core::webhooks::WebhookEvent::Cancelled, now)
+                    .await?;
+            }
+            sqlx::query(q::PURGE)
+                .bind(now.as_micros())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             self.find_prediction(id).await
         }
 

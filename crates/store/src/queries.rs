@@ -123,13 +123,17 @@ pub(crate) fn latest_uses(
 /// Implements [`crate::Store`] for `$store`, which has fields `pool` (a concrete sqlx pool) and `sealer`
 /// (a [`crate::Sealer`]), inherent `async fn run_migrations(&self) -> Result<()>` and `async fn
 /// begin_write(&self) -> Result<Transaction>` (a transaction that holds the write lock the audit chain
-/// needs: `BEGIN IMMEDIATE` on SQLite, an advisory lock on PostgreSQL), and an associated `const
-/// TOUCH_SQL: &str` (binds: `$1` the use time in micros, `$2` the key id).
+/// needs: `BEGIN IMMEDIATE` on SQLite, an advisory lock on PostgreSQL), `async fn begin_read_write(&self)
+/// -> Result<Transaction>` (one that may write after reading: `BEGIN IMMEDIATE` on SQLite, an ordinary
+/// transaction on PostgreSQL), and associated consts `TOUCH_SQL` (binds: `$1` the use time in micros,
+/// `$2` the key id), `CLAIM_SQL` and `CLAIM_DELIVERIES_SQL` (the two claims' row locking).
 macro_rules! impl_store {
     ($store:ty, backend = $backend:literal, db = $db:ty) => {
         impl $store {
             $crate::predictions::prediction_helpers!();
             $crate::predictions::prediction_methods!($db);
+            $crate::webhooks::webhook_helpers!($db);
+            $crate::webhooks::webhook_methods!();
 
             /// Appends one audit entry inside `tx`, which holds the write lock (see `begin_write`).
             async fn append_audit_in(
@@ -324,6 +328,99 @@ macro_rules! impl_store {
                 <$store>::usage(self, account, since, limit).await
             }
 
+            // ── webhooks: the bodies are `webhooks::webhook_methods!`, forwarded for the same reason.
+
+            async fn webhook_secrets(
+                &self,
+                project: &skygate_core::ProjectId,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Vec<skygate_core::webhooks::WebhookSecretRecord>> {
+                <$store>::webhook_secrets(self, project, now).await
+            }
+
+            async fn ensure_webhook_secret(
+                &self,
+                project: &skygate_core::ProjectId,
+                candidate: &skygate_core::SecretString,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Vec<skygate_core::webhooks::WebhookSecretRecord>> {
+                <$store>::ensure_webhook_secret(self, project, candidate, now).await
+            }
+
+            async fn rotate_webhook_secret(
+                &self,
+                project: &skygate_core::ProjectId,
+                new: &skygate_core::SecretString,
+                now: skygate_core::Timestamp,
+                overlap: std::time::Duration,
+            ) -> $crate::Result<Vec<skygate_core::webhooks::WebhookSecretRecord>> {
+                <$store>::rotate_webhook_secret(self, project, new, now, overlap).await
+            }
+
+            async fn claim_deliveries(
+                &self,
+                now: skygate_core::Timestamp,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> $crate::Result<Vec<skygate_core::webhooks::ClaimedDelivery>> {
+                <$store>::claim_deliveries(self, now, lease, limit).await
+            }
+
+            async fn record_attempt(
+                &self,
+                attempt: &skygate_core::webhooks::DeliveryAttempt,
+                lease_token: &str,
+                next: &skygate_core::webhooks::NextStep,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                <$store>::record_attempt(self, attempt, lease_token, next, now).await
+            }
+
+            async fn stop_prediction_deliveries(
+                &self,
+                prediction: &skygate_core::predictions::PredictionId,
+                reason: &str,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<u64> {
+                <$store>::stop_prediction_deliveries(self, prediction, reason, now).await
+            }
+
+            async fn release_delivery(
+                &self,
+                id: &skygate_core::webhooks::DeliveryId,
+                lease_token: &str,
+            ) -> $crate::Result<bool> {
+                <$store>::release_delivery(self, id, lease_token).await
+            }
+
+            async fn delivery(
+                &self,
+                id: &skygate_core::webhooks::DeliveryId,
+            ) -> $crate::Result<Option<skygate_core::webhooks::Delivery>> {
+                <$store>::delivery(self, id).await
+            }
+
+            async fn list_deliveries(
+                &self,
+                filter: &skygate_core::webhooks::DeliveryFilter,
+            ) -> $crate::Result<Vec<skygate_core::webhooks::Delivery>> {
+                <$store>::list_deliveries(self, filter).await
+            }
+
+            async fn delivery_attempts(
+                &self,
+                id: &skygate_core::webhooks::DeliveryId,
+            ) -> $crate::Result<Vec<skygate_core::webhooks::DeliveryAttempt>> {
+                <$store>::delivery_attempts(self, id).await
+            }
+
+            async fn retry_delivery(
+                &self,
+                id: &skygate_core::webhooks::DeliveryId,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Option<skygate_core::webhooks::Delivery>> {
+                <$store>::retry_delivery(self, id, now).await
+            }
 
             async fn migrate(&self) -> $crate::Result<()> {
                 self.run_migrations().await
@@ -414,7 +511,9 @@ macro_rules! impl_store {
                     return Ok(false);
                 };
                 // The row says "destroy this key" before the data rows go, in the same transaction: a
-                // crash after commit is finished by `finish_pending_shreds` on the next start.
+                // crash after commit is finished by `finish_pending_shreds` on the next start. Deleting
+                // the account cascades to everything it owns: projects, keys, predictions, usage, and
+                // webhook secrets, deliveries and their attempts.
                 sqlx::query($crate::queries::INSERT_PENDING_SHRED)
                     .bind(shred)
                     .bind(format!("account {id} erased"))

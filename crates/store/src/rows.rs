@@ -17,6 +17,7 @@ pub(crate) trait StoreRow {
     fn text(&self, table: &str, col: &'static str) -> Result<String>;
     fn int(&self, table: &str, col: &'static str) -> Result<i64>;
     fn opt_int(&self, table: &str, col: &'static str) -> Result<Option<i64>>;
+    fn opt_text(&self, table: &str, col: &'static str) -> Result<Option<String>>;
     fn bytes(&self, table: &str, col: &'static str) -> Result<Vec<u8>>;
     fn opt_bytes(&self, table: &str, col: &'static str) -> Result<Option<Vec<u8>>>;
 }
@@ -38,6 +39,10 @@ where
     }
 
     fn opt_int(&self, table: &str, col: &'static str) -> Result<Option<i64>> {
+        self.try_get(col).map_err(|e| decode_error(table, col, e))
+    }
+
+    fn opt_text(&self, table: &str, col: &'static str) -> Result<Option<String>> {
         self.try_get(col).map_err(|e| decode_error(table, col, e))
     }
 
@@ -64,7 +69,7 @@ pub(crate) fn corrupt(table: &str, col: &str, why: impl Display) -> StoreError {
 }
 
 /// A text column parsed into a domain type (typed ids, tier, mode).
-fn parsed<T>(r: &impl StoreRow, table: &str, col: &'static str) -> Result<T>
+pub(crate) fn parsed<T>(r: &impl StoreRow, table: &str, col: &'static str) -> Result<T>
 where
     T: FromStr,
     T::Err: Display,
@@ -72,11 +77,11 @@ where
     r.text(table, col)?.parse().map_err(|e| corrupt(table, col, e))
 }
 
-fn ts(r: &impl StoreRow, table: &str, col: &'static str) -> Result<Timestamp> {
+pub(crate) fn ts(r: &impl StoreRow, table: &str, col: &'static str) -> Result<Timestamp> {
     Ok(Timestamp::from_micros(r.int(table, col)?))
 }
 
-fn opt_ts(r: &impl StoreRow, table: &str, col: &'static str) -> Result<Option<Timestamp>> {
+pub(crate) fn opt_ts(r: &impl StoreRow, table: &str, col: &'static str) -> Result<Option<Timestamp>> {
     Ok(r.opt_int(table, col)?.map(Timestamp::from_micros))
 }
 

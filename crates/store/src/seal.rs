@@ -60,9 +60,24 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         column: "webhook",
     },
     SealedColumn {
+        table: "predictions",
+        key: "id",
+        column: "webhook_target",
+    },
+    SealedColumn {
         table: "usage_records",
         key: "prediction_id",
         column: "record",
+    },
+    SealedColumn {
+        table: "webhook_secrets",
+        key: "id",
+        column: "secret",
+    },
+    SealedColumn {
+        table: "webhook_attempts",
+        key: "id",
+        column: "response",
     },
 ];
 
@@ -105,12 +120,21 @@ impl Sealer {
         shred: ShredId,
         plaintext: &str,
     ) -> Result<Vec<u8>> {
+        self.seal_bytes(at, account, shred, plaintext.as_bytes())
+    }
+
+    /// [`Sealer::seal`] for a value that need not be text (a webhook response excerpt).
+    pub(crate) fn seal_bytes(
+        &self,
+        at: (&'static str, &str, &'static str),
+        account: &str,
+        shred: ShredId,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
         let (table, row, column) = at;
-        Ok(self.cipher.seal_shreddable(
-            plaintext.as_bytes(),
-            &Aad::field(table, row, column, account),
-            shred,
-        )?)
+        Ok(self
+            .cipher
+            .seal_shreddable(plaintext, &Aad::field(table, row, column, account), shred)?)
     }
 
     /// Opens a column value sealed by [`Sealer::seal`]. A failure names the place, never the value.
@@ -123,6 +147,23 @@ impl Sealer {
         let (table, row, column) = at;
         self.cipher
             .open_string(sealed, &Aad::field(table, row, column, account))
+            .map_err(|source| StoreError::Sealed {
+                place: format!("{table}.{column} of {row}"),
+                source,
+            })
+    }
+
+    /// Opens a value sealed by [`Sealer::seal_bytes`]. A failure names the place, never the value.
+    pub(crate) fn open_bytes(
+        &self,
+        at: (&'static str, &str, &'static str),
+        account: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let (table, row, column) = at;
+        self.cipher
+            .open(sealed, &Aad::field(table, row, column, account))
+            .map(|plain| plain.to_vec())
             .map_err(|source| StoreError::Sealed {
                 place: format!("{table}.{column} of {row}"),
                 source,

@@ -93,8 +93,17 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// A transaction that reads, then writes depending on what it read: it takes the write lock up front,
+    /// because a deferred one whose snapshot went stale cannot upgrade (SQLite fails it at once).
+    async fn begin_read_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// The queue claim (see `predictions`): SQLite runs one writer at a time, so it is atomic as is.
     const CLAIM_SQL: &'static str = crate::predictions::CLAIM_SQLITE;
+
+    /// The webhook delivery claim (see `webhooks`): atomic as is, like the queue claim.
+    const CLAIM_DELIVERIES_SQL: &'static str = crate::webhooks::CLAIM_DELIVERIES_SQLITE;
 
     /// SQLite's two-argument `MAX` is the scalar maximum.
     const TOUCH_SQL: &'static str =

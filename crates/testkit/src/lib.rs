@@ -3,8 +3,12 @@
 //! server's CA; raw TLS clients with chosen protocol versions; and the skip-or-fail rule for tests whose
 //! component (PostgreSQL, openssl, Python…) is missing.
 
+pub mod api;
 pub mod binary;
 pub mod moto;
+pub mod net;
+pub mod pg;
+pub mod receiver;
 pub mod tlsclient;
 
 use std::net::SocketAddr;
@@ -81,6 +85,18 @@ impl TestServer {
 
     /// Starts with the default configuration (data dir in a temp dir, port 0) edited by `edit`.
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> anyhow::Result<TestServer> {
+        Self::start_with_network(edit, None).await
+    }
+
+    /// As [`TestServer::start_with`], with the webhook resolver and connector injected (`None`: the
+    /// system resolver and plain TCP).
+    pub async fn start_with_network(
+        edit: impl FnOnce(&mut Config),
+        network: Option<(
+            Arc<dyn skygate_webhooks::Resolver>,
+            Arc<dyn skygate_webhooks::Connector>,
+        )>,
+    ) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
         let mut cfg = Config {
             data_dir: dir.path().join("data"),
@@ -93,7 +109,13 @@ impl TestServer {
         let config = Arc::new(cfg);
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
         let addr = listener.local_addr()?;
-        let server = Server::prepare(config.clone(), addr).await?;
+        let webhooks = match network {
+            Some((resolver, connector)) => {
+                skygate_server::webhooks::Webhooks::with_network(&config.webhooks, resolver, connector)?
+            }
+            None => skygate_server::webhooks::Webhooks::new(&config.webhooks)?,
+        };
+        let server = Server::prepare_with(config.clone(), addr, webhooks).await?;
         let ca_pem = match server.ca_path() {
             Some(p) => std::fs::read(p)?,
             None => Vec::new(),

@@ -29,18 +29,6 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::predictions::worker::destroy_data;
 use crate::state::AppState;
 
-/// Webhook event names accepted in `webhook.events` (DESIGN §4, plus the SDKs' older names).
-const WEBHOOK_EVENTS: &[&str] = &[
-    "prediction.started",
-    "prediction.succeeded",
-    "prediction.failed",
-    "prediction.cancelled",
-    "started",
-    "completed",
-    "failed",
-    "canceled",
-];
-
 /// How often a waiter re-reads the store when no local change was announced (changes made by another
 /// node are seen this late at most).
 const POLL: Duration = Duration::from_millis(250);
@@ -142,28 +130,6 @@ fn validate_create<'a>(
         .validators()
         .check(slug, &input)
         .map_err(|e| invalid(ErrorId::InvalidInput, "Input is invalid", e.to_string()))?;
-    if let Some(w) = &body.webhook {
-        let url = w.url.trim();
-        let ok_scheme = url.starts_with("https://") || url.starts_with("http://");
-        if !ok_scheme || url.len() > 2048 || url.chars().any(char::is_whitespace) {
-            return Err(invalid(
-                ErrorId::ValidationError,
-                "Request body is invalid",
-                "webhook.url must be an http(s) URL of at most 2048 characters",
-            ));
-        }
-        if let Some(bad) = w.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
-            let shown: String = bad.chars().take(64).collect();
-            return Err(invalid(
-                ErrorId::ValidationError,
-                "Request body is invalid",
-                format!(
-                    "webhook.events: unknown event {shown:?} (allowed: {})",
-                    WEBHOOK_EVENTS.join(", ")
-                ),
-            ));
-        }
-    }
     Ok((spec, input))
 }
 
@@ -174,6 +140,13 @@ pub async fn create(
     ApiJson(body): ApiJson<CreatePrediction>,
 ) -> Result<Response, ApiError> {
     let (spec, input) = validate_create(&state, &auth, &body)?;
+    if let Some(w) = &body.webhook {
+        state
+            .webhooks()
+            .check(w)
+            .await
+            .map_err(|e| invalid(ErrorId::ValidationError, "Request body is invalid", e.to_string()))?;
+    }
     let id = PredictionId::generate().map_err(|_| ApiError::internal(&RandomFailed))?;
     let new = NewPrediction {
         id,
@@ -357,6 +330,7 @@ pub async fn cancel(
         }
         CancelOutcome::Cancelled(rec) => {
             state.hub().changed(&id);
+            state.hub().deliveries_queued();
             rec
         }
         CancelOutcome::Requested(rec) => {

@@ -94,6 +94,7 @@ pub struct Hub {
     changes: broadcast::Sender<PredictionId>,
     cancels: broadcast::Sender<PredictionId>,
     work: Arc<Notify>,
+    deliveries: Arc<Notify>,
 }
 
 impl Default for Hub {
@@ -102,6 +103,7 @@ impl Default for Hub {
             changes: broadcast::channel(1024).0,
             cancels: broadcast::channel(256).0,
             work: Arc::new(Notify::new()),
+            deliveries: Arc::new(Notify::new()),
         }
     }
 }
@@ -131,6 +133,15 @@ impl Hub {
 
     pub fn work(&self) -> &Notify {
         &self.work
+    }
+
+    /// A status changed on this node, so the outbox may hold new deliveries: wake the dispatcher.
+    pub fn deliveries_queued(&self) {
+        self.deliveries.notify_one();
+    }
+
+    pub fn deliveries(&self) -> &Notify {
+        &self.deliveries
     }
 }
 

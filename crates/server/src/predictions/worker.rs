@@ -69,6 +69,9 @@ pub async fn run_queue(
             {
                 Ok(claimed) => {
                     full_batch = claimed.len() == free;
+                    if !claimed.is_empty() {
+                        state.hub().deliveries_queued();
+                    }
                     for c in claimed {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             break;
@@ -212,6 +215,7 @@ async fn run_one(
             .await;
     }
     state.hub().changed(&id);
+    state.hub().deliveries_queued();
     tracing::info!(
         prediction = %id,
         model = %record.model,
@@ -409,6 +413,7 @@ pub async fn reclaim(state: &AppState, now: Timestamp) -> anyhow::Result<()> {
             "reclaimed predictions from stopped workers"
         );
         state.hub().work_queued();
+        state.hub().deliveries_queued();
     }
     Ok(())
 }
@@ -459,5 +464,6 @@ pub async fn destroy_data(
     let rec = state.store().purge_prediction(id, now).await?;
     state.hub().cancel(id);
     state.hub().changed(id);
+    state.hub().deliveries_queued();
     Ok(rec)
 }

@@ -6,6 +6,7 @@ use skygate_store::{DynStore, RevokeOutcome, StoreError};
 use crate::{Db, Raw};
 
 pub use crate::predictions::*;
+pub use crate::webhooks::*;
 
 fn t(us: i64) -> Timestamp {
     Timestamp::from_micros(us)
@@ -517,6 +518,40 @@ const NOT_SENSITIVE: &[&str] = &[
     "usage_records.prediction_id",
     "usage_records.account_id",
     "usage_records.at",
+    // The subscribed event mask (which events, not where to).
+    "predictions.webhook_events",
+    "webhook_secrets.project_id",
+    "webhook_secrets.version",
+    "webhook_secrets.id",
+    "webhook_secrets.account_id",
+    "webhook_secrets.created_at",
+    "webhook_secrets.retires_at",
+    "webhook_deliveries.id",
+    "webhook_deliveries.prediction_id",
+    "webhook_deliveries.account_id",
+    "webhook_deliveries.project_id",
+    "webhook_deliveries.event",
+    "webhook_deliveries.state",
+    "webhook_deliveries.attempts",
+    "webhook_deliveries.next_attempt_at",
+    "webhook_deliveries.lease_token",
+    "webhook_deliveries.lease_expires",
+    "webhook_deliveries.created_at",
+    "webhook_deliveries.updated_at",
+    "webhook_deliveries.last_status",
+    // Only the store's and the dispatcher's own short reasons ("HTTP 500", "timed out", "410 Gone: the
+    // endpoint is gone"), never a payload, a response body, a URL or a secret: the body excerpt is the
+    // sealed `webhook_attempts.response`.
+    "webhook_deliveries.last_error",
+    "webhook_attempts.delivery_id",
+    "webhook_attempts.number",
+    "webhook_attempts.id",
+    "webhook_attempts.at",
+    "webhook_attempts.duration_us",
+    "webhook_attempts.status",
+    // The same kind of short reason as `webhook_deliveries.last_error`.
+    "webhook_attempts.error",
+    "webhook_attempts.next_attempt_at",
 ];
 
 fn audit(action: &str, target: &str, at: i64) -> skygate_core::NewAuditEntry {
@@ -563,6 +598,7 @@ pub async fn sensitive_columns_hold_no_plaintext(db: Db) {
             .await
             .unwrap();
         secrets.extend(sensitive_prediction_workload(&s, &p.id, i).await);
+        secrets.extend(sensitive_webhook_workload(&s, &p.id, i).await);
     }
     let erased = new_account(&s, "erased.person@example.org").await;
     secrets.push("erased.person@example.org".into());

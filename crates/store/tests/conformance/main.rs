@@ -8,6 +8,7 @@
 mod cases;
 mod predictions;
 mod schema;
+mod webhooks;
 
 use std::future::Future;
 use std::io::Write;
@@ -171,6 +172,21 @@ conformance!(
     erase_removes_predictions_and_usage,
     rewrap_covers_prediction_columns,
     release_lease_requeues_without_counting,
+    outbox_rows_follow_subscribed_transitions,
+    status_change_and_outbox_row_commit_together,
+    unknown_webhook_events_are_invalid,
+    delivery_claims_are_exclusive_and_leases_expire,
+    record_attempt_moves_deliveries_on,
+    attempt_responses_are_sealed_and_cut,
+    webhook_secrets_ensure_and_rotate,
+    concurrent_secret_writers_agree,
+    stop_prediction_deliveries_fails_pending_ones,
+    retry_and_release_delivery,
+    list_deliveries_filters,
+    webhook_target_survives_the_purge,
+    deleted_or_unreadable_targets_have_no_url,
+    erase_removes_webhook_data,
+    rewrap_covers_webhook_columns,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's
@@ -209,6 +225,20 @@ async fn both_migration_trees_reach_the_same_schema() {
         "column retention_windows.shred_id NOT NULL",
         "column usage_records.record NOT NULL",
         "index usage_records_account_at",
+        "column predictions.webhook_events NOT NULL",
+        "column predictions.webhook_target NULL",
+        "table webhook_secrets",
+        "column webhook_secrets.retires_at NULL",
+        "table webhook_deliveries",
+        "column webhook_deliveries.next_attempt_at NULL",
+        "column webhook_deliveries.last_error NULL",
+        "index webhook_deliveries_due",
+        "index webhook_deliveries_prediction",
+        "index webhook_deliveries_account",
+        "index webhook_deliveries_project",
+        "index webhook_deliveries_created",
+        "table webhook_attempts",
+        "column webhook_attempts.response NULL",
     ] {
         assert!(
             lite_schema.contains(expected),
@@ -318,6 +348,39 @@ impl Db {
                 skygate_store::Store::close(&s).await;
             }
         }
+    }
+
+    /// Runs one statement straight on the database (to break or restore the schema under the store).
+    pub async fn raw_exec(&self, sql: &str) {
+        match self {
+            Db::Sqlite(path, sealer) => {
+                let s = SqliteStore::open(path, sealer.clone()).await.unwrap();
+                sqlx::query(sql).execute(s.pool()).await.unwrap();
+                skygate_store::Store::close(&s).await;
+            }
+            Db::Postgres { url, schema, sealer } => {
+                let s = PgStore::connect_in_schema(url, schema, sealer.clone())
+                    .await
+                    .unwrap();
+                sqlx::query(sql).execute(s.pool()).await.unwrap();
+                skygate_store::Store::close(&s).await;
+            }
+        }
+    }
+
+    /// Makes every insert into the webhook outbox fail (`down`), or work again. On PostgreSQL a rename
+    /// is not enough: connections keep statements prepared against the table itself, so a constraint no
+    /// row passes is added instead.
+    pub async fn outbox_down(&self, down: bool) {
+        let sql = match (self, down) {
+            (Db::Sqlite(..), true) => "ALTER TABLE webhook_deliveries RENAME TO webhook_deliveries_away",
+            (Db::Sqlite(..), false) => "ALTER TABLE webhook_deliveries_away RENAME TO webhook_deliveries",
+            (Db::Postgres { .. }, true) => {
+                "ALTER TABLE webhook_deliveries ADD CONSTRAINT outbox_down CHECK (false) NOT VALID"
+            }
+            (Db::Postgres { .. }, false) => "ALTER TABLE webhook_deliveries DROP CONSTRAINT outbox_down",
+        };
+        self.raw_exec(sql).await;
     }
 
     /// One stored byte string.

@@ -19,26 +19,26 @@ use skygate_store::{CancelOutcome, DuePurge, DynStore, LeaseCheck, Reclaimed, St
 
 use crate::{Db, Raw};
 
-const SEC: i64 = 1_000_000;
+pub(crate) const SEC: i64 = 1_000_000;
 /// A time aligned to the 5-minute retention windows the cases use.
-const BASE: i64 = 1_700_000_100 * SEC;
-const WINDOW: Duration = Duration::from_secs(300);
-const RETENTION: Duration = Duration::from_secs(300);
-const LEASE: Duration = Duration::from_secs(60);
+pub(crate) const BASE: i64 = 1_700_000_100 * SEC;
+pub(crate) const WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const RETENTION: Duration = Duration::from_secs(300);
+pub(crate) const LEASE: Duration = Duration::from_secs(60);
 /// `retire_windows`' grace after a window's end.
 const GRACE_SECS: i64 = 600;
 
 /// `secs` seconds after [`BASE`].
-fn at(secs: i64) -> Timestamp {
+pub(crate) fn at(secs: i64) -> Timestamp {
     Timestamp::from_micros(BASE + secs * SEC)
 }
 
-struct Tenant {
-    account: AccountId,
-    project: ProjectId,
+pub(crate) struct Tenant {
+    pub(crate) account: AccountId,
+    pub(crate) project: ProjectId,
 }
 
-async fn tenant(s: &DynStore, email: &str) -> Tenant {
+pub(crate) async fn tenant(s: &DynStore, email: &str) -> Tenant {
     let new = NewAccount {
         id: AccountId::generate().unwrap(),
         email: email.into(),
@@ -50,7 +50,7 @@ async fn tenant(s: &DynStore, email: &str) -> Tenant {
     Tenant { account, project }
 }
 
-async fn another_project(s: &DynStore, account: &AccountId) -> ProjectId {
+pub(crate) async fn another_project(s: &DynStore, account: &AccountId) -> ProjectId {
     let new = NewProject {
         id: ProjectId::generate().unwrap(),
         name: "project".into(),
@@ -59,7 +59,7 @@ async fn another_project(s: &DynStore, account: &AccountId) -> ProjectId {
     s.create_project(account, &new).await.unwrap().id
 }
 
-fn new_prediction(project: &ProjectId, created_at: Timestamp) -> NewPrediction {
+pub(crate) fn new_prediction(project: &ProjectId, created_at: Timestamp) -> NewPrediction {
     NewPrediction {
         id: PredictionId::generate().unwrap(),
         project: project.clone(),
@@ -73,17 +73,17 @@ fn new_prediction(project: &ProjectId, created_at: Timestamp) -> NewPrediction {
     }
 }
 
-async fn create(s: &DynStore, project: &ProjectId, created_at: Timestamp) -> PredictionRecord {
+pub(crate) async fn create(s: &DynStore, project: &ProjectId, created_at: Timestamp) -> PredictionRecord {
     s.create_prediction(&new_prediction(project, created_at), WINDOW)
         .await
         .unwrap()
 }
 
-async fn get(s: &DynStore, id: &PredictionId) -> PredictionRecord {
+pub(crate) async fn get(s: &DynStore, id: &PredictionId) -> PredictionRecord {
     s.find_prediction(id).await.unwrap().unwrap()
 }
 
-async fn claim_one(s: &DynStore, now: Timestamp) -> Claimed {
+pub(crate) async fn claim_one(s: &DynStore, now: Timestamp) -> Claimed {
     let mut got = s.claim_predictions(now, LEASE, 1).await.unwrap();
     assert_eq!(got.len(), 1, "expected one claim at {now:?}");
     got.remove(0)
@@ -112,7 +112,7 @@ fn usage_of(r: &PredictionRecord, status: PredictionStatus, now: Timestamp, unit
 }
 
 /// One column of one prediction, straight from the database.
-async fn raw_of(db: &Db, id: &PredictionId, column: &str) -> Raw {
+pub(crate) async fn raw_of(db: &Db, id: &PredictionId, column: &str) -> Raw {
     let mut v = db
         .raw_column(&format!("predictions WHERE id = '{id}'"), column)
         .await;
@@ -1389,7 +1389,7 @@ pub async fn tampered_prediction_values_fail_closed(db: Db) {
     assert_eq!(get(&s, &q.id).await, q);
 }
 
-fn audit(action: &str, target: &str, at: Timestamp) -> NewAuditEntry {
+pub(crate) fn audit(action: &str, target: &str, at: Timestamp) -> NewAuditEntry {
     NewAuditEntry {
         at,
         actor: "operator".into(),
@@ -1539,8 +1539,9 @@ pub async fn rewrap_covers_prediction_columns(db: Db) {
     let usage_before = s.usage(&a.account, at(0), 10).await.unwrap();
     assert_eq!(usage_before.len(), 2);
 
-    // accounts.email, projects.name, 3 inputs, 1 output, 1 error, 1 webhook, 2 usage records.
-    assert_eq!(sealed_count(&s, 1).await, 10);
+    // accounts.email, projects.name, 3 inputs, 1 output, 1 error, 1 webhook and its target, 2 usage
+    // records.
+    assert_eq!(sealed_count(&s, 1).await, 11);
     let input_col = skygate_store::SEALED_COLUMNS
         .iter()
         .find(|c| (c.table, c.column) == ("predictions", "input"))
@@ -1551,9 +1552,9 @@ pub async fn rewrap_covers_prediction_columns(db: Db) {
     );
     let provider = db.sealer().cipher().provider().clone();
     assert_eq!(provider.rotate().unwrap(), 2);
-    assert_eq!(rewrap_everything(&s).await, 10);
+    assert_eq!(rewrap_everything(&s).await, 11);
     assert_eq!(sealed_count(&s, 1).await, 0);
-    assert_eq!(sealed_count(&s, 2).await, 10);
+    assert_eq!(sealed_count(&s, 2).await, 11);
     assert_eq!(rewrap_everything(&s).await, 0, "rewrap is idempotent");
     provider.retire(1).unwrap();
     for (r, b) in records.iter().zip(&before) {
