@@ -285,6 +285,14 @@ pub enum NextStep {
     },
 }
 
+/// One finished attempt to record: what happened, under which lease, and what comes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub attempt: DeliveryAttempt,
+    pub lease_token: String,
+    pub next: NextStep,
+}
+
 /// The most a stored response excerpt holds.
 pub const MAX_RESPONSE_EXCERPT: usize = 1024;
 

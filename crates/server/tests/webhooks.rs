@@ -271,10 +271,7 @@ async fn private_targets_are_refused_on_create_and_at_delivery() {
     assert_eq!(ds[0].attempts, 1);
     let why = ds[0].last_error.clone().unwrap();
     assert!(why.contains("loopback"), "{why}");
-    assert!(
-        connector.attempts().is_empty(),
-        "no connection was attempted"
-    );
+    assert!(connector.attempts().is_empty(), "no connection was attempted");
     assert!(rx.received().is_empty());
     let later = Timestamp::now().saturating_add(Duration::from_secs(86400));
     assert_eq!(dispatch_due(&srv.state, later).await.unwrap(), 0, "not retried");

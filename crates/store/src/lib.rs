@@ -24,7 +24,8 @@ use skygate_core::predictions::{
     Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, UsageRecord,
 };
 use skygate_core::webhooks::{
-    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, NextStep, WebhookSecretRecord,
+    AttemptRecord, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, NextStep,
+    WebhookSecretRecord,
 };
 use skygate_core::{
     Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewAuditEntry,
@@ -283,16 +284,31 @@ pub trait Store: Send + Sync + 'static {
         lease: std::time::Duration,
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>>;
-    /// Logs an attempt (the response excerpt sealed, cut to `MAX_RESPONSE_EXCERPT` bytes) and moves the
-    /// delivery on as `next` says, releasing the lease, in one transaction, if `lease_token` still holds
-    /// it. Returns false, writing nothing, otherwise.
+    /// Logs attempts (each response excerpt sealed, cut to `MAX_RESPONSE_EXCERPT` bytes) and moves each
+    /// delivery on as its `next` says, releasing its lease, all in one transaction (dispatchers group
+    /// their writes). An attempt whose lease token no longer holds its delivery writes nothing and gets
+    /// `false` at its index.
+    async fn record_attempts(&self, batch: &[AttemptRecord], now: Timestamp) -> Result<Vec<bool>>;
+    /// [`Store::record_attempts`] for one attempt.
     async fn record_attempt(
         &self,
         attempt: &DeliveryAttempt,
         lease_token: &str,
         next: &NextStep,
         now: Timestamp,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let one = AttemptRecord {
+            attempt: attempt.clone(),
+            lease_token: lease_token.to_owned(),
+            next: next.clone(),
+        };
+        Ok(self
+            .record_attempts(&[one], now)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
     /// Fails every pending delivery of a prediction with `reason` (its endpoint answered 410 Gone). A
     /// delivery being attempted right now keeps its lease: its attempt is still recorded. Returns how
     /// many stopped.

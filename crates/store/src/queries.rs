@@ -366,14 +366,12 @@ macro_rules! impl_store {
                 <$store>::claim_deliveries(self, now, lease, limit).await
             }
 
-            async fn record_attempt(
+            async fn record_attempts(
                 &self,
-                attempt: &skygate_core::webhooks::DeliveryAttempt,
-                lease_token: &str,
-                next: &skygate_core::webhooks::NextStep,
+                batch: &[skygate_core::webhooks::AttemptRecord],
                 now: skygate_core::Timestamp,
-            ) -> $crate::Result<bool> {
-                <$store>::record_attempt(self, attempt, lease_token, next, now).await
+            ) -> $crate::Result<Vec<bool>> {
+                <$store>::record_attempts(self, batch, now).await
             }
 
             async fn stop_prediction_deliveries(

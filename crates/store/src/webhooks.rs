@@ -431,66 +431,84 @@ macro_rules! webhook_methods {
             Ok(out)
         }
 
-        async fn record_attempt(
+        async fn record_attempts(
             &self,
-            attempt: &skygate_core::webhooks::DeliveryAttempt,
-            lease_token: &str,
-            next: &skygate_core::webhooks::NextStep,
+            batch: &[skygate_core::webhooks::AttemptRecord],
             now: skygate_core::Timestamp,
-        ) -> $crate::Result<bool> {
+        ) -> $crate::Result<Vec<bool>> {
             use $crate::webhooks as w;
-            let owner: Option<(String, i64)> = sqlx::query_as(w::SELECT_LEASED_OWNER)
-                .bind(attempt.delivery.as_str())
-                .bind(lease_token)
-                .fetch_optional(&self.pool)
-                .await?;
-            let Some((account, shred)) = owner else {
-                return Ok(false);
-            };
-            let row = w::attempt_row(&attempt.delivery, attempt.number);
-            let response = attempt
-                .response
-                .as_deref()
-                .map(|b| {
-                    self.sealer
-                        .seal_bytes(("webhook_attempts", &row, "response"), &account, shred as u64, w::excerpt(b))
-                })
-                .transpose()?;
-            let (state, next_at, last_error) = w::after_attempt(attempt, next);
-            let mut tx = self.pool.begin().await?;
-            let done = sqlx::query(w::FINISH_ATTEMPT)
-                .bind(i64::from(attempt.number))
-                .bind(state.as_str())
-                .bind(next_at)
-                .bind(attempt.status.map(i64::from))
-                .bind(last_error)
-                .bind(now.as_micros())
-                .bind(attempt.delivery.as_str())
-                .bind(lease_token)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() != 1 {
-                return Ok(false);
-            }
-            sqlx::query(w::INSERT_ATTEMPT)
-                .bind(attempt.delivery.as_str())
-                .bind(i64::from(attempt.number))
-                .bind(&row)
-                .bind(attempt.at.as_micros())
-                .bind(attempt.duration_us)
-                .bind(attempt.status.map(i64::from))
-                .bind(attempt.error.as_deref())
-                .bind(attempt.next_attempt_at.map(skygate_core::Timestamp::as_micros))
-                .bind(response)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    $crate::rows::constraint(e, "webhook attempt number", || {
-                        format!("delivery {}", attempt.delivery)
+            // Sealing happens before the transaction: it may ask the key provider.
+            let mut rows = Vec::with_capacity(batch.len());
+            for r in batch {
+                let attempt = &r.attempt;
+                let owner: Option<(String, i64)> = sqlx::query_as(w::SELECT_LEASED_OWNER)
+                    .bind(attempt.delivery.as_str())
+                    .bind(&r.lease_token)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some((account, shred)) = owner else {
+                    rows.push(None);
+                    continue;
+                };
+                let row = w::attempt_row(&attempt.delivery, attempt.number);
+                let response = attempt
+                    .response
+                    .as_deref()
+                    .map(|b| {
+                        self.sealer.seal_bytes(
+                            ("webhook_attempts", &row, "response"),
+                            &account,
+                            shred as u64,
+                            w::excerpt(b),
+                        )
                     })
-                })?;
+                    .transpose()?;
+                rows.push(Some((row, response)));
+            }
+            let mut done = vec![false; batch.len()];
+            if rows.iter().all(Option::is_none) {
+                return Ok(done);
+            }
+            let mut tx = self.pool.begin().await?;
+            for (i, (r, sealed)) in batch.iter().zip(rows).enumerate() {
+                let Some((row, response)) = sealed else { continue };
+                let attempt = &r.attempt;
+                let (state, next_at, last_error) = w::after_attempt(attempt, &r.next);
+                let moved = sqlx::query(w::FINISH_ATTEMPT)
+                    .bind(i64::from(attempt.number))
+                    .bind(state.as_str())
+                    .bind(next_at)
+                    .bind(attempt.status.map(i64::from))
+                    .bind(last_error)
+                    .bind(now.as_micros())
+                    .bind(attempt.delivery.as_str())
+                    .bind(&r.lease_token)
+                    .execute(&mut *tx)
+                    .await?;
+                if moved.rows_affected() != 1 {
+                    continue;
+                }
+                sqlx::query(w::INSERT_ATTEMPT)
+                    .bind(attempt.delivery.as_str())
+                    .bind(i64::from(attempt.number))
+                    .bind(&row)
+                    .bind(attempt.at.as_micros())
+                    .bind(attempt.duration_us)
+                    .bind(attempt.status.map(i64::from))
+                    .bind(attempt.error.as_deref())
+                    .bind(attempt.next_attempt_at.map(skygate_core::Timestamp::as_micros))
+                    .bind(response)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        $crate::rows::constraint(e, "webhook attempt number", || {
+                            format!("delivery {}", attempt.delivery)
+                        })
+                    })?;
+                done[i] = true;
+            }
             tx.commit().await?;
-            Ok(true)
+            Ok(done)
         }
 
         async fn stop_prediction_deliveries(

@@ -14,12 +14,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use skygate_core::predictions::PredictionRecord;
 use skygate_core::webhooks::{
-    ClaimedDelivery, DeliveryAttempt, NextStep, WebhookEvent, MAX_RESPONSE_EXCERPT,
+    AttemptRecord, ClaimedDelivery, DeliveryAttempt, NextStep, WebhookEvent, MAX_RESPONSE_EXCERPT,
 };
 use skygate_core::Timestamp;
 use skygate_proto::PredictionStatus;
 use skygate_webhooks::{Attempt, Decision, Outcome};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,31 @@ const CLAIM_BATCH: usize = 256;
 /// Woken at once by outbox rows made on this node, else every `webhooks.poll_interval`. On stop it lets
 /// the attempts in flight finish (each is bounded by `webhooks.timeout`).
 pub async fn run(state: AppState, stop: CancellationToken) -> anyhow::Result<()> {
+    let concurrency = state.config().webhooks.concurrency as usize;
+    drain(state, concurrency, stop).await
+}
+
+/// [`run`] with `concurrency` slots instead of the configured number (benchmarks use it).
+///
+/// Attempts run concurrently; their results go to one recorder that writes whatever has finished in
+/// one transaction (group commit), and only then frees their slots.
+pub async fn drain(state: AppState, concurrency: usize, stop: CancellationToken) -> anyhow::Result<()> {
     let cfg = state.config().webhooks.clone();
-    let slots = Arc::new(Semaphore::new(cfg.concurrency as usize));
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let freed = Arc::new(Notify::new());
+    let (done_tx, mut done_rx) = mpsc::channel::<(Finished, OwnedSemaphorePermit)>(concurrency.max(1));
+    let recorder = {
+        let (state, freed) = (state.clone(), freed.clone());
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(CLAIM_BATCH);
+            while done_rx.recv_many(&mut buf, CLAIM_BATCH).await > 0 {
+                let (batch, permits): (Vec<Finished>, Vec<OwnedSemaphorePermit>) = buf.drain(..).unzip();
+                record(&state, batch, Timestamp::now()).await;
+                drop(permits);
+                freed.notify_one();
+            }
+        })
+    };
     let mut jobs: JoinSet<()> = JoinSet::new();
     loop {
         while jobs.try_join_next().is_some() {}
@@ -52,10 +75,10 @@ pub async fn run(state: AppState, stop: CancellationToken) -> anyhow::Result<()>
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             break;
                         };
-                        let state = state.clone();
+                        let (state, done) = (state.clone(), done_tx.clone());
                         jobs.spawn(async move {
-                            attempt(&state, c, Timestamp::now).await;
-                            drop(permit);
+                            let finished = attempt(&state, c, Timestamp::now).await;
+                            let _ = done.send((finished, permit)).await;
                         });
                     }
                 }
@@ -69,16 +92,18 @@ pub async fn run(state: AppState, stop: CancellationToken) -> anyhow::Result<()>
             () = stop.cancelled() => break,
             () = state.hub().deliveries().notified() => {}
             () = tokio::time::sleep(cfg.poll_interval) => {}
-            Some(_) = jobs.join_next(), if !jobs.is_empty() && slots.available_permits() == 0 => {}
+            () = freed.notified(), if slots.available_permits() == 0 => {}
         }
     }
     while jobs.join_next().await.is_some() {}
+    drop(done_tx);
+    recorder.await?;
     Ok(())
 }
 
-/// Claims the deliveries due at `now` (up to 256), sends them concurrently and
-/// returns how many were attempted. Retries are scheduled from `now`, so tests drive the schedule with a
-/// fake clock.
+/// Claims the deliveries due at `now` (up to 256), sends them concurrently, records them together and
+/// returns how many were attempted. Retries are scheduled from `now`, so tests drive the schedule with
+/// a fake clock.
 pub async fn dispatch_due(state: &AppState, now: Timestamp) -> anyhow::Result<usize> {
     let lease = state.config().webhooks.lease;
     let batch = state
@@ -91,13 +116,57 @@ pub async fn dispatch_due(state: &AppState, now: Timestamp) -> anyhow::Result<us
         let state = state.clone();
         jobs.spawn(async move { attempt(&state, c, move || now).await });
     }
-    while jobs.join_next().await.is_some() {}
+    let mut finished = Vec::with_capacity(n);
+    while let Some(f) = jobs.join_next().await {
+        finished.push(f?);
+    }
+    record(state, finished, now).await;
     Ok(n)
 }
 
-/// One attempt of one claimed delivery, recorded with its next step. Failures of the store are logged:
-/// the lease then runs out and the delivery is attempted again.
-async fn attempt(state: &AppState, c: ClaimedDelivery, now: impl Fn() -> Timestamp) {
+/// An attempt made, not yet written.
+struct Finished {
+    record: AttemptRecord,
+    claimed: ClaimedDelivery,
+}
+
+/// Writes finished attempts in one transaction, logs each, and stops the other deliveries of a
+/// prediction whose receiver answered 410 Gone. A failed write is logged: those leases then run out
+/// and the deliveries are attempted again.
+async fn record(state: &AppState, batch: Vec<Finished>, now: Timestamp) {
+    if batch.is_empty() {
+        return;
+    }
+    let records: Vec<AttemptRecord> = batch.iter().map(|f| f.record.clone()).collect();
+    let written = match state.store().record_attempts(&records, now).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(attempts = batch.len(), error = %e, "cannot record webhook attempts; they will be retried");
+            return;
+        }
+    };
+    for (f, ok) in batch.iter().zip(written) {
+        let d = &f.claimed.delivery;
+        if !ok {
+            tracing::info!(delivery = %d.id, "a webhook delivery's lease ran out during the attempt; another dispatcher has it");
+            continue;
+        }
+        log(&f.claimed, &f.record.attempt, &f.record.next);
+        if f.record.attempt.status == Some(410) {
+            let reason = "an earlier delivery to this webhook was answered 410 Gone";
+            if let Err(e) = state
+                .store()
+                .stop_prediction_deliveries(&d.prediction, reason, now)
+                .await
+            {
+                tracing::warn!(prediction = %d.prediction, error = %e, "cannot stop the deliveries after a 410");
+            }
+        }
+    }
+}
+
+/// One attempt of one claimed delivery, with its next step (written by [`record`]).
+async fn attempt(state: &AppState, c: ClaimedDelivery, now: impl Fn() -> Timestamp) -> Finished {
     let d = &c.delivery;
     let number = d.attempts.saturating_add(1);
     let started = now();
@@ -156,29 +225,13 @@ async fn attempt(state: &AppState, c: ClaimedDelivery, now: impl Fn() -> Timesta
         },
         response,
     };
-    let gone = result.status == Some(410);
-    match state
-        .store()
-        .record_attempt(&result, &c.lease_token, &next, now())
-        .await
-    {
-        Ok(true) => log(&c, &result, &next),
-        Ok(false) => {
-            tracing::info!(delivery = %d.id, "a webhook delivery's lease ran out during the attempt; another dispatcher has it")
-        }
-        Err(e) => {
-            tracing::warn!(delivery = %d.id, error = %e, "cannot record a webhook attempt; it will be retried")
-        }
-    }
-    if gone {
-        let reason = "an earlier delivery to this webhook was answered 410 Gone";
-        if let Err(e) = state
-            .store()
-            .stop_prediction_deliveries(&d.prediction, reason, now())
-            .await
-        {
-            tracing::warn!(prediction = %d.prediction, error = %e, "cannot stop the deliveries after a 410");
-        }
+    Finished {
+        record: AttemptRecord {
+            attempt: result,
+            lease_token: c.lease_token.clone(),
+            next,
+        },
+        claimed: c,
     }
 }
 
@@ -203,7 +256,7 @@ async fn prepare(state: &AppState, c: &ClaimedDelivery, now: Timestamp) -> anyho
         return Ok(deleted());
     };
     let body = Bytes::from(payload(state, &rec, d.event)?);
-    let secrets = super::project_secrets(state.store(), &d.project, now).await?;
+    let secrets = state.webhooks().secrets(state.store(), &d.project, now).await?;
     let mut headers = http::HeaderMap::new();
     skygate_webhooks::sign(&secrets, d.id.as_str(), now.as_unix_seconds(), &body).apply(&mut headers);
     Ok(Prepared::Send { url, headers, body })

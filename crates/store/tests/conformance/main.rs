@@ -177,6 +177,7 @@ conformance!(
     unknown_webhook_events_are_invalid,
     delivery_claims_are_exclusive_and_leases_expire,
     record_attempt_moves_deliveries_on,
+    a_batch_of_attempts_commits_together_and_skips_stale_leases,
     attempt_responses_are_sealed_and_cut,
     webhook_secrets_ensure_and_rotate,
     concurrent_secret_writers_agree,

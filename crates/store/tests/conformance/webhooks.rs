@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use skygate_core::predictions::{Claimed, Completion, NewPrediction, PredictionId, StoredOutput};
 use skygate_core::webhooks::{
-    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, DeliveryState, NextStep,
-    WebhookEvent, MAX_RESPONSE_EXCERPT,
+    AttemptRecord, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, DeliveryState,
+    NextStep, WebhookEvent, MAX_RESPONSE_EXCERPT,
 };
 use skygate_core::{ProjectId, SecretString, Timestamp};
 use skygate_crypto::{Aad, CryptoError};
@@ -1210,4 +1210,53 @@ pub async fn sensitive_webhook_workload(s: &DynStore, project: &ProjectId, i: u8
             .unwrap());
     }
     vec![secret, response]
+}
+
+/// `record_attempts` writes a whole batch in one transaction; an attempt whose lease is gone is
+/// skipped (false at its index) without holding up the others.
+pub async fn a_batch_of_attempts_commits_together_and_skips_stale_leases(db: Db) {
+    let s = db.migrated().await;
+    let a = tenant(&s, "a@example.com").await;
+    let mut ps = Vec::new();
+    for i in 0..3 {
+        ps.push(make(&s, hooked(&a.project, at(i), &[])).await);
+    }
+    let claims = s.claim_predictions(at(10), LEASE, 3).await.unwrap();
+    for p in &ps {
+        assert!(finish(&s, claimed(&claims, p), succeeded(), at(20)).await);
+    }
+    let got = s.claim_deliveries(at(30), LEASE, 10).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let batch: Vec<AttemptRecord> = got
+        .iter()
+        .enumerate()
+        .map(|(i, c)| AttemptRecord {
+            attempt: attempt(&c.delivery.id, 1, at(31), Some(200), None, Some(b"ok")),
+            // The middle one's lease is not ours.
+            lease_token: if i == 1 {
+                "stale".into()
+            } else {
+                c.lease_token.clone()
+            },
+            next: NextStep::Delivered,
+        })
+        .collect();
+    assert_eq!(
+        s.record_attempts(&batch, at(32)).await.unwrap(),
+        vec![true, false, true]
+    );
+    for (i, c) in got.iter().enumerate() {
+        let d = s.delivery(&c.delivery.id).await.unwrap().unwrap();
+        let logged = s.delivery_attempts(&c.delivery.id).await.unwrap();
+        if i == 1 {
+            assert_eq!(
+                (d.state, d.attempts, logged.len()),
+                (DeliveryState::Pending, 0, 0)
+            );
+        } else {
+            assert_eq!((d.state, d.attempts), (DeliveryState::Delivered, 1));
+            assert_eq!(logged, vec![batch[i].attempt.clone()]);
+        }
+    }
+    assert_eq!(s.record_attempts(&[], at(33)).await.unwrap(), Vec::<bool>::new());
 }
