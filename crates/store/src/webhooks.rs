@@ -437,15 +437,18 @@ macro_rules! webhook_methods {
             now: skygate_core::Timestamp,
         ) -> $crate::Result<Vec<bool>> {
             use $crate::webhooks as w;
-            // Sealing happens before the transaction: it may ask the key provider.
-            let mut rows = Vec::with_capacity(batch.len());
-            for r in batch {
-                let attempt = &r.attempt;
-                let owner: Option<(String, i64)> = sqlx::query_as(w::SELECT_LEASED_OWNER)
-                    .bind(attempt.delivery.as_str())
+            // Owners are looked up (concurrently) and responses sealed before the transaction: sealing
+            // may ask the key provider.
+            let owners = futures_util::future::try_join_all(batch.iter().map(|r| {
+                sqlx::query_as::<_, (String, i64)>(w::SELECT_LEASED_OWNER)
+                    .bind(r.attempt.delivery.as_str())
                     .bind(&r.lease_token)
                     .fetch_optional(&self.pool)
-                    .await?;
+            }))
+            .await?;
+            let mut rows = Vec::with_capacity(batch.len());
+            for (r, owner) in batch.iter().zip(owners) {
+                let attempt = &r.attempt;
                 let Some((account, shred)) = owner else {
                     rows.push(None);
                     continue;

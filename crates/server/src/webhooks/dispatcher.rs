@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// Most deliveries claimed by one query.
+/// Most deliveries claimed by one query, and most attempts written by one transaction.
 const CLAIM_BATCH: usize = 256;
+/// Batches of attempts written at once.
+const PARALLEL_WRITES: usize = 4;
 
 /// Runs until `stop`: claims due deliveries into free slots (`webhooks.concurrency`) and sends them.
 /// Woken at once by outbox rows made on this node, else every `webhooks.poll_interval`. On stop it lets
@@ -48,13 +50,23 @@ pub async fn drain(state: AppState, concurrency: usize, stop: CancellationToken)
     let recorder = {
         let (state, freed) = (state.clone(), freed.clone());
         tokio::spawn(async move {
+            // A few batches may be written at once (PostgreSQL commits them in parallel; SQLite has one
+            // writer anyway); a batch's slots are freed once it is written.
+            let mut writes = JoinSet::new();
             let mut buf = Vec::with_capacity(CLAIM_BATCH);
             while done_rx.recv_many(&mut buf, CLAIM_BATCH).await > 0 {
+                while writes.len() >= PARALLEL_WRITES {
+                    writes.join_next().await;
+                }
                 let (batch, permits): (Vec<Finished>, Vec<OwnedSemaphorePermit>) = buf.drain(..).unzip();
-                record(&state, batch, Timestamp::now()).await;
-                drop(permits);
-                freed.notify_one();
+                let (state, freed) = (state.clone(), freed.clone());
+                writes.spawn(async move {
+                    record(&state, batch, Timestamp::now()).await;
+                    drop(permits);
+                    freed.notify_one();
+                });
             }
+            while writes.join_next().await.is_some() {}
         })
     };
     let mut jobs: JoinSet<()> = JoinSet::new();
