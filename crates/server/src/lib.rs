@@ -17,6 +17,7 @@ pub mod predictions;
 pub mod state;
 pub mod tasks;
 pub mod tls;
+pub mod waf;
 pub mod webhooks;
 
 use std::net::SocketAddr;
