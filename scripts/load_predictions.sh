@@ -39,6 +39,8 @@ bench() { # label [database_url]
   mkdir -p "$data"
   if [[ $# -gt 1 ]]; then printf '[storage]\ndatabase_url = "%s"\n' "$2" >"$data/skygate.toml"; fi
   printf '[queue]\nworkers = 2\n' >>"$data/skygate.toml"
+  # Limits stay on (every create is checked) but high enough not to refuse the load.
+  printf '[limits.tiers.free]\nrequests_per_minute = 10000000\npredictions_per_minute = 1000000\n' >>"$data/skygate.toml"
   local acct proj key
   acct=$($bin --data-dir "$data" accounts create --email "load-$label-$$@example.com" 2>/dev/null | tail -1)
   proj=$($bin --data-dir "$data" projects create --account "$acct" --name load 2>/dev/null | tail -1)

@@ -105,7 +105,8 @@ def test_deliveries_verify_with_the_standard_webhooks_library(hooks):
             Webhook(OTHER).verify(body, headers)
         with pytest.raises(WebhookVerificationError):
             Webhook(s.secret).verify(body + b" ", headers)
-    assert statuses == {"processing", "succeeded"}
+    # The started event shows the prediction as it was when sent: starting or already processing.
+    assert len(statuses) == 2 and "succeeded" in statuses and statuses & {"starting", "processing"}
 
 
 def _verify(s: Skygate, secrets, body: bytes, headers: dict, tmp: Path):

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,21 +21,27 @@ async fn node(url: &str, prefix: &str) -> RedisLimiter {
 
 #[test]
 fn only_loopback_urls_are_used() {
-    assert!(common::is_loopback_url("redis://127.0.0.1:6379"));
-    assert!(common::is_loopback_url("redis://:pw@localhost:6379/2"));
-    assert!(common::is_loopback_url("redis://[::1]:6379"));
-    assert!(!common::is_loopback_url("redis://10.0.0.5:6379"));
-    assert!(!common::is_loopback_url("redis://cache.example.com:6379"));
-    assert!(!common::is_loopback_url("redis://user@203.0.113.9"));
+    assert!(skygate_testkit::redis::is_loopback_url("redis://127.0.0.1:6379"));
+    assert!(skygate_testkit::redis::is_loopback_url(
+        "redis://:pw@localhost:6379/2"
+    ));
+    assert!(skygate_testkit::redis::is_loopback_url("redis://[::1]:6379"));
+    assert!(!skygate_testkit::redis::is_loopback_url("redis://10.0.0.5:6379"));
+    assert!(!skygate_testkit::redis::is_loopback_url(
+        "redis://cache.example.com:6379"
+    ));
+    assert!(!skygate_testkit::redis::is_loopback_url(
+        "redis://user@203.0.113.9"
+    ));
 }
 
 #[tokio::test]
 async fn the_script_decides_as_the_core_gcra_does() {
     let test = "the_script_decides_as_the_core_gcra_does";
-    let Some(url) = common::redis_url(test) else {
+    let Some(url) = skygate_testkit::redis::redis_url(test) else {
         return;
     };
-    let limiter = node(&url, &common::unique_prefix(test)).await;
+    let limiter = node(&url, &skygate_testkit::redis::unique_prefix(test)).await;
     // One per 12 minutes: the few milliseconds between calls cannot change a count.
     let q = Quota {
         limit: 5,
@@ -71,10 +75,10 @@ async fn the_script_decides_as_the_core_gcra_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sharing_redis_enforce_one_limit() {
     let test = "two_nodes_sharing_redis_enforce_one_limit";
-    let Some(url) = common::redis_url(test) else {
+    let Some(url) = skygate_testkit::redis::redis_url(test) else {
         return;
     };
-    let prefix = common::unique_prefix(test);
+    let prefix = skygate_testkit::redis::unique_prefix(test);
     let nodes = [
         Arc::new(node(&url, &prefix).await),
         Arc::new(node(&url, &prefix).await),
@@ -121,10 +125,10 @@ async fn two_nodes_sharing_redis_enforce_one_limit() {
 #[tokio::test]
 async fn a_denied_second_limit_leaves_the_first_unconsumed() {
     let test = "redis_a_denied_second_limit_leaves_the_first_unconsumed";
-    let Some(url) = common::redis_url(test) else {
+    let Some(url) = skygate_testkit::redis::redis_url(test) else {
         return;
     };
-    let limiter = node(&url, &common::unique_prefix(test)).await;
+    let limiter = node(&url, &skygate_testkit::redis::unique_prefix(test)).await;
     let hour = Duration::from_secs(3_600);
     let key = Limit::new(
         "requests",
@@ -160,10 +164,10 @@ async fn a_denied_second_limit_leaves_the_first_unconsumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_or_nothing_holds_across_nodes_under_contention() {
     let test = "all_or_nothing_holds_across_nodes_under_contention";
-    let Some(url) = common::redis_url(test) else {
+    let Some(url) = skygate_testkit::redis::redis_url(test) else {
         return;
     };
-    let prefix = common::unique_prefix(test);
+    let prefix = skygate_testkit::redis::unique_prefix(test);
     let hour = Duration::from_secs(3_600);
     let key = Quota {
         limit: 1_000,
@@ -211,10 +215,10 @@ async fn all_or_nothing_holds_across_nodes_under_contention() {
 #[tokio::test]
 async fn buckets_vanish_once_replenished() {
     let test = "buckets_vanish_once_replenished";
-    let Some(url) = common::redis_url(test) else {
+    let Some(url) = skygate_testkit::redis::redis_url(test) else {
         return;
     };
-    let prefix = common::unique_prefix(test);
+    let prefix = skygate_testkit::redis::unique_prefix(test);
     let limiter = node(&url, &prefix).await;
     let q = Quota {
         limit: 2,

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use skygate_limits::{
@@ -19,11 +17,11 @@ const BOUND: Duration = Duration::from_millis(200);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_fails_fast_by_policy_and_recovers() {
     let test = "a_killed_redis_fails_fast_by_policy_and_recovers";
-    let Some(mut server) = common::ThrowawayRedis::start(test) else {
+    let Some(mut server) = skygate_testkit::redis::ThrowawayRedis::start(test) else {
         return;
     };
     let mut config = RedisConfig::new(server.url());
-    config.prefix = common::unique_prefix(test);
+    config.prefix = skygate_testkit::redis::unique_prefix(test);
     config.timeout = Duration::from_millis(50);
     let limiter = RedisLimiter::connect(config).await.unwrap();
     let limits = [Limit::new(

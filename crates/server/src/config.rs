@@ -30,7 +30,124 @@ pub struct Config {
     pub outputs: OutputsConfig,
     pub queue: QueueConfig,
     pub webhooks: WebhooksConfig,
+    pub limits: LimitsConfig,
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[limits]`: rate limits by account tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Rate limits on (default). Off only where something in front enforces them.
+    pub enabled: bool,
+    /// Share the limits between nodes through this Redis (`redis://…`); unset: in-process.
+    pub redis_url: Option<String>,
+    /// How long a Redis check may take before the failure policy decides.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// When Redis cannot answer: refuse prediction creates (`closed`) or let them through (`open`).
+    pub on_failure_create: FailureMode,
+    /// The same for every other request.
+    pub on_failure_read: FailureMode,
+    /// `[limits.tiers.<free|pro|business|enterprise>]`.
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+/// What a limit check does when its backend cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    Open,
+    Closed,
+}
+
+/// The limits of one tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    /// Requests per minute per API key, across every endpoint.
+    pub requests_per_minute: u32,
+    /// Prediction creates per minute per account and model.
+    pub predictions_per_minute: u32,
+    /// Predictions running at once per account (reserved: not enforced yet).
+    pub concurrent_predictions: u32,
+    /// Prediction creates per day per account (unset: no daily quota).
+    #[serde(default)]
+    pub daily_predictions: Option<u32>,
+}
+
+impl TierLimits {
+    fn defaults(t: skygate_core::Tier) -> TierLimits {
+        let (requests, predictions, concurrent) = match t {
+            skygate_core::Tier::Free => (600, 25, 5),
+            skygate_core::Tier::Pro => (1200, 50, 10),
+            skygate_core::Tier::Business => (3000, 150, 25),
+            skygate_core::Tier::Enterprise => (12000, 600, 100),
+        };
+        TierLimits {
+            requests_per_minute: requests,
+            predictions_per_minute: predictions,
+            concurrent_predictions: concurrent,
+            daily_predictions: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            enabled: true,
+            redis_url: None,
+            redis_timeout: Duration::from_millis(50),
+            on_failure_create: FailureMode::Closed,
+            on_failure_read: FailureMode::Open,
+            tiers: skygate_core::Tier::ALL
+                .iter()
+                .map(|t| (t.as_str().to_owned(), TierLimits::defaults(*t)))
+                .collect(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits of a tier (its defaults if the table is missing).
+    pub fn tier(&self, t: skygate_core::Tier) -> TierLimits {
+        self.tiers
+            .get(t.as_str())
+            .cloned()
+            .unwrap_or_else(|| TierLimits::defaults(t))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(u) = &self.redis_url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err("limits.redis_url must start with redis:// or rediss://".into());
+            }
+        }
+        if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(5) {
+            return Err("limits.redis_timeout must be between 1ms and 5s".into());
+        }
+        for (name, t) in &self.tiers {
+            if name.parse::<skygate_core::Tier>().is_err() {
+                return Err(format!(
+                    "limits.tiers.{name}: unknown tier (expected free, pro, business or enterprise)"
+                ));
+            }
+            for (key, v, max) in [
+                ("requests_per_minute", t.requests_per_minute, 10_000_000),
+                ("predictions_per_minute", t.predictions_per_minute, 1_000_000),
+                ("concurrent_predictions", t.concurrent_predictions, 100_000),
+                ("daily_predictions", t.daily_predictions.unwrap_or(1), 100_000_000),
+            ] {
+                if v == 0 || v > max {
+                    return Err(format!(
+                        "limits.tiers.{name}.{key} must be between 1 and {max}, got {v}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[webhooks]`: how prediction webhooks are checked, signed and delivered.
@@ -296,6 +413,7 @@ impl Default for Config {
             outputs: OutputsConfig::default(),
             queue: QueueConfig::default(),
             webhooks: WebhooksConfig::default(),
+            limits: LimitsConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -545,6 +663,7 @@ impl Config {
             }
         }
         self.webhooks.validate().map_err(ConfigError)?;
+        self.limits.validate().map_err(ConfigError)?;
         let k = &self.keyring;
         match k.provider.as_str() {
             "local" => {}

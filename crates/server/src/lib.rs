@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod keyring;
+pub mod limits;
 pub mod listener;
 pub mod middleware;
 pub mod predictions;
@@ -186,6 +187,7 @@ impl Server {
             models,
             signer,
             webhooks,
+            limits: Arc::new(limits::RateLimits::new(&config.limits).await?),
             public_url,
         })?;
         Ok(Server {

@@ -240,6 +240,8 @@ pub enum FastAnswer {
     /// `200 OK`, `Content-Type: application/json`, this body: the edge headers come from a prebuilt
     /// map (one clone, no per-header hashing).
     Json(Bytes),
+    /// The same with the rate-limit headers of an authenticated answer.
+    JsonRated(Bytes, crate::limits::RateInfo),
     /// Any other response; finished like a routed one.
     Response(Response),
 }
@@ -325,6 +327,14 @@ impl<F: FastRoute> Service<Request> for Front<F> {
                 Some(FastAnswer::Json(body)) => {
                     let mut headers = me.json_headers.clone();
                     headers.insert(X_REQUEST_ID.clone(), id);
+                    let mut res = Response::new(Body::from(body));
+                    *res.headers_mut() = headers;
+                    res
+                }
+                Some(FastAnswer::JsonRated(body, rate)) => {
+                    let mut headers = me.json_headers.clone();
+                    headers.insert(X_REQUEST_ID.clone(), id);
+                    rate.apply(&mut headers);
                     let mut res = Response::new(Body::from(body));
                     *res.headers_mut() = headers;
                     res

@@ -10,6 +10,7 @@ use skygate_store::DynStore;
 use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::limits::RateLimits;
 use crate::predictions::{Hub, OutputSigner, Validators};
 use crate::webhooks::Webhooks;
 
@@ -27,6 +28,7 @@ struct Inner {
     signer: OutputSigner,
     hub: Hub,
     webhooks: Webhooks,
+    limits: Arc<RateLimits>,
     public_url: String,
 }
 
@@ -39,6 +41,7 @@ pub struct StateParts {
     pub models: ModelRegistry,
     pub signer: OutputSigner,
     pub webhooks: Webhooks,
+    pub limits: Arc<RateLimits>,
     /// Base for absolute URLs in responses, no trailing slash.
     pub public_url: String,
 }
@@ -53,6 +56,7 @@ impl AppState {
             models,
             signer,
             webhooks,
+            limits,
             public_url,
         } = parts;
         let catalog = ModelCatalog::new(&models)?;
@@ -68,6 +72,7 @@ impl AppState {
             signer,
             hub: Hub::default(),
             webhooks,
+            limits,
             public_url,
         })))
     }
@@ -85,6 +90,11 @@ impl AppState {
     /// This node's change feed for predictions.
     pub fn hub(&self) -> &Hub {
         &self.0.hub
+    }
+
+    /// Rate limits by tier.
+    pub fn limits(&self) -> &RateLimits {
+        &self.0.limits
     }
 
     /// Webhook checks, client and schedule.

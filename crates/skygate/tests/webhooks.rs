@@ -15,10 +15,12 @@ use skygate_testkit::receiver::{Received, Receiver, Reply};
 mod common;
 use common::{bin, ok, setup_project, Api};
 
+/// Local receivers, short leases, and limits high enough for a thousand creates a minute.
 fn hooks(extra: &str) -> String {
     format!(
-        "[queue]\nworkers = 4\n[webhooks]\nallow_insecure_http = true\nallow_private_networks = true\n\
-         timeout = \"2s\"\nlease = \"3s\"\npoll_interval = \"200ms\"\n{extra}"
+        "[queue]\nworkers = 4\n[limits.tiers.free]\nrequests_per_minute = 100000\n\
+         predictions_per_minute = 100000\n[webhooks]\nallow_insecure_http = true\n\
+         allow_private_networks = true\ntimeout = \"2s\"\nlease = \"3s\"\npoll_interval = \"200ms\"\n{extra}"
     )
 }
 

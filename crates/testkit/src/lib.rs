@@ -9,6 +9,7 @@ pub mod moto;
 pub mod net;
 pub mod pg;
 pub mod receiver;
+pub mod redis;
 pub mod tlsclient;
 
 use std::net::SocketAddr;

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz)))
     .fallback(middleware::not_found)
+    .layer(axum::middleware::from_fn(crate::limits::rate_headers))
     .with_state(state.clone());
     let edge = EdgeLayer::new(body_limit, request_timeout);
     let routed = with_edge(routes, body_limit, &edge);

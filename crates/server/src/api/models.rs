@@ -169,9 +169,24 @@ pub(super) fn list_cached(state: &AppState, headers: &HeaderMap) -> Option<FastA
         CacheLookup::Decided(Err(e)) => return Some(FastAnswer::Response(e.into_response())),
         CacheLookup::Miss { .. } => return None,
     };
+    // With Redis the limit check awaits: the routed path does it.
+    let (rate, verdict) = state.limits().check_request_now(&auth)?;
+    let refused = |e: ApiError| {
+        let mut res = e.into_response();
+        if let Some(rate) = rate {
+            rate.apply(res.headers_mut());
+        }
+        FastAnswer::Response(res)
+    };
+    if let Err(e) = verdict {
+        return Some(refused(e));
+    }
     Some(match state.catalog().list(auth.mode(), Fields::default()) {
-        Some(body) => FastAnswer::Json(body.clone()),
-        None => FastAnswer::Response(ApiError::model_not_found("").into_response()),
+        Some(body) => match rate {
+            Some(rate) => FastAnswer::JsonRated(body.clone(), rate),
+            None => FastAnswer::Json(body.clone()),
+        },
+        None => refused(ApiError::model_not_found("")),
     })
 }
 

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::stream::Stream;
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,9 +23,10 @@ use skygate_proto::{CreatePrediction, ErrorId, Pagination, Prediction, Predictio
 use skygate_store::CancelOutcome;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::auth::ApiKeyAuth;
+use crate::auth::{ApiKeyAuth, CreateAuth};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::limits::RateSlot;
 use crate::predictions::worker::destroy_data;
 use crate::state::AppState;
 
@@ -136,9 +137,22 @@ fn validate_create<'a>(
 /// `POST /v1/predictions`, `POST /v1/predict`.
 pub async fn create(
     State(state): State<AppState>,
-    auth: ApiKeyAuth,
+    CreateAuth(auth): CreateAuth,
+    slot: Option<Extension<RateSlot>>,
     ApiJson(body): ApiJson<CreatePrediction>,
 ) -> Result<Response, ApiError> {
+    // The request limit and the create limits of this model, in one all-or-nothing check.
+    let model = body
+        .model
+        .as_ref()
+        .and_then(Value::as_str)
+        .filter(|m| state.models().get(m).is_some())
+        .unwrap_or("-");
+    let (info, verdict) = state.limits().check_create(&auth, model).await;
+    if let (Some(Extension(slot)), Some(info)) = (slot, info) {
+        slot.set(info);
+    }
+    verdict?;
     let (spec, input) = validate_create(&state, &auth, &body)?;
     if let Some(w) = &body.webhook {
         state

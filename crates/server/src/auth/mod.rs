@@ -57,10 +57,27 @@ impl ApiKeyAuth {
 impl FromRequestParts<AppState> for ApiKeyAuth {
     type Rejection = ApiError;
 
+    /// Authenticates, then applies the key's request limit (creates use [`CreateAuth`] instead).
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let auth = CreateAuth::from_request_parts(parts, state).await?.0;
+        let checked = state.limits().check_request(&auth).await;
+        crate::limits::RateSlot::record(&parts.extensions, checked)?;
+        Ok(auth)
+    }
+}
+
+/// An authenticated prediction create: the limits are applied by the handler once the model is known
+/// ([`crate::limits::RateLimits::check_create`] checks the request limit and the create limits in one
+/// all-or-nothing call).
+pub struct CreateAuth(pub ApiKeyAuth);
+
+impl FromRequestParts<AppState> for CreateAuth {
+    type Rejection = ApiError;
+
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let now = Timestamp::now();
         let presented = presented_credential(&parts.headers);
-        state.auth().authenticate(presented, now).await
+        state.auth().authenticate(presented, now).await.map(CreateAuth)
     }
 }
 

@@ -1,0 +1,273 @@
+//! Rate limits by account tier, on every authenticated request: a per-key request limit, and on
+//! prediction creates, in the same all-or-nothing check, a per-account-and-model create limit and an
+//! optional daily quota. The limiter is in-process, or shared by every node through Redis
+//! (`[limits] redis_url`); when Redis does not answer in time the failure policy decides (closed for
+//! creates, open for reads, by default).
+//!
+//! The decision travels to the response through a [`RateSlot`] that [`rate_headers`] puts in the request
+//! and reads back, so every authenticated answer (429s included) carries the `x-skytells-ratelimit-*`
+//! headers.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use skygate_core::ratelimit::Quota;
+use skygate_core::Tier;
+use skygate_limits::{check_with_policy, Decision, FailurePolicy, InProcessLimiter, Limit, Limiter};
+use skygate_proto::ErrorId;
+
+use crate::auth::ApiKeyAuth;
+use crate::config::{FailureMode, LimitsConfig, TierLimits};
+use crate::error::ApiError;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-skytells-ratelimit-limit-requests");
+static REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-skytells-ratelimit-remaining-requests");
+static RESET_REQUESTS: HeaderName = HeaderName::from_static("x-skytells-ratelimit-reset-requests");
+static WINDOW: HeaderName = HeaderName::from_static("x-skytells-ratelimit-window");
+
+/// The limiter and the tiers' quotas.
+pub struct RateLimits {
+    /// `limits.enabled`: off, nothing is checked and no rate headers are sent.
+    enabled: bool,
+    limiter: Arc<dyn Limiter>,
+    /// The same limiter when it is the in-process one: the fast path checks it without awaiting.
+    local: Option<Arc<InProcessLimiter>>,
+    tiers: [TierLimits; 4],
+    on_failure_create: FailurePolicy,
+    on_failure_read: FailurePolicy,
+}
+
+/// What the headers of one answer say about the per-key request limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds until the limit is full again.
+    pub reset_secs: u64,
+}
+
+impl RateInfo {
+    pub fn apply(&self, h: &mut HeaderMap) {
+        h.insert(LIMIT_REQUESTS.clone(), HeaderValue::from(self.limit));
+        h.insert(REMAINING_REQUESTS.clone(), HeaderValue::from(self.remaining));
+        h.insert(RESET_REQUESTS.clone(), HeaderValue::from(self.reset_secs));
+        h.insert(WINDOW.clone(), HeaderValue::from_static("60"));
+    }
+}
+
+/// A check's outcome: the headers' numbers (none when limits are off) and the verdict.
+pub type Checked = (Option<RateInfo>, Result<(), ApiError>);
+
+/// Where the extractor leaves the decision for [`rate_headers`].
+#[derive(Clone, Default)]
+pub struct RateSlot(Arc<OnceLock<RateInfo>>);
+
+impl RateSlot {
+    pub fn set(&self, info: RateInfo) {
+        let _ = self.0.set(info);
+    }
+
+    /// Leaves the headers' numbers in the request's slot (if it has one) and passes the verdict on.
+    pub fn record(extensions: &axum::http::Extensions, (info, verdict): Checked) -> Result<(), ApiError> {
+        if let (Some(slot), Some(info)) = (extensions.get::<RateSlot>(), info) {
+            slot.set(info);
+        }
+        verdict
+    }
+}
+
+/// Middleware: gives the request a [`RateSlot`] and copies what was put in it into the response.
+pub async fn rate_headers(mut req: Request, next: Next) -> Response {
+    let slot = RateSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut res = next.run(req).await;
+    if let Some(info) = slot.0.get() {
+        info.apply(res.headers_mut());
+    }
+    res
+}
+
+fn policy(mode: FailureMode) -> FailurePolicy {
+    match mode {
+        FailureMode::Closed => FailurePolicy::Closed,
+        FailureMode::Open => FailurePolicy::Open,
+    }
+}
+
+impl RateLimits {
+    /// The in-process limiter, or Redis when `redis_url` is set (reached at start, or start fails).
+    pub async fn new(config: &LimitsConfig) -> anyhow::Result<Self> {
+        match &config.redis_url {
+            None => Ok(Self::in_process(config)),
+            Some(url) => {
+                let mut rc = skygate_limits::RedisConfig::new(url.clone());
+                rc.timeout = config.redis_timeout;
+                let redis = skygate_limits::RedisLimiter::connect(rc)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("limits.redis_url: {e}"))?;
+                Ok(Self::build(config, Arc::new(redis), None))
+            }
+        }
+    }
+
+    /// In-process limits (one node).
+    pub fn in_process(config: &LimitsConfig) -> Self {
+        let local = Arc::new(InProcessLimiter::new());
+        Self::build(config, local.clone(), Some(local))
+    }
+
+    fn build(config: &LimitsConfig, limiter: Arc<dyn Limiter>, local: Option<Arc<InProcessLimiter>>) -> Self {
+        RateLimits {
+            enabled: config.enabled,
+            limiter,
+            local,
+            tiers: Tier::ALL.map(|t| config.tier(t)),
+            on_failure_create: policy(config.on_failure_create),
+            on_failure_read: policy(config.on_failure_read),
+        }
+    }
+
+    fn tier(&self, t: Tier) -> &TierLimits {
+        let i = Tier::ALL.iter().position(|x| *x == t).unwrap_or(0);
+        &self.tiers[i.min(3)]
+    }
+
+    fn requests(&self, auth: &ApiKeyAuth) -> Quota {
+        Quota {
+            limit: self.tier(auth.tier()).requests_per_minute,
+            window: MINUTE,
+        }
+    }
+
+    /// Every authenticated request but creates: the per-key request limit.
+    pub async fn check_request(&self, auth: &ApiKeyAuth) -> Checked {
+        if !self.enabled {
+            return (None, Ok(()));
+        }
+        let key = format!("k:{}", auth.key_id());
+        let requests = self.requests(auth);
+        let limits = [Limit::new("requests", &key, requests)];
+        let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_read).await;
+        decide(&d, auth.tier(), requests, &limits)
+    }
+
+    /// [`RateLimits::check_request`] without awaiting, when the limiter is in-process (`None` with
+    /// Redis: take the routed path).
+    pub fn check_request_now(&self, auth: &ApiKeyAuth) -> Option<Checked> {
+        if !self.enabled {
+            return Some((None, Ok(())));
+        }
+        let local = self.local.as_ref()?;
+        let key = format!("k:{}", auth.key_id());
+        let requests = self.requests(auth);
+        let limits = [Limit::new("requests", &key, requests)];
+        Some(decide(
+            &local.check_sync(&limits, 1),
+            auth.tier(),
+            requests,
+            &limits,
+        ))
+    }
+
+    /// A prediction create: the key's request limit, the account's create limit for this model and the
+    /// account's daily quota, all or nothing.
+    pub async fn check_create(&self, auth: &ApiKeyAuth, model: &str) -> Checked {
+        if !self.enabled {
+            return (None, Ok(()));
+        }
+        let t = self.tier(auth.tier());
+        let (key, creates, daily) = (
+            format!("k:{}", auth.key_id()),
+            format!("c:{}:{model}", auth.account()),
+            format!("d:{}", auth.account()),
+        );
+        let requests = self.requests(auth);
+        let mut limits = vec![
+            Limit::new("requests", &key, requests),
+            Limit::new(
+                "predictions",
+                &creates,
+                Quota {
+                    limit: t.predictions_per_minute,
+                    window: MINUTE,
+                },
+            ),
+        ];
+        if let Some(q) = t.daily_predictions {
+            limits.push(Limit::new(
+                "daily_predictions",
+                &daily,
+                Quota {
+                    limit: q,
+                    window: DAY,
+                },
+            ));
+        }
+        let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_create).await;
+        decide(&d, auth.tier(), requests, &limits)
+    }
+
+    /// Limiter calls that failed (Redis unreachable or slow).
+    pub fn failures(&self) -> u64 {
+        self.limiter.failures()
+    }
+}
+
+/// The headers' numbers from a decision, and the 429 naming what tripped.
+fn decide(d: &Decision, tier: Tier, requests: Quota, limits: &[Limit<'_>]) -> Checked {
+    let info = match d.headline() {
+        Some(v) => RateInfo {
+            limit: requests.limit,
+            remaining: v.remaining,
+            reset_secs: u64::try_from(v.reset_us.max(0)).unwrap_or(0).div_ceil(1_000_000),
+        },
+        None => RateInfo {
+            limit: requests.limit,
+            remaining: 0,
+            reset_secs: 1,
+        },
+    };
+    if d.allowed {
+        return (Some(info), Ok(()));
+    }
+    let Some(tripped) = d.tripped().filter(|_| d.fallback.is_none()) else {
+        // The failure policy refused: the limiter could not be asked.
+        let mut e = ApiError::new(
+            ErrorId::RateLimitExceeded,
+            "Rate limit exceeded",
+            "the rate limiter is unavailable; retry shortly",
+        );
+        e.retry_after = Some(1);
+        return (Some(info), Err(e));
+    };
+    let quota = limits
+        .iter()
+        .find(|l| l.name == tripped.name)
+        .map(|l| l.quota)
+        .unwrap_or(requests);
+    let per = if quota.window == DAY { "day" } else { "minute" };
+    let scope = match tripped.name {
+        "requests" => "per API key",
+        "predictions" => "per account and model",
+        _ => "per account",
+    };
+    let mut e = ApiError::new(
+        ErrorId::RateLimitExceeded,
+        "Rate limit exceeded",
+        format!(
+            "{}: {} per {per} {scope} (tier {tier}); retry after {} s",
+            tripped.name,
+            quota.limit,
+            tripped.retry_after_secs()
+        ),
+    );
+    e.retry_after = Some(tripped.retry_after_secs().max(1));
+    (Some(info), Err(e))
+}
