@@ -31,6 +31,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub webhooks: WebhooksConfig,
     pub limits: LimitsConfig,
+    pub waf: crate::waf::WafConfig,
     pub models: BTreeMap<String, ModelConfig>,
 }
 
@@ -346,6 +347,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Open connections accepted at once; further ones wait in the kernel backlog.
     pub max_connections: usize,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -414,6 +417,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             webhooks: WebhooksConfig::default(),
             limits: LimitsConfig::default(),
+            waf: crate::waf::WafConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -434,6 +438,7 @@ impl Default for ServerConfig {
             await_timeout: Duration::from_secs(55),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -664,6 +669,8 @@ impl Config {
         }
         self.webhooks.validate().map_err(ConfigError)?;
         self.limits.validate().map_err(ConfigError)?;
+        crate::screen::parse_proxies(&self.server.trusted_proxies).map_err(ConfigError)?;
+        crate::waf::Waf::new(&self.waf).map_err(ConfigError)?;
         let k = &self.keyring;
         match k.provider.as_str() {
             "local" => {}

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listener;
 pub mod middleware;
 pub mod predictions;
+pub mod screen;
 pub mod state;
 pub mod tasks;
 pub mod tls;
@@ -188,6 +189,9 @@ impl Server {
             signer,
             webhooks,
             limits: Arc::new(limits::RateLimits::new(&config.limits).await?),
+            waf: Arc::new(waf::Waf::new(&config.waf).map_err(anyhow::Error::msg)?),
+            trusted_proxies: screen::parse_proxies(&config.server.trusted_proxies)
+                .map_err(anyhow::Error::msg)?,
             public_url,
         })?;
         Ok(Server {
@@ -296,6 +300,18 @@ impl Server {
             let runner: Arc<dyn skygate_runtime::Runner> = Arc::new(skygate_runtime::BuiltinRunner);
             tasks.spawn("queue", predictions::worker::run_queue(state, runner, stop));
         }
+        tasks.spawn("waf-summary", {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            async move {
+                tasks::every(WAF_SUMMARY, stop, "waf-summary", || {
+                    let state = state.clone();
+                    async move { screen::audit_summary(&state).await.map(|_| ()) }
+                })
+                .await;
+                // What the last period saw is written on the way out too.
+                screen::audit_summary(&state).await.map(|_| ())
+            }
+        });
         if self.config.webhooks.concurrency > 0 {
             let (state, stop) = (self.state.clone(), stop.clone());
             tasks.spawn("webhook-dispatcher", webhooks::dispatcher::run(state, stop));
@@ -399,6 +415,8 @@ impl Server {
     }
 }
 
+/// How often WAF blocks are summarised into the audit chain.
+const WAF_SUMMARY: Duration = Duration::from_secs(60);
 /// How often the key provider is re-read for versions made elsewhere.
 const KEYRING_REFRESH: Duration = Duration::from_secs(1);
 /// How often the rotation period is checked.

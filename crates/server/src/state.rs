@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::limits::RateLimits;
 use crate::predictions::{Hub, OutputSigner, Validators};
+use crate::waf::Waf;
 use crate::webhooks::Webhooks;
 
 #[derive(Clone)]
@@ -29,6 +30,8 @@ struct Inner {
     hub: Hub,
     webhooks: Webhooks,
     limits: Arc<RateLimits>,
+    waf: Arc<Waf>,
+    trusted_proxies: Vec<ipnet::IpNet>,
     public_url: String,
 }
 
@@ -42,6 +45,8 @@ pub struct StateParts {
     pub signer: OutputSigner,
     pub webhooks: Webhooks,
     pub limits: Arc<RateLimits>,
+    pub waf: Arc<Waf>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Base for absolute URLs in responses, no trailing slash.
     pub public_url: String,
 }
@@ -57,6 +62,8 @@ impl AppState {
             signer,
             webhooks,
             limits,
+            waf,
+            trusted_proxies,
             public_url,
         } = parts;
         let catalog = ModelCatalog::new(&models)?;
@@ -73,6 +80,8 @@ impl AppState {
             hub: Hub::default(),
             webhooks,
             limits,
+            waf,
+            trusted_proxies,
             public_url,
         })))
     }
@@ -90,6 +99,16 @@ impl AppState {
     /// This node's change feed for predictions.
     pub fn hub(&self) -> &Hub {
         &self.0.hub
+    }
+
+    /// The WAF rules.
+    pub fn waf(&self) -> &Waf {
+        &self.0.waf
+    }
+
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.0.trusted_proxies
     }
 
     /// Rate limits by tier.

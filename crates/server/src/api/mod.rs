@@ -58,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz)))
     .fallback(middleware::not_found)
     .layer(axum::middleware::from_fn(crate::limits::rate_headers))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::screen::screen,
+    ))
     .with_state(state.clone());
     let edge = EdgeLayer::new(body_limit, request_timeout);
     let routed = with_edge(routes, body_limit, &edge);
@@ -96,7 +100,14 @@ impl Hot {
 
 impl FastRoute for Hot {
     fn answer(&self, req: &Request) -> Option<FastAnswer> {
-        match req.uri().path() {
+        let path = req.uri().path();
+        if path != "/v1/models" && path != "/healthz" {
+            return None;
+        }
+        if let Some(refused) = crate::screen::screen_head(&self.state, req) {
+            return Some(FastAnswer::Response(refused));
+        }
+        match path {
             // `list` reads the query; only the plain form is answered here.
             "/v1/models" if req.uri().query().is_none() => models::list_cached(&self.state, req.headers()),
             // `healthz` reads nothing from the request.
