@@ -30,6 +30,9 @@ wait_url() { # file -> url
 }
 SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/sg.out" 2>"$tmp/sg.err" &
 sg=$(wait_url "$tmp/sg.out")
+# The same server with rate limits off, for the limits on/off ratio.
+SKYGATE_LIMITS__ENABLED=false SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/off.out" 2>"$tmp/off.err" &
+off=$(wait_url "$tmp/off.out")
 "$target_dir/release/examples/bare_tls" "$data" >"$tmp/bare.out" 2>&1 &
 bare=$(wait_url "$tmp/bare.out")
 # The same-bytes baseline answers with skygate's own /v1/models body and headers.
@@ -49,12 +52,13 @@ run() { # name url [header]
 # Warm up, then measure each twice, interleaved, and keep the best of each.
 for u in "$bare/" "$same/"; do wrk -t1 -c"$conns" -d2s "$u" >/dev/null; done
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
-b1=$(run "bare hello" "$bare/"); m1=$(run "bare same-bytes" "$same/"); s1=$(run skygate "$sg/v1/models" "x-api-key: $key")
-b2=$(run "bare hello" "$bare/"); m2=$(run "bare same-bytes" "$same/"); s2=$(run skygate "$sg/v1/models" "x-api-key: $key")
-python3 - "$b1" "$b2" "$m1" "$m2" "$s1" "$s2" <<'PY'
+wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$off/v1/models" >/dev/null
+b1=$(run "bare hello" "$bare/"); m1=$(run "bare same-bytes" "$same/"); s1=$(run skygate "$sg/v1/models" "x-api-key: $key"); o1=$(run "skygate, limits off" "$off/v1/models" "x-api-key: $key")
+b2=$(run "bare hello" "$bare/"); m2=$(run "bare same-bytes" "$same/"); s2=$(run skygate "$sg/v1/models" "x-api-key: $key"); o2=$(run "skygate, limits off" "$off/v1/models" "x-api-key: $key")
+python3 - "$b1" "$b2" "$m1" "$m2" "$s1" "$s2" "$o1" "$o2" <<'PY'
 import sys
-b1, b2, m1, m2, s1, s2 = map(float, sys.argv[1:])
-b, m, s = max(b1, b2), max(m1, m2), max(s1, s2)
-print(f"bare hello: {b:.0f} req/s; bare same-bytes: {m:.0f} req/s; skygate GET /v1/models: {s:.0f} req/s")
-print(f"ratio vs bare hello: {s / b:.2f}; ratio vs bare same-bytes: {s / m:.2f}")
+b1, b2, m1, m2, s1, s2, o1, o2 = map(float, sys.argv[1:])
+b, m, s, o = max(b1, b2), max(m1, m2), max(s1, s2), max(o1, o2)
+print(f"bare hello: {b:.0f} req/s; bare same-bytes: {m:.0f} req/s; skygate GET /v1/models: {s:.0f} req/s (limits off: {o:.0f})")
+print(f"ratio vs bare hello: {s / b:.2f}; ratio vs bare same-bytes: {s / m:.2f}; limits on vs off: {s / o:.2f}")
 PY

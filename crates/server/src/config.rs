@@ -50,6 +50,9 @@ pub struct LimitsConfig {
     pub on_failure_create: FailureMode,
     /// The same for every other request.
     pub on_failure_read: FailureMode,
+    /// Failed authentications per minute per client address; past it the address gets 429s (valid
+    /// credentials included) until the budget refills.
+    pub auth_failures_per_minute: u32,
     /// `[limits.tiers.<free|pro|business|enterprise>]`.
     pub tiers: BTreeMap<String, TierLimits>,
 }
@@ -102,6 +105,7 @@ impl Default for LimitsConfig {
             redis_timeout: Duration::from_millis(50),
             on_failure_create: FailureMode::Closed,
             on_failure_read: FailureMode::Open,
+            auth_failures_per_minute: 20,
             tiers: skygate_core::Tier::ALL
                 .iter()
                 .map(|t| (t.as_str().to_owned(), TierLimits::defaults(*t)))
@@ -127,6 +131,9 @@ impl LimitsConfig {
         }
         if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(5) {
             return Err("limits.redis_timeout must be between 1ms and 5s".into());
+        }
+        if self.auth_failures_per_minute == 0 || self.auth_failures_per_minute > 100_000 {
+            return Err("limits.auth_failures_per_minute must be between 1 and 100000".into());
         }
         for (name, t) in &self.tiers {
             if name.parse::<skygate_core::Tier>().is_err() {

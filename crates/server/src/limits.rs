@@ -8,6 +8,7 @@
 //! and reads back, so every authenticated answer (429s included) carries the `x-skytells-ratelimit-*`
 //! headers.
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub struct RateLimits {
     tiers: [TierLimits; 4],
     on_failure_create: FailurePolicy,
     on_failure_read: FailurePolicy,
+    auth_failures_per_minute: u32,
 }
 
 /// What the headers of one answer say about the per-key request limit.
@@ -131,6 +133,7 @@ impl RateLimits {
             tiers: Tier::ALL.map(|t| config.tier(t)),
             on_failure_create: policy(config.on_failure_create),
             on_failure_read: policy(config.on_failure_read),
+            auth_failures_per_minute: config.auth_failures_per_minute,
         }
     }
 
@@ -214,10 +217,87 @@ impl RateLimits {
         decide(&d, auth.tier(), requests, &limits)
     }
 
+    fn auth_limit<'a>(&self, key: &'a str) -> [Limit<'a>; 1] {
+        [Limit::new(
+            "failed_authentications",
+            key,
+            Quota {
+                limit: self.auth_failures_per_minute,
+                window: MINUTE,
+            },
+        )]
+    }
+
+    /// Before authenticating: `Some(429)` while `client` has used up its failed-authentication budget
+    /// (`limits.auth_failures_per_minute`), whatever it presents now.
+    pub async fn auth_throttled(&self, client: IpAddr) -> Option<ApiError> {
+        if !self.enabled {
+            return None;
+        }
+        let key = format!("a:{client}");
+        let limits = self.auth_limit(&key);
+        let d = check_with_policy(self.limiter.as_ref(), &limits, 0, FailurePolicy::Open).await;
+        throttled(&d, self.auth_failures_per_minute)
+    }
+
+    /// After a failed authentication from `client`: counts it; `Some(429)` when it was one too many.
+    pub async fn auth_failed(&self, client: IpAddr) -> Option<ApiError> {
+        if !self.enabled {
+            return None;
+        }
+        let key = format!("a:{client}");
+        let limits = self.auth_limit(&key);
+        let d = check_with_policy(self.limiter.as_ref(), &limits, 1, FailurePolicy::Open).await;
+        (!d.allowed).then(|| too_many_failures(d.tripped().map_or(1, |t| t.retry_after_secs())))
+    }
+
+    /// [`RateLimits::auth_throttled`] then, if `failed`, [`RateLimits::auth_failed`], without awaiting
+    /// (in-process limiter only; `None` with Redis).
+    pub fn auth_now(&self, client: IpAddr, failed: bool) -> Option<Option<ApiError>> {
+        if !self.enabled {
+            return Some(None);
+        }
+        let local = self.local.as_ref()?;
+        let key = format!("a:{client}");
+        let limits = self.auth_limit(&key);
+        if let Some(e) = throttled(&local.check_sync(&limits, 0), self.auth_failures_per_minute) {
+            return Some(Some(e));
+        }
+        if !failed {
+            return Some(None);
+        }
+        let d = local.check_sync(&limits, 1);
+        Some((!d.allowed).then(|| too_many_failures(d.tripped().map_or(1, |t| t.retry_after_secs()))))
+    }
+
     /// Limiter calls that failed (Redis unreachable or slow).
     pub fn failures(&self) -> u64 {
         self.limiter.failures()
     }
+}
+
+/// A zero-cost look at a failed-authentication budget: `Some(429)` when nothing is left.
+fn throttled(d: &Decision, limit: u32) -> Option<ApiError> {
+    let v = d.headline()?;
+    if v.remaining > 0 {
+        return None;
+    }
+    // One failure is allowed again once the bucket is a full interval below its tolerance.
+    let interval = MINUTE.as_micros() as i64 / i64::from(limit.max(1));
+    let wait_us = v.reset_us - interval * i64::from(limit.saturating_sub(1));
+    Some(too_many_failures(
+        u64::try_from(wait_us.max(1)).unwrap_or(1).div_ceil(1_000_000),
+    ))
+}
+
+fn too_many_failures(retry_after: u64) -> ApiError {
+    let mut e = ApiError::new(
+        ErrorId::RateLimitExceeded,
+        "Rate limit exceeded",
+        "failed_authentications: too many failed authentications from this address",
+    );
+    e.retry_after = Some(retry_after.max(1));
+    e
 }
 
 /// The headers' numbers from a decision, and the 429 naming what tripped.

@@ -70,8 +70,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The client address of a request as this server sees it (`None` without socket info, e.g. in
 /// in-memory tests).
 pub fn client_of(state: &AppState, req: &Request) -> Option<IpAddr> {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-    Some(client_ip(peer, req.headers(), state.trusted_proxies()))
+    client_of_parts(state, req.extensions(), req.headers())
+}
+
+/// [`client_of`] from a request's parts.
+pub fn client_of_parts(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(client_ip(peer, headers, state.trusted_proxies()))
 }
 
 fn blocked(rule: &str) -> Response {

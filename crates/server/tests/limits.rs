@@ -314,3 +314,64 @@ fn limits() -> TierLimits {
         daily_predictions: None,
     }
 }
+
+#[tokio::test]
+async fn failed_authentications_throttle_the_address_not_the_others() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.auth_failures_per_minute = 5;
+        c.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await
+    .unwrap();
+    let k = srv.new_key(Mode::Live).await.unwrap();
+    let from = |ip: &'static str, key: &str, path: &str| {
+        srv.client()
+            .get(srv.url(path))
+            .header("x-api-key", key)
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    let bad = "sk_live_0000000000000000000000000000000000000000";
+    // Five failures (fast path and routed alike) are answered 401; the sixth is a 429.
+    for path in [
+        "/v1/models",
+        "/v1/predictions",
+        "/v1/models",
+        "/v1/models/echo",
+        "/v1/models",
+    ] {
+        assert_eq!(
+            from("198.51.100.1", bad, path).await.unwrap().status(),
+            401,
+            "{path}"
+        );
+    }
+    let res = from("198.51.100.1", bad, "/v1/predictions").await.unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "{retry}");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["details"]
+        .as_str()
+        .unwrap()
+        .starts_with("failed_authentications:"));
+    // Now even a valid key from that address waits; other addresses are not affected.
+    for path in ["/v1/models", "/v1/predictions"] {
+        assert_eq!(
+            from("198.51.100.1", &k.key, path).await.unwrap().status(),
+            429,
+            "{path}"
+        );
+        assert_eq!(
+            from("198.51.100.2", &k.key, path).await.unwrap().status(),
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            from("198.51.100.2", bad, path).await.unwrap().status(),
+            401,
+            "{path}"
+        );
+    }
+    srv.stop().await.unwrap();
+}

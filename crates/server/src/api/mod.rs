@@ -109,7 +109,9 @@ impl FastRoute for Hot {
         }
         match path {
             // `list` reads the query; only the plain form is answered here.
-            "/v1/models" if req.uri().query().is_none() => models::list_cached(&self.state, req.headers()),
+            "/v1/models" if req.uri().query().is_none() => {
+                models::list_cached(&self.state, req.extensions(), req.headers())
+            }
             // `healthz` reads nothing from the request.
             "/healthz" => Some(self.health.healthz()),
             _ => None,

@@ -156,15 +156,27 @@ pub async fn list(
 /// [`list`] without a query, for the hot path in front of the router: answered only when the
 /// credential check is decided in memory (a valid cached key, or a refusal); `None` when the store has to
 /// be asked, so the routed handler does that. Same checks, same order, same bytes as [`list`].
-pub(super) fn list_cached(state: &AppState, headers: &HeaderMap) -> Option<FastAnswer> {
+pub(super) fn list_cached(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+) -> Option<FastAnswer> {
     if state.config().auth.key_cache_ttl.is_zero() {
         // No cache: every check needs the store; don't hash here only to hash again there.
         return None;
     }
-    let auth = match state
+    let client = crate::screen::client_of_parts(state, extensions, headers);
+    let lookup = state
         .auth()
-        .check_cached(presented_credential(headers), Timestamp::now())
-    {
+        .check_cached(presented_credential(headers), Timestamp::now());
+    // The failed-authentication budget of the address (with Redis: the routed path checks it).
+    if let Some(ip) = client {
+        let failed = matches!(lookup, CacheLookup::Decided(Err(_)));
+        if let Some(refused) = state.limits().auth_now(ip, failed)? {
+            return Some(FastAnswer::Response(refused.into_response()));
+        }
+    }
+    let auth = match lookup {
         CacheLookup::Decided(Ok(auth)) => auth,
         CacheLookup::Decided(Err(e)) => return Some(FastAnswer::Response(e.into_response())),
         CacheLookup::Miss { .. } => return None,

@@ -74,10 +74,27 @@ pub struct CreateAuth(pub ApiKeyAuth);
 impl FromRequestParts<AppState> for CreateAuth {
     type Rejection = ApiError;
 
+    /// Authenticates, refusing addresses that failed too often (counted here).
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let client = crate::screen::client_of_parts(state, &parts.extensions, &parts.headers);
+        if let Some(ip) = client {
+            if let Some(e) = state.limits().auth_throttled(ip).await {
+                return Err(e);
+            }
+        }
         let now = Timestamp::now();
         let presented = presented_credential(&parts.headers);
-        state.auth().authenticate(presented, now).await.map(CreateAuth)
+        match state.auth().authenticate(presented, now).await {
+            Ok(auth) => Ok(CreateAuth(auth)),
+            Err(e) => {
+                if let Some(ip) = client {
+                    if let Some(too_many) = state.limits().auth_failed(ip).await {
+                        return Err(too_many);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 }
 
