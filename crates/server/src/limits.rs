@@ -228,27 +228,25 @@ impl RateLimits {
         )]
     }
 
-    /// Before authenticating: `Some(429)` while `client` has used up its failed-authentication budget
-    /// (`limits.auth_failures_per_minute`), whatever it presents now.
-    pub async fn auth_throttled(&self, client: IpAddr) -> Option<ApiError> {
+    /// `client`'s failed-authentication budget after taking `cost` from it (none when limits are off).
+    async fn auth_budget(&self, client: IpAddr, cost: u32) -> Option<Decision> {
         if !self.enabled {
             return None;
         }
         let key = format!("a:{client}");
         let limits = self.auth_limit(&key);
-        let d = check_with_policy(self.limiter.as_ref(), &limits, 0, FailurePolicy::Open).await;
-        throttled(&d, self.auth_failures_per_minute)
+        Some(check_with_policy(self.limiter.as_ref(), &limits, cost, FailurePolicy::Open).await)
+    }
+
+    /// Before authenticating: `Some(429)` while `client` has used up its failed-authentication budget
+    /// (`limits.auth_failures_per_minute`), whatever it presents now.
+    pub async fn auth_throttled(&self, client: IpAddr) -> Option<ApiError> {
+        throttled(&self.auth_budget(client, 0).await?, self.auth_failures_per_minute)
     }
 
     /// After a failed authentication from `client`: counts it; `Some(429)` when it was one too many.
     pub async fn auth_failed(&self, client: IpAddr) -> Option<ApiError> {
-        if !self.enabled {
-            return None;
-        }
-        let key = format!("a:{client}");
-        let limits = self.auth_limit(&key);
-        let d = check_with_policy(self.limiter.as_ref(), &limits, 1, FailurePolicy::Open).await;
-        (!d.allowed).then(|| too_many_failures(d.tripped().map_or(1, |t| t.retry_after_secs())))
+        over_budget(&self.auth_budget(client, 1).await?)
     }
 
     /// [`RateLimits::auth_throttled`] then, if `failed`, [`RateLimits::auth_failed`], without awaiting
@@ -266,8 +264,7 @@ impl RateLimits {
         if !failed {
             return Some(None);
         }
-        let d = local.check_sync(&limits, 1);
-        Some((!d.allowed).then(|| too_many_failures(d.tripped().map_or(1, |t| t.retry_after_secs()))))
+        Some(over_budget(&local.check_sync(&limits, 1)))
     }
 
     /// Limiter calls that failed (Redis unreachable or slow).
@@ -288,6 +285,11 @@ fn throttled(d: &Decision, limit: u32) -> Option<ApiError> {
     Some(too_many_failures(
         u64::try_from(wait_us.max(1)).unwrap_or(1).div_ceil(1_000_000),
     ))
+}
+
+/// `Some(429)` when a failure was one too many.
+fn over_budget(d: &Decision) -> Option<ApiError> {
+    (!d.allowed).then(|| too_many_failures(d.tripped().map_or(1, |t| t.retry_after_secs())))
 }
 
 fn too_many_failures(retry_after: u64) -> ApiError {
