@@ -477,19 +477,38 @@ fn context_for(module: &Path) -> Result<Pkcs11> {
     Ok(ctx)
 }
 
+/// Scans of the token list retried after a transient CKR_GENERAL_ERROR.
+const SCAN_RETRIES: u32 = 5;
+
 fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
     let module = config.module.display();
     let err = |op: &str, e: CkError| {
         CryptoError::Provider(format!("PKCS#11 module {module}: {op} failed: {}", describe(&e)))
     };
-    let slots = ctx
-        .get_slots_with_initialized_token()
-        .map_err(|e| err("C_GetSlotList", e))?;
-    let mut tokens = Vec::with_capacity(slots.len());
-    for slot in slots {
-        let info = ctx.get_token_info(slot).map_err(|e| err("C_GetTokenInfo", e))?;
-        tokens.push((slot, info.label().trim_end().to_string()));
-    }
+    // A file-backed token being written by another process (SoftHSM while a server rotates keys) can
+    // answer a scan with CKR_GENERAL_ERROR for a moment: the scan is retried a few times before failing.
+    let scan = || -> std::result::Result<Vec<(Slot, String)>, (&'static str, CkError)> {
+        let slots = ctx
+            .get_slots_with_initialized_token()
+            .map_err(|e| ("C_GetSlotList", e))?;
+        let mut tokens = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let info = ctx.get_token_info(slot).map_err(|e| ("C_GetTokenInfo", e))?;
+            tokens.push((slot, info.label().trim_end().to_string()));
+        }
+        Ok(tokens)
+    };
+    let mut tries = 0;
+    let tokens = loop {
+        match scan() {
+            Ok(t) => break t,
+            Err((_, CkError::Pkcs11(RvError::GeneralError, _))) if tries < SCAN_RETRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(tries)));
+            }
+            Err((op, e)) => return Err(err(op, e)),
+        }
+    };
     let names = || {
         let list: Vec<String> = tokens
             .iter()

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listener;
 pub mod middleware;
 pub mod predictions;
+pub mod revocation;
 pub mod screen;
 pub mod state;
 pub mod tasks;
@@ -299,6 +300,10 @@ impl Server {
             let (state, stop) = (self.state.clone(), stop.clone());
             let runner: Arc<dyn skygate_runtime::Runner> = Arc::new(skygate_runtime::BuiltinRunner);
             tasks.spawn("queue", predictions::worker::run_queue(state, runner, stop));
+        }
+        if let Some(url) = self.config.limits.redis_url.clone() {
+            let (auth, stop) = (self.auth.clone(), stop.clone());
+            tasks.spawn("revocations", revocation::listen(url, auth, stop));
         }
         tasks.spawn("waf-summary", {
             let (state, stop) = (self.state.clone(), stop.clone());

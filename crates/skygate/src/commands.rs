@@ -296,6 +296,7 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
                 );
             }
             admin::erase_account(&store, &objects, &acct, "operator", now).await?;
+            announce_revocation(config, acct.id.as_str()).await;
             // Cached credential lookups end within key_cache_ttl everywhere.
             tokio::time::sleep(config.auth.key_cache_ttl).await;
             eprintln!(
@@ -307,6 +308,16 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// With Redis configured, every server drops its credential cache at once; without it (or if Redis does
+/// not answer) the cache's TTL ends the credential everywhere, which the callers wait out.
+async fn announce_revocation(config: &Config, what: &str) {
+    if let Some(url) = &config.limits.redis_url {
+        if let Err(e) = skygate_server::revocation::publish(url, what).await {
+            eprintln!("warning: could not announce the revocation through Redis ({e:#}); servers drop it within auth.key_cache_ttl");
+        }
+    }
 }
 
 async fn projects(config: &Config, cmd: ProjectsCmd) -> anyhow::Result<()> {
@@ -359,6 +370,7 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
         }
         KeysCmd::Revoke { key_id } => {
             let outcome = admin::revoke_key(&store, &key_id, now).await?;
+            announce_revocation(config, &key_id).await;
             // Servers cache lookups for at most key_cache_ttl; once that has passed, no node accepts it.
             tokio::time::sleep(config.auth.key_cache_ttl).await;
             match outcome {
