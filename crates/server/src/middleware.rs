@@ -263,6 +263,8 @@ struct FrontInner<F> {
     fast: F,
     cfg: Arc<EdgeConfig>,
     json_headers: HeaderMap,
+    /// The same with placeholders for the rate-limit headers, replaced in place.
+    json_rated_headers: HeaderMap,
     routed: axum::Router,
 }
 
@@ -288,6 +290,17 @@ impl<F: FastRoute> Front<F> {
             fast,
             cfg: edge.cfg.clone(),
             json_headers: json_headers(),
+            json_rated_headers: {
+                let mut h = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 6);
+                h.extend(json_headers());
+                crate::limits::RateInfo {
+                    limit: 0,
+                    remaining: 0,
+                    reset_secs: 0,
+                }
+                .apply(&mut h);
+                h
+            },
             routed,
         }))
     }
@@ -332,7 +345,7 @@ impl<F: FastRoute> Service<Request> for Front<F> {
                     res
                 }
                 Some(FastAnswer::JsonRated(body, rate)) => {
-                    let mut headers = me.json_headers.clone();
+                    let mut headers = me.json_rated_headers.clone();
                     headers.insert(X_REQUEST_ID.clone(), id);
                     rate.apply(&mut headers);
                     let mut res = Response::new(Body::from(body));

@@ -140,6 +140,10 @@ impl PatternSet {
     fn add_hits(&self, haystacks: &[&[u8]], hits: &mut [u32]) {
         let mut matched: Vec<usize> = Vec::new();
         for hay in haystacks {
+            // Most requests match nothing: the cheap test first, the allocating one only on a hit.
+            if !self.set.is_match(hay) {
+                continue;
+            }
             for idx in self.set.matches(hay).iter() {
                 if !matched.contains(&idx) {
                     matched.push(idx);
