@@ -77,8 +77,13 @@ impl RateSlot {
     }
 
     /// Leaves the headers' numbers in the request's slot (if it has one) and passes the verdict on.
-    pub fn record(extensions: &axum::http::Extensions, (info, verdict): Checked) -> Result<(), ApiError> {
-        if let (Some(slot), Some(info)) = (extensions.get::<RateSlot>(), info) {
+    pub fn record(extensions: &axum::http::Extensions, checked: Checked) -> Result<(), ApiError> {
+        Self::fill(extensions.get::<RateSlot>(), checked)
+    }
+
+    /// [`RateSlot::record`] with the slot already in hand.
+    pub fn fill(slot: Option<&RateSlot>, (info, verdict): Checked) -> Result<(), ApiError> {
+        if let (Some(slot), Some(info)) = (slot, info) {
             slot.set(info);
         }
         verdict

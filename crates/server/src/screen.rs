@@ -97,11 +97,12 @@ fn logged(rules: &[std::sync::Arc<str>], req: &Request) {
     tracing::warn!(rules = ?ids, method = %req.method(), path = %req.uri().path(), "WAF rules matched (log only)");
 }
 
-/// The head rules for a request answered on the fast path: `Some(403)` when a rule blocks it.
-pub fn screen_head(state: &AppState, req: &Request) -> Option<Response> {
-    let waf = state.waf();
-    let client = client_of(state, req)?;
-    match waf.check_head(client, req.method(), req.uri(), req.headers()) {
+/// The head rules for a request from `client`: `Some(403)` when a rule blocks it.
+pub fn screen_head(state: &AppState, client: IpAddr, req: &Request) -> Option<Response> {
+    match state
+        .waf()
+        .check_head(client, req.method(), req.uri(), req.headers())
+    {
         Verdict::Allow => None,
         Verdict::Block { rule } => Some(blocked(&rule)),
         Verdict::Log { rules } => {
@@ -115,13 +116,13 @@ pub fn screen_head(state: &AppState, req: &Request) -> Option<Response> {
 /// rules on the buffered body, which is then handed on unchanged. Bodies larger than the body limit are
 /// left to the extractors (413).
 pub async fn screen(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(res) = screen_head(&state, &req) {
-        return res;
-    }
-    let waf = state.waf();
     let Some(client) = client_of(&state, &req) else {
         return next.run(req).await;
     };
+    if let Some(res) = screen_head(&state, client, &req) {
+        return res;
+    }
+    let waf = state.waf();
     if !waf.needs_body() {
         return next.run(req).await;
     }

@@ -104,13 +104,15 @@ impl FastRoute for Hot {
         if path != "/v1/models" && path != "/healthz" {
             return None;
         }
-        if let Some(refused) = crate::screen::screen_head(&self.state, req) {
+        // Found once: the WAF and the failed-authentication budget both key on it.
+        let client = crate::screen::client_of(&self.state, req);
+        if let Some(refused) = client.and_then(|ip| crate::screen::screen_head(&self.state, ip, req)) {
             return Some(FastAnswer::Response(refused));
         }
         match path {
             // `list` reads the query; only the plain form is answered here.
             "/v1/models" if req.uri().query().is_none() => {
-                models::list_cached(&self.state, req.extensions(), req.headers())
+                models::list_cached(&self.state, client, req.headers())
             }
             // `healthz` reads nothing from the request.
             "/healthz" => Some(self.health.healthz()),

@@ -158,14 +158,13 @@ pub async fn list(
 /// be asked, so the routed handler does that. Same checks, same order, same bytes as [`list`].
 pub(super) fn list_cached(
     state: &AppState,
-    extensions: &axum::http::Extensions,
+    client: Option<std::net::IpAddr>,
     headers: &HeaderMap,
 ) -> Option<FastAnswer> {
     if state.config().auth.key_cache_ttl.is_zero() {
         // No cache: every check needs the store; don't hash here only to hash again there.
         return None;
     }
-    let client = crate::screen::client_of_parts(state, extensions, headers);
     let lookup = state
         .auth()
         .check_cached(presented_credential(headers), Timestamp::now());

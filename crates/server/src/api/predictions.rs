@@ -148,11 +148,8 @@ pub async fn create(
         .and_then(Value::as_str)
         .filter(|m| state.models().get(m).is_some())
         .unwrap_or("-");
-    let (info, verdict) = state.limits().check_create(&auth, model).await;
-    if let (Some(Extension(slot)), Some(info)) = (slot, info) {
-        slot.set(info);
-    }
-    verdict?;
+    let checked = state.limits().check_create(&auth, model).await;
+    RateSlot::fill(slot.as_ref().map(|Extension(s)| s), checked)?;
     let (spec, input) = validate_create(&state, &auth, &body)?;
     if let Some(w) = &body.webhook {
         state
