@@ -10,7 +10,7 @@ use serde_json::Value;
 use skygate_proto::{PredictionStatus, WebhookSpec};
 
 use crate::ids::{AccountId, KeyId, ProjectId};
-use crate::records::Mode;
+use crate::records::{Mode, Tier};
 use crate::time::Timestamp;
 
 /// A prediction id: a UUID v4 in its lowercase hyphenated form (what the Skytells API returns).
@@ -200,6 +200,27 @@ pub struct Claimed {
     pub lease: Lease,
     /// The shred key of the prediction's retention window: output objects are sealed under it too.
     pub shred: u64,
+}
+
+/// Per-tier ceilings on how many of an account's predictions may run at once (`starting` or
+/// `processing`), indexed like [`Tier::ALL`]. The queue claim leaves an account's excess creates pending
+/// until one of its running predictions ends; other accounts' work is claimed past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningCaps(pub [u32; 4]);
+
+impl RunningCaps {
+    /// No ceiling (the claim then takes the oldest pending predictions, whoever owns them).
+    pub const NONE: RunningCaps = RunningCaps([u32::MAX; 4]);
+
+    pub fn is_none(&self) -> bool {
+        *self == Self::NONE
+    }
+
+    /// The ceiling for `tier`.
+    pub fn of(&self, tier: Tier) -> u32 {
+        let i = Tier::ALL.iter().position(|t| *t == tier).unwrap_or(0);
+        self.0[i]
+    }
 }
 
 /// A worker's lease on a running prediction. Every write a worker makes checks the token, so a worker

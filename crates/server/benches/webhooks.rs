@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use skygate_core::predictions::{Completion, NewPrediction, PredictionId, StoredOutput};
+use skygate_core::predictions::{Completion, NewPrediction, PredictionId, RunningCaps, StoredOutput};
 use skygate_core::{Mode, Timestamp};
 use skygate_proto::WebhookSpec;
 use skygate_server::webhooks::dispatcher;
@@ -132,7 +132,7 @@ async fn measure(n: usize, database_url: Option<String>) -> f64 {
     let mut done = 0;
     while done < n {
         let batch = store
-            .claim_predictions(now, Duration::from_secs(60), 256)
+            .claim_predictions(now, Duration::from_secs(60), 256, &RunningCaps::NONE)
             .await
             .unwrap();
         assert!(!batch.is_empty());

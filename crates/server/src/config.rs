@@ -32,7 +32,17 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub limits: LimitsConfig,
     pub waf: crate::waf::WafConfig,
+    pub metrics: MetricsConfig,
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[metrics]`: the Prometheus endpoint, a plaintext listener that may only bind a loopback address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served, e.g. `127.0.0.1:9464`; unset (default): no metrics listener and
+    /// nothing counted.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[limits]`: rate limits by account tier.
@@ -73,7 +83,7 @@ pub struct TierLimits {
     pub requests_per_minute: u32,
     /// Prediction creates per minute per account and model.
     pub predictions_per_minute: u32,
-    /// Predictions running at once per account (reserved: not enforced yet).
+    /// Predictions running at once per account; further creates wait in the queue.
     pub concurrent_predictions: u32,
     /// Prediction creates per day per account (unset: no daily quota).
     #[serde(default)]
@@ -121,6 +131,16 @@ impl LimitsConfig {
             .get(t.as_str())
             .cloned()
             .unwrap_or_else(|| TierLimits::defaults(t))
+    }
+
+    /// The queue claim's per-account running ceilings (none when limits are off).
+    pub fn running_caps(&self) -> skygate_core::predictions::RunningCaps {
+        if !self.enabled {
+            return skygate_core::predictions::RunningCaps::NONE;
+        }
+        skygate_core::predictions::RunningCaps(
+            skygate_core::Tier::ALL.map(|t| self.tier(t).concurrent_predictions),
+        )
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -354,6 +374,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Open connections accepted at once; further ones wait in the kernel backlog.
     pub max_connections: usize,
+    /// Most header fields in one request; more get `431` (the head's size is capped at 64 KiB too).
+    pub max_headers: usize,
+    /// A connection with no request in flight and no bytes moving for this long is closed (HTTP/1
+    /// keep-alive and HTTP/2 alike), so idle connections cannot hold the connection slots.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<String>,
 }
@@ -425,6 +451,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             limits: LimitsConfig::default(),
             waf: crate::waf::WafConfig::default(),
+            metrics: MetricsConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -445,6 +472,8 @@ impl Default for ServerConfig {
             await_timeout: Duration::from_secs(55),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
+            max_headers: 100,
+            idle_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
         }
     }
@@ -647,6 +676,7 @@ impl Config {
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.request_timeout", s.request_timeout),
             ("server.await_timeout", s.await_timeout),
+            ("server.idle_timeout", s.idle_timeout),
         ] {
             if d.is_zero() {
                 return err(format!("{name} must be greater than 0"));
@@ -654,6 +684,19 @@ impl Config {
         }
         if s.await_timeout >= s.request_timeout {
             return err("server.await_timeout must be shorter than server.request_timeout".into());
+        }
+        if s.max_headers == 0 || s.max_headers > 1000 {
+            return err(format!(
+                "server.max_headers must be between 1 and 1000, got {}",
+                s.max_headers
+            ));
+        }
+        if let Some(a) = self.metrics.listen {
+            if !a.ip().is_loopback() {
+                return err(format!(
+                    "metrics.listen must be a loopback address (the metrics listener is plaintext), got {a}"
+                ));
+            }
         }
         if s.max_connections == 0 {
             return err("server.max_connections must be at least 1".into());

@@ -106,6 +106,11 @@ impl ApiError {
                 "Request body too large",
                 "The request body is too large.",
             ),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::new(
+                ErrorId::HeadersTooLarge,
+                "Request headers too large",
+                "The request has too many header fields or too large a head.",
+            ),
             StatusCode::REQUEST_TIMEOUT => ApiError::new(
                 ErrorId::RequestTimeout,
                 "Request timed out",

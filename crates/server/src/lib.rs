@@ -13,6 +13,7 @@ pub mod extract;
 pub mod keyring;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod middleware;
 pub mod predictions;
 pub mod revocation;
@@ -135,6 +136,8 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     resolver: Arc<tls::CertResolver>,
     ca_path: Option<PathBuf>,
+    /// `[metrics] listen`, bound.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -181,6 +184,20 @@ impl Server {
         ));
         let public_url = config.public_url(bound);
         let signer = predictions::OutputSigner::new(&provider.derive_secret(predictions::signing::PURPOSE)?);
+        // Bound here so a taken port fails the start; counted only when it is on.
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
+        let mut counters = metrics_listener.as_ref().map(|_| metrics::Metrics::new());
+        let limits = Arc::new(
+            limits::RateLimits::counted(&config.limits, counters.as_ref().map(|m| m.limiter().clone()))
+                .await?,
+        );
+        let waf = Arc::new(waf::Waf::new(&config.waf).map_err(anyhow::Error::msg)?);
+        if let Some(m) = counters.as_mut() {
+            m.add_sources(waf.clone(), limits.clone());
+        }
         let state = AppState::new(state::StateParts {
             config: config.clone(),
             store: store.clone(),
@@ -189,13 +206,15 @@ impl Server {
             models,
             signer,
             webhooks,
-            limits: Arc::new(limits::RateLimits::new(&config.limits).await?),
-            waf: Arc::new(waf::Waf::new(&config.waf).map_err(anyhow::Error::msg)?),
+            limits,
+            waf,
             trusted_proxies: screen::parse_proxies(&config.server.trusted_proxies)
                 .map_err(anyhow::Error::msg)?,
             public_url,
+            metrics: counters.map(Arc::new),
         })?;
         Ok(Server {
+            metrics_listener,
             config,
             state,
             auth,
@@ -216,6 +235,11 @@ impl Server {
         &self.state
     }
 
+    /// Where `GET /metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The key provider this server seals with.
     pub fn provider(&self) -> &Arc<dyn skygate_crypto::KeyProvider> {
         &self.provider
@@ -223,9 +247,12 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then drains connections, stops background tasks, writes
     /// pending key-use times and closes the store.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks_stop = CancellationToken::new();
         let mut tasks = tasks::Tasks::default();
+        if let (Some(l), Some(m)) = (self.metrics_listener.take(), self.state.metrics().cloned()) {
+            tasks.spawn("metrics", metrics::serve(l, m, tasks_stop.clone()));
+        }
         {
             let auth = self.auth.clone();
             let stop = tasks_stop.clone();
@@ -274,6 +301,8 @@ impl Server {
             header_read_timeout: s.header_read_timeout,
             max_connections: s.max_connections,
             shutdown_grace: s.shutdown_grace,
+            idle_timeout: s.idle_timeout,
+            max_headers: s.max_headers,
         };
         let app = api::router(self.state.clone());
         listener::serve_tls(listener, self.tls.clone(), app, settings, shutdown).await;

@@ -24,6 +24,7 @@ use skygate_proto::ErrorId;
 use crate::auth::ApiKeyAuth;
 use crate::config::{FailureMode, LimitsConfig, TierLimits};
 use crate::error::ApiError;
+use crate::metrics::LimiterMetrics;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -44,6 +45,8 @@ pub struct RateLimits {
     on_failure_create: FailurePolicy,
     on_failure_read: FailurePolicy,
     auth_failures_per_minute: u32,
+    /// Decisions counted when `[metrics]` is on.
+    metrics: Option<LimiterMetrics>,
 }
 
 /// What the headers of one answer say about the per-key request limit.
@@ -111,6 +114,17 @@ fn policy(mode: FailureMode) -> FailurePolicy {
 impl RateLimits {
     /// The in-process limiter, or Redis when `redis_url` is set (reached at start, or start fails).
     pub async fn new(config: &LimitsConfig) -> anyhow::Result<Self> {
+        Self::counted(config, None).await
+    }
+
+    /// As [`RateLimits::new`], counting every decision into `metrics`.
+    pub async fn counted(config: &LimitsConfig, metrics: Option<LimiterMetrics>) -> anyhow::Result<Self> {
+        let mut limits = Self::connect(config).await?;
+        limits.metrics = metrics;
+        Ok(limits)
+    }
+
+    async fn connect(config: &LimitsConfig) -> anyhow::Result<Self> {
         match &config.redis_url {
             None => Ok(Self::in_process(config)),
             Some(url) => {
@@ -139,6 +153,7 @@ impl RateLimits {
             on_failure_create: policy(config.on_failure_create),
             on_failure_read: policy(config.on_failure_read),
             auth_failures_per_minute: config.auth_failures_per_minute,
+            metrics: None,
         }
     }
 
@@ -163,7 +178,7 @@ impl RateLimits {
         let requests = self.requests(auth);
         let limits = [Limit::new("requests", &key, requests)];
         let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_read).await;
-        decide(&d, auth.tier(), requests, &limits)
+        self.decide(&d, auth.tier(), requests, &limits)
     }
 
     /// [`RateLimits::check_request`] without awaiting, when the limiter is in-process (`None` with
@@ -176,12 +191,7 @@ impl RateLimits {
         let key = format!("k:{}", auth.key_id());
         let requests = self.requests(auth);
         let limits = [Limit::new("requests", &key, requests)];
-        Some(decide(
-            &local.check_sync(&limits, 1),
-            auth.tier(),
-            requests,
-            &limits,
-        ))
+        Some(self.decide(&local.check_sync(&limits, 1), auth.tier(), requests, &limits))
     }
 
     /// A prediction create: the key's request limit, the account's create limit for this model and the
@@ -219,7 +229,7 @@ impl RateLimits {
             ));
         }
         let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_create).await;
-        decide(&d, auth.tier(), requests, &limits)
+        self.decide(&d, auth.tier(), requests, &limits)
     }
 
     fn auth_limit<'a>(&self, key: &'a str) -> [Limit<'a>; 1] {
@@ -251,7 +261,9 @@ impl RateLimits {
 
     /// After a failed authentication from `client`: counts it; `Some(429)` when it was one too many.
     pub async fn auth_failed(&self, client: IpAddr) -> Option<ApiError> {
-        over_budget(&self.auth_budget(client, 1).await?)
+        let d = self.auth_budget(client, 1).await?;
+        self.record(&d, &self.auth_limit(""));
+        over_budget(&d)
     }
 
     /// [`RateLimits::auth_throttled`] then, if `failed`, [`RateLimits::auth_failed`], without awaiting
@@ -269,7 +281,9 @@ impl RateLimits {
         if !failed {
             return Some(None);
         }
-        Some(over_budget(&local.check_sync(&limits, 1)))
+        let d = local.check_sync(&limits, 1);
+        self.record(&d, &limits);
+        Some(over_budget(&d))
     }
 
     /// Limiter calls that failed (Redis unreachable or slow).
@@ -305,6 +319,30 @@ fn too_many_failures(retry_after: u64) -> ApiError {
     );
     e.retry_after = Some(retry_after.max(1));
     e
+}
+
+impl RateLimits {
+    /// Counts a decision: each limit allowed, the one that tripped, or the backend unavailable.
+    fn record(&self, d: &Decision, limits: &[Limit<'_>]) {
+        let Some(m) = &self.metrics else { return };
+        if d.fallback.is_some() {
+            for l in limits {
+                m.record(l.name, "unavailable");
+            }
+        } else if d.allowed {
+            for l in limits {
+                m.record(l.name, "allowed");
+            }
+        } else if let Some(t) = d.tripped() {
+            m.record(t.name, "limited");
+        }
+    }
+
+    /// [`decide`], counted.
+    fn decide(&self, d: &Decision, tier: Tier, requests: Quota, limits: &[Limit<'_>]) -> Checked {
+        self.record(d, limits);
+        decide(d, tier, requests, limits)
+    }
 }
 
 /// The headers' numbers from a decision, and the 429 naming what tripped.

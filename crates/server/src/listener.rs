@@ -1,11 +1,17 @@
 //! The TLS listener: accepts TCP connections (bounded in number), completes the TLS 1.3 handshake
-//! within a deadline, then serves HTTP/1.1 or HTTP/2 (by ALPN) with a header-read deadline. There is no
-//! plaintext listener. On shutdown it stops accepting, lets in-flight requests finish for up to the grace
-//! period, then returns.
+//! within a deadline, then serves HTTP/1.1 or HTTP/2 (by ALPN) with a header-read deadline and an idle
+//! timeout: a connection with no request in flight and no bytes moving for `idle_timeout` is closed, so
+//! idle keep-alive or HTTP/2 connections cannot hold the connection slots. There is no plaintext
+//! listener. On shutdown it stops accepting, lets in-flight requests finish for up to the grace period,
+//! then returns.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -14,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -28,7 +35,15 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// See the module docs.
+    pub idle_timeout: Duration,
+    /// `server.max_headers`: above hyper's own HTTP/1 parse limit (100, kept on the stack) it is raised
+    /// to this; below it the edge layer answers the 431 envelope.
+    pub max_headers: usize,
 }
+
+/// hyper's default HTTP/1 header limit (parsed on the stack; raising it costs an allocation a request).
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// Largest request head (request line + headers) accepted, HTTP/1.1 and HTTP/2 alike.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -50,12 +65,15 @@ pub async fn serve_tls(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
+    if settings.max_headers > HYPER_MAX_HEADERS {
+        builder.http1().max_headers(settings.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No keep-alive pings: they would count as activity and keep idle connections open forever;
+        // the idle timeout closes dead and idle peers alike.
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     // Connection tasks, so that those still open when the grace period is over can be aborted. (A
     // cancellation token raced against each connection would instead be polled on every wake-up of every
@@ -85,6 +103,7 @@ pub async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = settings.handshake_timeout;
+        let idle_timeout = settings.idle_timeout;
         // Forget the tasks that have finished (cheap; keeps the set the size of the open connections).
         while conns.try_join_next().is_some() {}
         conns.spawn(async move {
@@ -100,14 +119,35 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let svc = app.map_request(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            });
+            let activity = Arc::new(Activity::default());
+            let in_flight = activity.clone();
+            let svc = app
+                .map_request(move |mut req: hyper::Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req
+                })
+                .map_future(move |fut| {
+                    let busy = Busy::enter(&in_flight);
+                    async move {
+                        let res = fut.await;
+                        drop(busy);
+                        res
+                    }
+                });
+            let io = Counted {
+                inner: tls,
+                activity: activity.clone(),
+            };
             let conn =
-                builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+            tokio::select! {
+                biased;
+                r = watcher.watch(conn.into_owned()) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = idle(&activity, idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
             }
         });
     }
@@ -122,4 +162,108 @@ pub async fn serve_tls(
     let open = conns.len();
     conns.shutdown().await;
     tracing::debug!(open, "connection tasks ended");
+}
+
+/// What the idle timeout watches on one connection: bytes moved (a counter, bumped by [`Counted`]) and
+/// requests whose response head is not out yet.
+#[derive(Default)]
+struct Activity {
+    moved: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight while alive.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn enter(a: &Arc<Activity>) -> Busy {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the connection has had no request in flight and no bytes moving for `limit`
+/// (checked every quarter of it, so it closes between `limit` and 1.25 × `limit`).
+async fn idle(a: &Activity, limit: Duration) {
+    let tick = (limit / 4).max(Duration::from_millis(10));
+    let mut seen = a.moved.load(Ordering::Relaxed);
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = a.moved.load(Ordering::Relaxed);
+        if now != seen || a.in_flight.load(Ordering::Relaxed) > 0 {
+            seen = now;
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+/// An IO that counts its reads and writes into an [`Activity`] (one relaxed add per call that moved
+/// bytes).
+struct Counted<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Counted<T> {
+    fn bump(&self) {
+        self.activity.moved.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.bump();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.bump();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.bump();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -38,6 +38,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::metrics::{HttpMetrics, RouteKey};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -116,10 +117,23 @@ impl RequestIds {
     }
 }
 
+/// What the edge layer enforces and records.
+#[derive(Clone)]
+pub struct EdgeSettings {
+    pub body_limit: u64,
+    pub timeout: Duration,
+    /// More header fields than this: `431` (see `server.max_headers`).
+    pub max_headers: usize,
+    /// Request counters, when `[metrics]` is on.
+    pub metrics: Option<HttpMetrics>,
+}
+
 struct EdgeConfig {
     body_limit: u64,
     timeout: Duration,
+    max_headers: usize,
     ids: RequestIds,
+    metrics: Option<HttpMetrics>,
 }
 
 /// The [`Layer`] for [`Edge`].
@@ -129,12 +143,24 @@ pub struct EdgeLayer {
 }
 
 impl EdgeLayer {
+    /// The body limit and request deadline, at most 100 header fields, no metrics.
     pub fn new(body_limit: u64, timeout: Duration) -> Self {
+        Self::configured(EdgeSettings {
+            body_limit,
+            timeout,
+            max_headers: 100,
+            metrics: None,
+        })
+    }
+
+    pub fn configured(s: EdgeSettings) -> Self {
         EdgeLayer {
             cfg: Arc::new(EdgeConfig {
-                body_limit,
-                timeout,
+                body_limit: s.body_limit,
+                timeout: s.timeout,
+                max_headers: s.max_headers,
                 ids: RequestIds::new(),
+                metrics: s.metrics,
             }),
         }
     }
@@ -170,6 +196,12 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
+        let observed = self
+            .cfg
+            .metrics
+            .clone()
+            .map(|m| (m, RouteKey::of(req.method(), req.uri().path())));
         let id = match incoming_request_id(&req) {
             Some(v) => v,
             None => {
@@ -178,16 +210,11 @@ where
                 fresh
             }
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.cfg.body_limit) {
-            let res = finish(
-                ApiError::payload_too_large(self.cfg.body_limit).into_response(),
-                id,
-            );
+        if let Some(refused) = self.cfg.refuse_head(&req) {
+            let res = finish(refused, id);
+            if let Some((m, key)) = &observed {
+                m.observe(*key, res.status(), started.elapsed());
+            }
             return Box::pin(std::future::ready(Ok(res)));
         }
         let span = tracing::info_span!(
@@ -202,7 +229,6 @@ where
         let timeout = self.cfg.timeout;
         Box::pin(
             async move {
-                let started = Instant::now();
                 let res = match tokio::time::timeout(timeout, inner.call(req)).await {
                     Ok(Ok(res)) => res,
                     Ok(Err(never)) => match never {},
@@ -213,10 +239,35 @@ where
                     latency_us = started.elapsed().as_micros() as u64,
                     "response"
                 );
-                Ok(finish(res, id))
+                let res = finish(res, id);
+                if let Some((m, key)) = observed {
+                    m.observe(key, res.status(), started.elapsed());
+                }
+                Ok(res)
             }
             .instrument(span),
         )
+    }
+}
+
+impl EdgeConfig {
+    /// The checks made on the head alone, before routing: too many header fields (431; the request id,
+    /// which the edge may have added itself, is not counted) or a declared body over the limit (413).
+    fn refuse_head(&self, req: &Request) -> Option<Response> {
+        let h = req.headers();
+        if h.len() > self.max_headers
+            && h.len() - usize::from(h.contains_key(&X_REQUEST_ID)) > self.max_headers
+        {
+            return Some(ApiError::for_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).into_response());
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        declared
+            .is_some_and(|n| n > self.body_limit)
+            .then(|| ApiError::payload_too_large(self.body_limit).into_response())
     }
 }
 
@@ -328,12 +379,16 @@ impl<F: FastRoute> Service<Request> for Front<F> {
                 method = %req.method(),
                 path = %req.uri().path(),
             );
-            let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
-            let answer = {
-                let _entered = span.enter();
-                match std::panic::catch_unwind(AssertUnwindSafe(|| me.fast.answer(&req))) {
-                    Ok(a) => a,
-                    Err(panic) => Some(FastAnswer::Response(panic_response(panic))),
+            let observed = me.cfg.metrics.as_ref();
+            let started = (observed.is_some() || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
+            let answer = match me.cfg.refuse_head(&req) {
+                Some(refused) => Some(FastAnswer::Response(refused)),
+                None => {
+                    let _entered = span.enter();
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| me.fast.answer(&req))) {
+                        Ok(a) => a,
+                        Err(panic) => Some(FastAnswer::Response(panic_response(panic))),
+                    }
                 }
             };
             let res = match answer {
@@ -368,6 +423,13 @@ impl<F: FastRoute> Service<Request> for Front<F> {
                     latency_us = started.elapsed().as_micros() as u64,
                     "response"
                 );
+                if let Some(m) = observed {
+                    m.observe(
+                        RouteKey::of(req.method(), req.uri().path()),
+                        res.status(),
+                        started.elapsed(),
+                    );
+                }
             }
             return Either::Left(std::future::ready(Ok(res)));
         }

@@ -11,6 +11,7 @@ use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::limits::RateLimits;
+use crate::metrics::Metrics;
 use crate::predictions::{Hub, OutputSigner, Validators};
 use crate::waf::Waf;
 use crate::webhooks::Webhooks;
@@ -33,6 +34,7 @@ struct Inner {
     waf: Arc<Waf>,
     trusted_proxies: Vec<ipnet::IpNet>,
     public_url: String,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What a state is built from; the rest (catalog, validators, change feed) is derived.
@@ -49,6 +51,8 @@ pub struct StateParts {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Base for absolute URLs in responses, no trailing slash.
     pub public_url: String,
+    /// `[metrics]` on: what this node counts.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl AppState {
@@ -65,6 +69,7 @@ impl AppState {
             waf,
             trusted_proxies,
             public_url,
+            metrics,
         } = parts;
         let catalog = ModelCatalog::new(&models)?;
         let validators = Validators::new(&models)?;
@@ -83,6 +88,7 @@ impl AppState {
             waf,
             trusted_proxies,
             public_url,
+            metrics,
         })))
     }
 
@@ -145,6 +151,11 @@ impl AppState {
     /// The Models API answers, serialised once.
     pub fn catalog(&self) -> &ModelCatalog {
         &self.0.catalog
+    }
+
+    /// This node's metrics (none unless `[metrics] listen` is set).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.0.metrics.as_ref()
     }
 
     /// Base for absolute URLs in responses, no trailing slash.

@@ -375,3 +375,87 @@ async fn failed_authentications_throttle_the_address_not_the_others() {
     }
     srv.stop().await.unwrap();
 }
+
+/// The largest number of `[start, end)` intervals that overlap at one instant.
+fn max_overlap(mut spans: Vec<(String, String)>) -> usize {
+    let mut events: Vec<(String, i32)> = Vec::new();
+    for (s, e) in spans.drain(..) {
+        events.push((s, 1));
+        events.push((e, -1));
+    }
+    // RFC 3339 UTC with microseconds sorts as text; an end sorts before a start at the same instant.
+    events.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_running_predictions_are_capped_and_the_rest_wait() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.tiers.insert(
+            "free".into(),
+            TierLimits {
+                requests_per_minute: 600,
+                predictions_per_minute: 25,
+                concurrent_predictions: 2,
+                daily_predictions: None,
+            },
+        );
+        c.queue.workers = 6;
+    })
+    .await
+    .unwrap();
+    let (a, b) = (
+        srv.new_key(Mode::Live).await.unwrap(),
+        srv.new_key(Mode::Live).await.unwrap(),
+    );
+    let mut ids = Vec::new();
+    for (k, n) in [(&a, 5), (&b, 2)] {
+        for _ in 0..n {
+            let r = send(
+                &srv,
+                k,
+                reqwest::Method::POST,
+                "/v1/predictions",
+                Some(json!({"model": "countdown", "input": {"seconds": 0.6}})),
+            )
+            .await;
+            // Excess creates are accepted and wait in the queue; none is refused.
+            assert!(r.status.is_success(), "{}", r.body);
+            ids.push((k, r.body["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spans: [Vec<(String, String)>; 2] = [Vec::new(), Vec::new()];
+    for (k, id) in &ids {
+        let done = loop {
+            let p = get(&srv, k, &format!("/v1/predictions/{id}")).await;
+            if p.body["status"] == "succeeded" {
+                break p.body;
+            }
+            assert!(
+                p.body["status"] != "failed" && Instant::now() < deadline,
+                "{}",
+                p.body
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let who = usize::from(std::ptr::eq(*k, &b));
+        spans[who].push((
+            done["started_at"].as_str().unwrap().to_owned(),
+            done["completed_at"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (most_a, most_b) = (max_overlap(spans[0].clone()), max_overlap(spans[1].clone()));
+    // A never ran more than its ceiling at once, and did reach it; B ran both of its own meanwhile
+    // instead of waiting behind A's queue.
+    assert_eq!(most_a, 2, "{spans:?}");
+    assert_eq!(most_b, 2, "{spans:?}");
+    let all: Vec<_> = spans.concat();
+    assert!(max_overlap(all) >= 4, "{spans:?}");
+    srv.stop().await.unwrap();
+}

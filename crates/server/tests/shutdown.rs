@@ -50,6 +50,8 @@ async fn start(
         header_read_timeout: Duration::from_secs(5),
         max_connections: 64,
         shutdown_grace: grace,
+        idle_timeout: Duration::from_secs(60),
+        max_headers: 100,
     };
     let h = tokio::spawn(serve_tls(listener, cfg, app, settings, stop.clone()));
     (addr, ca, stop, h, dir)

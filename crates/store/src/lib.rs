@@ -193,12 +193,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` pending predictions, oldest first, for `lease` (atomic across processes and
     /// nodes: `FOR UPDATE SKIP LOCKED` on PostgreSQL, one writer at a time on SQLite). Each moves to
-    /// `starting` with one more attempt and a fresh lease token.
+    /// `starting` with one more attempt and a fresh lease token. Under `caps`, an account's predictions
+    /// are claimed only while fewer than its tier's ceiling are running (capped claims take turns across
+    /// nodes); the rest stay pending, and other accounts' work is claimed past them.
     async fn claim_predictions(
         &self,
         now: Timestamp,
         lease: std::time::Duration,
         limit: u32,
+        caps: &skygate_core::predictions::RunningCaps,
     ) -> Result<Vec<Claimed>>;
     /// Extends the lease to `until` if still held, and reports whether a cancel was asked for.
     async fn renew_lease(&self, id: &PredictionId, token: &str, until: Timestamp) -> Result<LeaseCheck>;

@@ -20,6 +20,8 @@ pub struct PgStore {
 
 /// The advisory-lock key of the audit chain ("skygaud" in ASCII).
 const AUDIT_LOCK: i64 = 0x0073_6b79_6761_7564;
+/// The advisory lock capped queue claims take turns under ("skyqueue" in ASCII).
+const QUEUE_LOCK: i64 = 0x736b_7971_7565_7565;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -134,6 +136,17 @@ impl PgStore {
     /// unique constraints settle races; see SQLite's for why it differs).
     async fn begin_read_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// Capped claims count each account's running predictions, which row locks cannot guard: claims take
+    /// turns under a transaction-scoped advisory lock, so two nodes never both fill the last slot.
+    async fn begin_capped_claim(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(QUEUE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// The queue claim (see `predictions`): `FOR UPDATE SKIP LOCKED`, so nodes never claim the same row.

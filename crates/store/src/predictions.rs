@@ -73,6 +73,26 @@ pub(crate) const CLAIM_POSTGRES: &str =
      lease_token = $1, lease_until = $2, updated_at = $3 \
      WHERE id IN (SELECT id FROM predictions WHERE status = 'pending' ORDER BY created_at, id LIMIT $4 \
      FOR UPDATE SKIP LOCKED) RETURNING id";
+/// The claim under per-account running caps (`$5`..`$8`: the free, pro, business and enterprise
+/// ceilings). An account's pending predictions are numbered oldest first; one is claimable while its
+/// running count plus its number stays within its tier's ceiling, so a batch never takes an account past
+/// it. Window functions rule out row locks on PostgreSQL, so capped claims take turns under an advisory
+/// lock there (`begin_capped_claim`); the outer `status = 'pending'` re-check drops a row cancelled
+/// meanwhile. Same text on both backends.
+pub(crate) const CLAIM_CAPPED: &str = "UPDATE predictions SET status = 'starting', attempts = attempts + 1, \
+     lease_token = $1, lease_until = $2, updated_at = $3 \
+     WHERE status = 'pending' AND id IN (\
+       SELECT q.id FROM (\
+         SELECT p.id, p.created_at, p.account_id, \
+           ROW_NUMBER() OVER (PARTITION BY p.account_id ORDER BY p.created_at, p.id) AS n \
+         FROM predictions p WHERE p.status = 'pending') q \
+       JOIN accounts a ON a.id = q.account_id \
+       LEFT JOIN (SELECT account_id, COUNT(*) AS running FROM predictions \
+         WHERE status IN ('starting', 'processing') GROUP BY account_id) r ON r.account_id = q.account_id \
+       WHERE COALESCE(r.running, 0) + q.n <= CASE a.tier WHEN 'free' THEN $5 WHEN 'pro' THEN $6 \
+         WHEN 'business' THEN $7 ELSE $8 END \
+       ORDER BY q.created_at, q.id LIMIT $4) \
+     RETURNING id";
 pub(crate) const SELECT_CLAIMED: &str = "SELECT shred_id FROM predictions WHERE id = $1 AND lease_token = $2";
 
 pub(crate) const RENEW_LEASE: &str = "UPDATE predictions SET lease_until = $1 \
@@ -350,19 +370,35 @@ macro_rules! prediction_methods {
             now: skygate_core::Timestamp,
             lease: std::time::Duration,
             limit: u32,
+            caps: &skygate_core::predictions::RunningCaps,
         ) -> $crate::Result<Vec<skygate_core::predictions::Claimed>> {
             use $crate::predictions as q;
             let token = q::lease_token()?;
             let until = now.saturating_add(lease);
             // The claim and its `started` announcements commit together.
-            let mut tx = self.pool.begin().await?;
-            let ids: Vec<String> = sqlx::query_scalar(Self::CLAIM_SQL)
-                .bind(&token)
-                .bind(until.as_micros())
-                .bind(now.as_micros())
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?;
+            let (mut tx, ids): (_, Vec<String>) = if caps.is_none() {
+                let mut tx = self.pool.begin().await?;
+                let ids = sqlx::query_scalar(Self::CLAIM_SQL)
+                    .bind(&token)
+                    .bind(until.as_micros())
+                    .bind(now.as_micros())
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                (tx, ids)
+            } else {
+                let mut tx = self.begin_capped_claim().await?;
+                let mut query = sqlx::query_scalar(q::CLAIM_CAPPED)
+                    .bind(&token)
+                    .bind(until.as_micros())
+                    .bind(now.as_micros())
+                    .bind(i64::from(limit));
+                for cap in caps.0 {
+                    query = query.bind(i64::from(cap));
+                }
+                let ids = query.fetch_all(&mut *tx).await?;
+                (tx, ids)
+            };
             for id in &ids {
                 Self::enqueue_webhook(&mut tx, id, skygate_core::webhooks::WebhookEvent::Started, now).await?;
             }

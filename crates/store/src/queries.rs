@@ -126,7 +126,8 @@ pub(crate) fn latest_uses(
 /// needs: `BEGIN IMMEDIATE` on SQLite, an advisory lock on PostgreSQL), `async fn begin_read_write(&self)
 /// -> Result<Transaction>` (one that may write after reading: `BEGIN IMMEDIATE` on SQLite, an ordinary
 /// transaction on PostgreSQL), and associated consts `TOUCH_SQL` (binds: `$1` the use time in micros,
-/// `$2` the key id), `CLAIM_SQL` and `CLAIM_DELIVERIES_SQL` (the two claims' row locking).
+/// `$2` the key id), `CLAIM_SQL` and `CLAIM_DELIVERIES_SQL` (the two claims' row locking), and `async fn
+/// begin_capped_claim(&self) -> Result<Transaction>` (one in which capped queue claims take turns).
 macro_rules! impl_store {
     ($store:ty, backend = $backend:literal, db = $db:ty) => {
         impl $store {
@@ -229,8 +230,9 @@ macro_rules! impl_store {
                 now: skygate_core::Timestamp,
                 lease: std::time::Duration,
                 limit: u32,
+                caps: &skygate_core::predictions::RunningCaps,
             ) -> $crate::Result<Vec<skygate_core::predictions::Claimed>> {
-                <$store>::claim_predictions(self, now, lease, limit).await
+                <$store>::claim_predictions(self, now, lease, limit, caps).await
             }
 
             async fn renew_lease(

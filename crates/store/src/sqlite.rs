@@ -99,6 +99,11 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Capped claims count running predictions before they write: the write lock up front.
+    async fn begin_capped_claim(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.begin_read_write().await
+    }
+
     /// The queue claim (see `predictions`): SQLite runs one writer at a time, so it is atomic as is.
     const CLAIM_SQL: &'static str = crate::predictions::CLAIM_SQLITE;
 

@@ -67,6 +67,8 @@ pub struct TestKey {
 /// A server running in this process over real TLS on a free loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The plaintext metrics listener, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub config: Arc<Config>,
     pub ca_pem: Vec<u8>,
     pub store: DynStore,
@@ -122,6 +124,7 @@ impl TestServer {
             None => Vec::new(),
         };
         let state = server.state().clone();
+        let metrics_addr = server.metrics_addr();
         let store = state.store().clone();
         let hasher = skygate_server::keyring::hasher(server.provider().as_ref())?;
         let provider = server.provider().clone();
@@ -129,6 +132,7 @@ impl TestServer {
         let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
         Ok(TestServer {
             addr,
+            metrics_addr,
             config,
             ca_pem,
             store,

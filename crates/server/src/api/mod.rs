@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::middleware::{self, EdgeLayer, FastAnswer, FastRoute, Front};
+use crate::middleware::{self, EdgeLayer, EdgeSettings, FastAnswer, FastRoute, Front};
 use crate::state::AppState;
 
 /// The versioned API routes. Flat paths rather than a nested router: nesting costs a boxed service
@@ -63,7 +63,12 @@ pub fn router(state: AppState) -> Router {
         crate::screen::screen,
     ))
     .with_state(state.clone());
-    let edge = EdgeLayer::new(body_limit, request_timeout);
+    let edge = EdgeLayer::configured(EdgeSettings {
+        body_limit,
+        timeout: request_timeout,
+        max_headers: state.config().server.max_headers,
+        metrics: state.metrics().map(|m| m.http().clone()),
+    });
     let routed = with_edge(routes, body_limit, &edge);
     Router::new().fallback_service(Front::new(&edge, Hot::new(state), routed))
 }

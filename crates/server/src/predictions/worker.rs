@@ -54,6 +54,7 @@ pub async fn run_queue(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let q = state.config().queue.clone();
+    let caps = state.config().limits.running_caps();
     let slots = Arc::new(Semaphore::new(q.workers as usize));
     let mut jobs: JoinSet<()> = JoinSet::new();
     loop {
@@ -64,7 +65,7 @@ pub async fn run_queue(
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
             match state
                 .store()
-                .claim_predictions(Timestamp::now(), q.lease, limit)
+                .claim_predictions(Timestamp::now(), q.lease, limit, &caps)
                 .await
             {
                 Ok(claimed) => {

@@ -161,6 +161,7 @@ conformance!(
     predictions_create_get_and_scope,
     list_predictions_newest_first_filtered_and_paged,
     claim_takes_the_oldest_pending_first,
+    claims_respect_running_caps,
     concurrent_claimers_never_share_a_prediction,
     progress_and_lease_renewal,
     complete_prediction_outcomes,

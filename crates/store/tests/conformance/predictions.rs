@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use skygate_core::predictions::{
-    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, StoredFile, StoredOutput,
-    UsageRecord,
+    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunningCaps, StoredFile,
+    StoredOutput, UsageRecord,
 };
 use skygate_core::{
     AccountId, KeyId, Mode, NewAccount, NewAuditEntry, NewProject, ProjectId, Tier, Timestamp,
@@ -84,7 +84,10 @@ pub(crate) async fn get(s: &DynStore, id: &PredictionId) -> PredictionRecord {
 }
 
 pub(crate) async fn claim_one(s: &DynStore, now: Timestamp) -> Claimed {
-    let mut got = s.claim_predictions(now, LEASE, 1).await.unwrap();
+    let mut got = s
+        .claim_predictions(now, LEASE, 1, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1, "expected one claim at {now:?}");
     got.remove(0)
 }
@@ -420,10 +423,17 @@ pub async fn claim_takes_the_oldest_pending_first(db: Db) {
     ] {
         by_time.insert(secs, create(&s, project, at(secs)).await.id);
     }
-    assert!(s.claim_predictions(at(100), LEASE, 0).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(100), LEASE, 0, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(get(&s, &by_time[&10]).await.status, PredictionStatus::Pending);
 
-    let first = s.claim_predictions(at(100), LEASE, 2).await.unwrap();
+    let first = s
+        .claim_predictions(at(100), LEASE, 2, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(
         claimed_ids(&first),
         vec![by_time[&10].clone(), by_time[&20].clone()]
@@ -450,7 +460,10 @@ pub async fn claim_takes_the_oldest_pending_first(db: Db) {
         );
     }
 
-    let second = s.claim_predictions(at(101), LEASE, 2).await.unwrap();
+    let second = s
+        .claim_predictions(at(101), LEASE, 2, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(
         claimed_ids(&second),
         vec![by_time[&30].clone(), by_time[&40].clone()]
@@ -460,9 +473,16 @@ pub async fn claim_takes_the_oldest_pending_first(db: Db) {
         "each claim has its own token"
     );
     assert_eq!(second[0].lease.until, at(161));
-    let third = s.claim_predictions(at(102), LEASE, 10).await.unwrap();
+    let third = s
+        .claim_predictions(at(102), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(claimed_ids(&third), vec![by_time[&50].clone()]);
-    assert!(s.claim_predictions(at(103), LEASE, 10).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(103), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
 
     // All five were created in one retention window: one shred key, the one the row names.
     let shreds: BTreeSet<u64> = first
@@ -486,7 +506,90 @@ pub async fn claim_takes_the_oldest_pending_first(db: Db) {
             .unwrap(),
         CancelOutcome::Cancelled(_)
     ));
-    assert!(s.claim_predictions(at(105), LEASE, 10).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(105), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Under running caps an account's predictions are claimed only while fewer than its tier's ceiling run:
+/// a batch stops at the ceiling, the excess waits (pending, in order), other accounts are claimed past
+/// it, and a finished prediction frees a slot. Four claimers on separate handles at once never take an
+/// account past its ceiling either.
+pub async fn claims_respect_running_caps(db: Db) {
+    let s = db.migrated().await;
+    let a = tenant(&s, "a@example.com").await; // free: ceiling 2 below
+    let b = tenant(&s, "b@example.com").await; // pro: ceiling 3 below
+    assert!(s.set_account_tier(&b.account, Tier::Pro).await.unwrap());
+    let caps = RunningCaps([2, 3, 1, 1]);
+    let mut a_ids = Vec::new();
+    for i in 0..5 {
+        a_ids.push(create(&s, &a.project, at(10 + i)).await.id);
+    }
+    let b_first = create(&s, &b.project, at(20)).await.id;
+
+    let first = s.claim_predictions(at(100), LEASE, 10, &caps).await.unwrap();
+    assert_eq!(
+        claimed_ids(&first),
+        vec![a_ids[0].clone(), a_ids[1].clone(), b_first.clone()],
+        "a's third and later wait; b is claimed past them"
+    );
+    assert!(s
+        .claim_predictions(at(101), LEASE, 10, &caps)
+        .await
+        .unwrap()
+        .is_empty());
+    for id in &a_ids[2..] {
+        assert_eq!(get(&s, id).await.status, PredictionStatus::Pending);
+    }
+
+    // One of a's finishes: exactly one more of a's (the oldest waiting) is claimed.
+    let done = &first[0];
+    assert!(s
+        .complete_prediction(
+            &done.record.id,
+            &done.lease.token,
+            &Completion::Failed("x".into()),
+            0,
+            at(102),
+            Duration::from_secs(300),
+            None,
+        )
+        .await
+        .unwrap());
+    let next = s.claim_predictions(at(103), LEASE, 10, &caps).await.unwrap();
+    assert_eq!(claimed_ids(&next), vec![a_ids[2].clone()]);
+
+    // Without caps the rest go at once (the uncapped claim is unchanged).
+    let rest = s
+        .claim_predictions(at(104), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&rest), vec![a_ids[3].clone(), a_ids[4].clone()]);
+
+    // Concurrent capped claimers (separate pools, as separate nodes) never exceed b's ceiling of 3.
+    let mut b_all = BTreeSet::new();
+    for i in 0..12 {
+        b_all.insert(create(&s, &b.project, at(200 + i)).await.id);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let h = db.open().await;
+        tasks.spawn(async move {
+            let got = h.claim_predictions(at(300 + w), LEASE, 3, &caps).await.unwrap();
+            h.close().await;
+            got.len()
+        });
+    }
+    let mut claimed = 0;
+    while let Some(n) = tasks.join_next().await {
+        claimed += n.unwrap();
+    }
+    assert_eq!(
+        claimed, 2,
+        "b already runs one: two more fill its ceiling of 3, whichever node claims"
+    );
 }
 
 /// Four claimers, each on its own handle (its own pool, as separate nodes would be), drain 50
@@ -504,7 +607,10 @@ pub async fn concurrent_claimers_never_share_a_prediction(db: Db) {
         tasks.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = h.claim_predictions(at(100 + w), LEASE, 3).await.unwrap();
+                let got = h
+                    .claim_predictions(at(100 + w), LEASE, 3, &RunningCaps::NONE)
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     break;
                 }
@@ -525,7 +631,11 @@ pub async fn concurrent_claimers_never_share_a_prediction(db: Db) {
         }
     }
     assert_eq!(seen, all);
-    assert!(s.claim_predictions(at(200), LEASE, 50).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(200), LEASE, 50, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
     for c in &claims {
         // Every claimer still holds what it was given: no later claim took it over.
         assert_eq!(
@@ -647,7 +757,10 @@ pub async fn complete_prediction_outcomes(db: Db) {
     let stop = create(&s, &a.project, at(2)).await;
     let stale = create(&s, &a.project, at(3)).await;
     let text = create(&s, &b.project, at(4)).await;
-    let claimed = s.claim_predictions(at(10), LEASE, 10).await.unwrap();
+    let claimed = s
+        .claim_predictions(at(10), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 5);
     let token = |id: &PredictionId| {
         claimed
@@ -880,7 +993,11 @@ pub async fn cancel_prediction_outcomes(db: Db) {
     want.purge_at = Some(at(320));
     assert_eq!(r, want);
     assert_eq!(get(&s, &pending.id).await, want);
-    assert!(s.claim_predictions(at(21), LEASE, 10).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(21), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
 
     let CancelOutcome::Requested(r) = s
         .cancel_prediction(&a.project, &running.id, at(30), RETENTION)
@@ -966,7 +1083,7 @@ pub async fn reclaim_expired_leases(db: Db) {
     let c1 = claim_one(&s, at(10)).await;
     let c2 = claim_one(&s, at(10)).await;
     let mut c3 = s
-        .claim_predictions(at(10), Duration::from_secs(600), 1)
+        .claim_predictions(at(10), Duration::from_secs(600), 1, &RunningCaps::NONE)
         .await
         .unwrap();
     let c3 = c3.remove(0);
@@ -1110,7 +1227,10 @@ pub async fn retention_purges_due_predictions(db: Db) {
     let running = create(&s, &a.project, at(2)).await;
     let queued = create(&s, &a.project, at(3)).await;
     let cancelled = create(&s, &a.project, at(4)).await;
-    let claimed = s.claim_predictions(at(10), LEASE, 3).await.unwrap();
+    let claimed = s
+        .claim_predictions(at(10), LEASE, 3, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(
         claimed_ids(&claimed),
         vec![done.id.clone(), late.id.clone(), running.id.clone()]
@@ -1235,7 +1355,11 @@ pub async fn retention_purges_due_predictions(db: Db) {
     // A queued one is cancelled too and never claimed.
     let r = s.purge_prediction(&queued.id, at(63)).await.unwrap().unwrap();
     assert_eq!((r.status, r.data_removed), (PredictionStatus::Cancelled, true));
-    assert!(s.claim_predictions(at(64), LEASE, 10).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(64), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         s.due_purges(at(10_000), 10).await.unwrap(),
         vec![due(&cancelled.id)],
@@ -1408,7 +1532,10 @@ pub async fn erase_removes_predictions_and_usage(db: Db) {
     let p = create(&s, &gone.project, at(0)).await;
     let k = create(&s, &keep.project, at(1)).await;
     let pending = create(&s, &gone.project, at(2)).await;
-    let claimed = s.claim_predictions(at(10), LEASE, 2).await.unwrap();
+    let claimed = s
+        .claim_predictions(at(10), LEASE, 2, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(claimed_ids(&claimed), vec![p.id.clone(), k.id.clone()]);
     for (c, who) in claimed.iter().zip([&gone.account, &keep.account]) {
         let u = usage_of(&c.record, PredictionStatus::Succeeded, at(20), 1.0);
@@ -1439,7 +1566,11 @@ pub async fn erase_removes_predictions_and_usage(db: Db) {
     assert_eq!(s.find_prediction(&p.id).await.unwrap(), None);
     assert_eq!(s.find_prediction(&pending.id).await.unwrap(), None);
     assert!(s.usage(&gone.account, at(0), 10).await.unwrap().is_empty());
-    assert!(s.claim_predictions(at(31), LEASE, 10).await.unwrap().is_empty());
+    assert!(s
+        .claim_predictions(at(31), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         s.due_purges(at(10_000), 10).await.unwrap(),
         vec![DuePurge {
@@ -1515,7 +1646,10 @@ pub async fn rewrap_covers_prediction_columns(db: Db) {
         events: vec!["completed".into()],
     });
     let pending = s.create_prediction(&n, WINDOW).await.unwrap();
-    let claimed = s.claim_predictions(at(10), LEASE, 3).await.unwrap();
+    let claimed = s
+        .claim_predictions(at(10), LEASE, 3, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 3);
     let outcomes = [
         Completion::Succeeded(StoredOutput::Text { text: "o".into() }),
@@ -1591,7 +1725,10 @@ pub async fn sensitive_prediction_workload(s: &DynStore, project: &ProjectId, i:
         s.create_prediction(&n, WINDOW).await.unwrap();
         ids.push(n.id);
     }
-    let mut claimed = s.claim_predictions(at(base + 10), LEASE, 2).await.unwrap();
+    let mut claimed = s
+        .claim_predictions(at(base + 10), LEASE, 2, &RunningCaps::NONE)
+        .await
+        .unwrap();
     claimed.sort_by_key(|c| c.record.created_at);
     assert_eq!(claimed_ids(&claimed), ids[..2].to_vec());
     let output = marker("output");

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use skygate_core::predictions::{Claimed, Completion, NewPrediction, PredictionId, StoredOutput};
+use skygate_core::predictions::{
+    Claimed, Completion, NewPrediction, PredictionId, RunningCaps, StoredOutput,
+};
 use skygate_core::webhooks::{
     AttemptRecord, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, DeliveryState,
     NextStep, WebhookEvent, MAX_RESPONSE_EXCERPT,
@@ -126,7 +128,10 @@ pub async fn outbox_rows_follow_subscribed_transitions(db: Db) {
         assert!(events(&s, p).await.is_empty(), "nothing before a transition");
     }
 
-    let claims = s.claim_predictions(at(10), LEASE, 4).await.unwrap();
+    let claims = s
+        .claim_predictions(at(10), LEASE, 4, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert_eq!(claims.len(), 4);
     use WebhookEvent::{Cancelled, Failed, Started, Succeeded};
     assert_eq!(events(&s, &p_all).await, vec![(Started, at(10))]);
@@ -284,7 +289,10 @@ pub async fn status_change_and_outbox_row_commit_together(db: Db) {
         .cancel_prediction(&a.project, &q, at(31), RETENTION)
         .await
         .is_err());
-    assert!(s.claim_predictions(at(32), LEASE, 10).await.is_err());
+    assert!(s
+        .claim_predictions(at(32), LEASE, 10, &RunningCaps::NONE)
+        .await
+        .is_err());
     assert!(s.purge_prediction(&q, at(33)).await.is_err());
     db.outbox_down(false).await;
     let r = get(&s, &p).await;
@@ -328,7 +336,13 @@ pub async fn delivery_claims_are_exclusive_and_leases_expire(db: Db) {
         let id = make(&s, hooked(&a.project, at(i), &["started"])).await;
         urls.insert(url_of(&id));
     }
-    assert_eq!(s.claim_predictions(at(10), LEASE, 8).await.unwrap().len(), 8);
+    assert_eq!(
+        s.claim_predictions(at(10), LEASE, 8, &RunningCaps::NONE)
+            .await
+            .unwrap()
+            .len(),
+        8
+    );
     assert!(
         s.claim_deliveries(at(9), LEASE, 10).await.unwrap().is_empty(),
         "not due yet"
@@ -402,7 +416,10 @@ pub async fn record_attempt_moves_deliveries_on(db: Db) {
     let a = tenant(&s, "a@example.com").await;
     let p1 = make(&s, hooked(&a.project, at(0), &[])).await;
     let p2 = make(&s, hooked(&a.project, at(1), &[])).await;
-    let claims = s.claim_predictions(at(10), LEASE, 2).await.unwrap();
+    let claims = s
+        .claim_predictions(at(10), LEASE, 2, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert!(finish(&s, claimed(&claims, &p2), Completion::Failed("x".into()), at(20)).await);
     assert!(finish(&s, claimed(&claims, &p1), succeeded(), at(21)).await);
 
@@ -901,11 +918,20 @@ pub async fn list_deliveries_filters(db: Db) {
     for i in 0..105 {
         bulk.push(make(&s, hooked(&a.project, at(i), &["started"])).await);
     }
-    assert_eq!(s.claim_predictions(at(200), LEASE, 200).await.unwrap().len(), 105);
+    assert_eq!(
+        s.claim_predictions(at(200), LEASE, 200, &RunningCaps::NONE)
+            .await
+            .unwrap()
+            .len(),
+        105
+    );
     let p1 = make(&s, hooked(&a.project, at(300), &[])).await;
     let p2 = make(&s, hooked(&a.project, at(301), &[])).await;
     let p3 = make(&s, hooked(&a.project, at(302), &[])).await;
-    let claims = s.claim_predictions(at(310), LEASE, 3).await.unwrap();
+    let claims = s
+        .claim_predictions(at(310), LEASE, 3, &RunningCaps::NONE)
+        .await
+        .unwrap();
     assert!(finish(&s, claimed(&claims, &p1), succeeded(), at(320)).await);
     assert!(finish(&s, claimed(&claims, &p2), Completion::Failed("x".into()), at(321)).await);
     assert!(finish(&s, claimed(&claims, &p3), succeeded(), at(322)).await);
@@ -1000,7 +1026,13 @@ pub async fn deleted_or_unreadable_targets_have_no_url(db: Db) {
     let gone = make(&s, hooked(&a.project, at(0), &["started"])).await;
     let bad = make(&s, hooked(&a.project, at(1), &["started"])).await;
     let fine = make(&s, hooked(&a.project, at(2), &["started"])).await;
-    assert_eq!(s.claim_predictions(at(10), LEASE, 3).await.unwrap().len(), 3);
+    assert_eq!(
+        s.claim_predictions(at(10), LEASE, 3, &RunningCaps::NONE)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     s.purge_prediction(&gone, at(20)).await.unwrap();
     assert!(s.delete_prediction(&a.project, &gone).await.unwrap());
     let theirs = db.raw_get("predictions", "webhook_target", fine.as_str()).await;
@@ -1221,7 +1253,10 @@ pub async fn a_batch_of_attempts_commits_together_and_skips_stale_leases(db: Db)
     for i in 0..3 {
         ps.push(make(&s, hooked(&a.project, at(i), &[])).await);
     }
-    let claims = s.claim_predictions(at(10), LEASE, 3).await.unwrap();
+    let claims = s
+        .claim_predictions(at(10), LEASE, 3, &RunningCaps::NONE)
+        .await
+        .unwrap();
     for p in &ps {
         assert!(finish(&s, claimed(&claims, p), succeeded(), at(20)).await);
     }

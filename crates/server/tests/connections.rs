@@ -1,0 +1,147 @@
+//! Connection-level edge limits on the real TLS listener: too many header fields answer 431 (the
+//! envelope up to hyper's parse limit, hyper's own 431 past it), and a connection that sits idle — no
+//! request in flight, no bytes moving — is closed after `server.idle_timeout`, while one waiting on a
+//! long request is not.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use skygate_core::Mode;
+use skygate_testkit::tlsclient::{client_config, connect};
+use skygate_testkit::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn with_headers(n: usize) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    for i in 0..n {
+        h.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-extra-{i}").as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_static("1"),
+        );
+    }
+    h
+}
+
+#[tokio::test]
+async fn too_many_header_fields_get_431() {
+    let srv = TestServer::start_with(|c| c.server.max_headers = 20)
+        .await
+        .unwrap();
+    let c = srv.client();
+    // Fast path and routed path alike.
+    for path in ["/healthz", "/v1/predictions"] {
+        let ok = c
+            .get(srv.url(path))
+            .headers(with_headers(10))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(ok.status(), 431, "{path}");
+        let res = c
+            .get(srv.url(path))
+            .headers(with_headers(30))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 431, "{path}");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["error_id"], "HEADERS_TOO_LARGE", "{path}: {v}");
+        assert_eq!(v["error"]["http_status"], 431);
+    }
+    // Past hyper's HTTP/1 parse limit (100 fields) hyper itself refuses with 431.
+    let res = c
+        .get(srv.url("/healthz"))
+        .headers(with_headers(150))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+    // The server is fine afterwards.
+    assert_eq!(c.get(srv.url("/healthz")).send().await.unwrap().status(), 200);
+    srv.stop().await.unwrap();
+}
+
+/// Sends one keep-alive request on `tls` and reads the whole response (Content-Length framed).
+async fn round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    path: &str,
+) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tls.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let srv = TestServer::start_with(|c| {
+        c.server.idle_timeout = Duration::from_millis(600);
+        // Longer than the test, so only the idle timeout can close the connection.
+        c.server.header_read_timeout = Duration::from_secs(30);
+    })
+    .await
+    .unwrap();
+    let cfg = client_config(&srv.ca_pem, &[&rustls::version::TLS13], &[b"http/1.1"]).unwrap();
+
+    // One request, then silence: closed after 600 ms .. about 750 ms.
+    let mut tls = connect(srv.addr, cfg.clone(), "localhost").await.unwrap();
+    let first = round_trip(&mut tls, "/healthz").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let quiet = Instant::now();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte))
+        .await
+        .expect("the idle connection was closed by the server")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF, not data");
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(2),
+        "closed after {waited:?}"
+    );
+
+    // A connection that keeps sending requests more often than the timeout stays open.
+    let mut tls = connect(srv.addr, cfg.clone(), "localhost").await.unwrap();
+    for _ in 0..5 {
+        let r = round_trip(&mut tls, "/healthz").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // A request that takes longer than the idle timeout (an awaited 1.5 s countdown) is not cut off.
+    let k = srv.new_key(Mode::Live).await.unwrap();
+    let started = Instant::now();
+    let res = srv
+        .client()
+        .post(srv.url("/v1/predictions"))
+        .header("x-api-key", &k.key)
+        .json(&json!({"model": "countdown", "input": {"seconds": 1.5}, "await": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    srv.stop().await.unwrap();
+}
