@@ -13,7 +13,7 @@ use skygate_testkit::binary::{cli, BinaryServer};
 use skygate_testkit::receiver::{Received, Receiver, Reply};
 
 mod common;
-use common::{bin, ok, setup_project, Api};
+use common::{bin, ok, setup_project, Api, TwoNodes};
 
 /// Local receivers, short leases, and limits high enough for a thousand creates a minute.
 fn hooks(extra: &str) -> String {
@@ -136,17 +136,11 @@ async fn two_dispatcher_nodes_on_postgres_send_each_delivery_once() {
         let rx = Receiver::start(|_| Reply::status(200).delay(Duration::from_millis(5)))
             .await
             .unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         let toml = hooks(&format!("[storage]\ndatabase_url = \"{url}\"\n"));
-        let (_, key) = setup_project(&a, &toml);
-        // The second node shares the database and the keyring (its data dir is a copy of the first's,
-        // with the keyring directory itself shared: a local keyring holds the retention shred keys).
-        copy_dir(&a, &b);
-        std::fs::remove_dir_all(b.join("keyring")).unwrap();
-        std::os::unix::fs::symlink(a.join("keyring"), b.join("keyring")).unwrap();
-        let na = BinaryServer::start(&bin(), &a, &[]).unwrap();
-        let nb = BinaryServer::start(&bin(), &b, &[]).unwrap();
+        let nodes = TwoNodes::new(&toml);
+        let (a, b, key) = (&nodes.a, &nodes.b, nodes.key.clone());
+        let na = BinaryServer::start(&bin(), a, &[]).unwrap();
+        let nb = BinaryServer::start(&bin(), b, &[]).unwrap();
         let (api_a, api_b) = (Api::new(&na, &key), Api::new(&nb, &key));
         let mut predictions = create_many(&api_a, &rx, N / 2).await;
         predictions.extend(create_many(&api_b, &rx, N / 2).await);
@@ -159,22 +153,6 @@ async fn two_dispatcher_nodes_on_postgres_send_each_delivery_once() {
         drop((na, nb));
     })
     .await;
-}
-
-/// A recursive copy that keeps permissions (the keyring refuses a directory others can read).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-        std::fs::set_permissions(&target, e.metadata().unwrap().permissions()).unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,3 +118,48 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Two nodes' data dirs for one deployment: `a` set up with `toml` and a live key, `b` a copy of it
+/// whose keyring directory is `a`'s own (nodes share the database and the key provider; a local keyring
+/// also holds the retention shred keys, so it must be one directory, not a copy).
+pub struct TwoNodes {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    pub project: String,
+    pub key: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl TwoNodes {
+    pub fn new(toml: &str) -> TwoNodes {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (project, key) = setup_project(&a, toml);
+        copy_dir(&a, &b);
+        std::fs::remove_dir_all(b.join("keyring")).unwrap();
+        std::os::unix::fs::symlink(a.join("keyring"), b.join("keyring")).unwrap();
+        TwoNodes {
+            a,
+            b,
+            project,
+            key,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// A recursive copy that keeps permissions (the keyring refuses a directory others can read).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+        std::fs::set_permissions(&target, e.metadata().unwrap().permissions()).unwrap();
+    }
+}
