@@ -357,6 +357,8 @@ pub struct ServerConfig {
     pub tls_names: Vec<String>,
     /// Largest accepted request body.
     pub body_limit: ByteSize,
+    /// Per-route overrides of `body_limit`, by route template (`"/v1/predictions" = "8MiB"`).
+    pub body_limits: BTreeMap<String, ByteSize>,
     /// Time a client gets to complete the TLS handshake.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -466,6 +468,7 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_names: Vec::new(),
             body_limit: ByteSize(1024 * 1024),
+            body_limits: BTreeMap::new(),
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(90),
@@ -475,6 +478,55 @@ impl Default for ServerConfig {
             max_headers: 100,
             idle_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The body limit of each route: `server.body_limit`, or the route's override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub default: u64,
+    routes: Vec<(&'static str, u64)>,
+}
+
+impl BodyLimits {
+    pub fn uniform(default: u64) -> BodyLimits {
+        BodyLimits {
+            default,
+            routes: Vec::new(),
+        }
+    }
+
+    /// The limit for a request to `path` (one route match when overrides exist, nothing otherwise).
+    pub fn for_path(&self, path: &str) -> u64 {
+        if self.routes.is_empty() {
+            return self.default;
+        }
+        self.for_route(crate::metrics::route_of(path))
+    }
+
+    /// The limit of a route template.
+    pub fn for_route(&self, route: &str) -> u64 {
+        self.routes
+            .iter()
+            .find(|(r, _)| *r == route)
+            .map_or(self.default, |(_, n)| *n)
+    }
+
+    /// The largest limit of any route.
+    pub fn max(&self) -> u64 {
+        self.routes.iter().map(|(_, n)| *n).fold(self.default, u64::max)
+    }
+}
+
+impl ServerConfig {
+    pub fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            default: self.body_limit.0,
+            routes: crate::metrics::ROUTES
+                .iter()
+                .filter_map(|r| self.body_limits.get(*r).map(|n| (*r, n.0)))
+                .collect(),
         }
     }
 }
@@ -670,6 +722,19 @@ impl Config {
         }
         if s.body_limit.0 == 0 || s.body_limit.0 > 1024 * 1024 * 1024 {
             return err("server.body_limit must be between 1 byte and 1GiB".into());
+        }
+        for (route, limit) in &s.body_limits {
+            if !crate::metrics::ROUTES.contains(&route.as_str()) {
+                return err(format!(
+                    "server.body_limits.{route:?}: not a route template (one of {})",
+                    crate::metrics::ROUTES.join(", ")
+                ));
+            }
+            if limit.0 == 0 || limit.0 > 1024 * 1024 * 1024 {
+                return err(format!(
+                    "server.body_limits.{route:?} must be between 1 byte and 1GiB"
+                ));
+            }
         }
         for (name, d) in [
             ("server.handshake_timeout", s.handshake_timeout),

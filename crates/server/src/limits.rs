@@ -174,9 +174,8 @@ impl RateLimits {
         if !self.enabled {
             return (None, Ok(()));
         }
-        let key = format!("k:{}", auth.key_id());
         let requests = self.requests(auth);
-        let limits = [Limit::new("requests", &key, requests)];
+        let limits = [Limit::new("requests", auth.key_id().as_str(), requests)];
         let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_read).await;
         self.decide(&d, auth.tier(), requests, &limits)
     }
@@ -188,9 +187,8 @@ impl RateLimits {
             return Some((None, Ok(())));
         }
         let local = self.local.as_ref()?;
-        let key = format!("k:{}", auth.key_id());
         let requests = self.requests(auth);
-        let limits = [Limit::new("requests", &key, requests)];
+        let limits = [Limit::new("requests", auth.key_id().as_str(), requests)];
         Some(self.decide(&local.check_sync(&limits, 1), auth.tier(), requests, &limits))
     }
 
@@ -201,14 +199,13 @@ impl RateLimits {
             return (None, Ok(()));
         }
         let t = self.tier(auth.tier());
-        let (key, creates, daily) = (
-            format!("k:{}", auth.key_id()),
+        let (creates, daily) = (
             format!("c:{}:{model}", auth.account()),
             format!("d:{}", auth.account()),
         );
         let requests = self.requests(auth);
         let mut limits = vec![
-            Limit::new("requests", &key, requests),
+            Limit::new("requests", auth.key_id().as_str(), requests),
             Limit::new(
                 "predictions",
                 &creates,
@@ -248,8 +245,8 @@ impl RateLimits {
         if !self.enabled {
             return None;
         }
-        let key = format!("a:{client}");
-        let limits = self.auth_limit(&key);
+        let key = AddrKey::new(client);
+        let limits = self.auth_limit(key.as_str());
         Some(check_with_policy(self.limiter.as_ref(), &limits, cost, FailurePolicy::Open).await)
     }
 
@@ -273,8 +270,8 @@ impl RateLimits {
             return Some(None);
         }
         let local = self.local.as_ref()?;
-        let key = format!("a:{client}");
-        let limits = self.auth_limit(&key);
+        let key = AddrKey::new(client);
+        let limits = self.auth_limit(key.as_str());
         if let Some(e) = throttled(&local.check_sync(&limits, 0), self.auth_failures_per_minute) {
             return Some(Some(e));
         }
@@ -289,6 +286,34 @@ impl RateLimits {
     /// Limiter calls that failed (Redis unreachable or slow).
     pub fn failures(&self) -> u64 {
         self.limiter.failures()
+    }
+}
+
+/// A client address's bucket name, `a:` + the address, formatted on the stack: the failed-authentication
+/// budget is looked at on every request, so no allocation. (Per-key buckets are the key ids themselves,
+/// `key_…`; per-account ones start `c:` and `d:`: no name can collide.)
+struct AddrKey {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl AddrKey {
+    fn new(ip: IpAddr) -> AddrKey {
+        use std::io::Write;
+        let mut buf = [0u8; 48];
+        buf[0] = b'a';
+        buf[1] = b':';
+        // The longest address text is 45 bytes: it always fits.
+        let left = {
+            let mut w = buf.get_mut(2..).unwrap_or_default();
+            let _ = write!(w, "{ip}");
+            w.len()
+        };
+        AddrKey { buf, len: 48 - left }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or("a:")
     }
 }
 
@@ -395,4 +420,24 @@ fn decide(d: &Decision, tier: Tier, requests: Quota, limits: &[Limit<'_>]) -> Ch
     );
     e.retry_after = Some(tripped.retry_after_secs().max(1));
     (Some(info), Err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_buckets_are_formatted_whole() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1234:5678:9abc:def0:1234:5678:255.255.255.255",
+        ] {
+            let a: IpAddr = ip.parse().unwrap();
+            assert_eq!(AddrKey::new(a).as_str(), format!("a:{a}"));
+        }
+    }
 }

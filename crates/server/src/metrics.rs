@@ -225,6 +225,23 @@ impl Metrics {
     }
 }
 
+/// The API's route templates (what [`route_of`] can answer besides `other`).
+pub const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/v1/models",
+    "/v1/models/{slug}",
+    "/v1/model/{slug}",
+    "/v1/predict",
+    "/v1/predictions",
+    "/v1/predictions/{id}",
+    "/v1/predictions/{id}/cancel",
+    "/v1/predictions/{id}/delete",
+    "/v1/predictions/{id}/stream",
+    "/v1/outputs/{id}/{file}",
+    "/v1/openapi.json",
+];
+
 /// The API's route templates, as the router declares them: a request's path is counted under the one
 /// it matches, anything else under `other`.
 pub fn route_of(path: &str) -> &'static str {
@@ -341,6 +358,7 @@ mod tests {
             ("/wp-admin/x/y/z/w/v", "other"),
         ] {
             assert_eq!(route_of(path), route, "{path}");
+            assert!(route == "other" || ROUTES.contains(&route), "{route}");
         }
     }
 

@@ -37,6 +37,7 @@ use futures_util::future::Either;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::config::BodyLimits;
 use crate::error::ApiError;
 use crate::metrics::{HttpMetrics, RouteKey};
 
@@ -120,7 +121,8 @@ impl RequestIds {
 /// What the edge layer enforces and records.
 #[derive(Clone)]
 pub struct EdgeSettings {
-    pub body_limit: u64,
+    /// Per route (see [`BodyLimits`]).
+    pub body_limits: BodyLimits,
     pub timeout: Duration,
     /// More header fields than this: `431` (see `server.max_headers`).
     pub max_headers: usize,
@@ -129,7 +131,7 @@ pub struct EdgeSettings {
 }
 
 struct EdgeConfig {
-    body_limit: u64,
+    body_limits: BodyLimits,
     timeout: Duration,
     max_headers: usize,
     ids: RequestIds,
@@ -146,7 +148,7 @@ impl EdgeLayer {
     /// The body limit and request deadline, at most 100 header fields, no metrics.
     pub fn new(body_limit: u64, timeout: Duration) -> Self {
         Self::configured(EdgeSettings {
-            body_limit,
+            body_limits: BodyLimits::uniform(body_limit),
             timeout,
             max_headers: 100,
             metrics: None,
@@ -156,7 +158,7 @@ impl EdgeLayer {
     pub fn configured(s: EdgeSettings) -> Self {
         EdgeLayer {
             cfg: Arc::new(EdgeConfig {
-                body_limit: s.body_limit,
+                body_limits: s.body_limits,
                 timeout: s.timeout,
                 max_headers: s.max_headers,
                 ids: RequestIds::new(),
@@ -265,9 +267,9 @@ impl EdgeConfig {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        declared
-            .is_some_and(|n| n > self.body_limit)
-            .then(|| ApiError::payload_too_large(self.body_limit).into_response())
+        let n = declared?;
+        let limit = self.body_limits.for_path(req.uri().path());
+        (n > limit).then(|| ApiError::payload_too_large(limit).into_response())
     }
 }
 

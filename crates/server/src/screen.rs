@@ -126,7 +126,7 @@ pub async fn screen(State(state): State<AppState>, req: Request, next: Next) -> 
     if !waf.needs_body() {
         return next.run(req).await;
     }
-    let limit = usize::try_from(state.config().server.body_limit.0).unwrap_or(usize::MAX);
+    let limit = usize::try_from(state.body_limits().for_path(req.uri().path())).unwrap_or(usize::MAX);
     let (parts, body) = req.into_parts();
     let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,

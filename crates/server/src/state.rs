@@ -9,7 +9,7 @@ use skygate_store::DynStore;
 
 use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{BodyLimits, Config};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::predictions::{Hub, OutputSigner, Validators};
@@ -35,6 +35,7 @@ struct Inner {
     trusted_proxies: Vec<ipnet::IpNet>,
     public_url: String,
     metrics: Option<Arc<Metrics>>,
+    body_limits: BodyLimits,
 }
 
 /// What a state is built from; the rest (catalog, validators, change feed) is derived.
@@ -72,6 +73,7 @@ impl AppState {
             metrics,
         } = parts;
         let catalog = ModelCatalog::new(&models)?;
+        let body_limits = config.server.body_limits();
         let validators = Validators::new(&models)?;
         Ok(AppState(Arc::new(Inner {
             config,
@@ -89,6 +91,7 @@ impl AppState {
             trusted_proxies,
             public_url,
             metrics,
+            body_limits,
         })))
     }
 
@@ -151,6 +154,11 @@ impl AppState {
     /// The Models API answers, serialised once.
     pub fn catalog(&self) -> &ModelCatalog {
         &self.0.catalog
+    }
+
+    /// The body limit of each route (`server.body_limit` and `server.body_limits`).
+    pub fn body_limits(&self) -> &BodyLimits {
+        &self.0.body_limits
     }
 
     /// This node's metrics (none unless `[metrics] listen` is set).

@@ -17,45 +17,63 @@ pub use models::ModelCatalog;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::config::BodyLimits;
 use crate::middleware::{self, EdgeLayer, EdgeSettings, FastAnswer, FastRoute, Front};
 use crate::state::AppState;
 
 /// The versioned API routes. Flat paths rather than a nested router: nesting costs a boxed service
-/// clone per request, which showed up in the load benchmark's profile.
-fn v1(r: Router<AppState>) -> Router<AppState> {
-    r.route("/v1/models", get(models::list))
-        .route("/v1/models/{slug}", get(models::get))
-        .route("/v1/model/{slug}", get(models::get))
-        .route("/v1/predict", post(predictions::create))
-        .route(
+/// clone per request, which showed up in the load benchmark's profile. A route with its own body limit
+/// (`server.body_limits`) carries it as a route layer, which the extractors then obey.
+fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
+    let routes: [(&str, MethodRouter<AppState>); 11] = [
+        ("/v1/models", get(models::list)),
+        ("/v1/models/{slug}", get(models::get)),
+        ("/v1/model/{slug}", get(models::get)),
+        ("/v1/predict", post(predictions::create)),
+        (
             "/v1/predictions",
             post(predictions::create).get(predictions::list),
-        )
-        .route(
+        ),
+        (
             "/v1/predictions/{id}",
             get(predictions::get).delete(predictions::delete),
-        )
-        .route("/v1/predictions/{id}/cancel", post(predictions::cancel))
-        .route(
+        ),
+        ("/v1/predictions/{id}/cancel", post(predictions::cancel)),
+        (
             "/v1/predictions/{id}/delete",
             axum::routing::delete(predictions::delete),
-        )
-        .route("/v1/predictions/{id}/stream", get(predictions::stream))
-        .route("/v1/outputs/{id}/{file}", get(outputs::download))
-        .route("/v1/openapi.json", get(openapi::serve_spec))
+        ),
+        ("/v1/predictions/{id}/stream", get(predictions::stream)),
+        ("/v1/outputs/{id}/{file}", get(outputs::download)),
+        ("/v1/openapi.json", get(openapi::serve_spec)),
+    ];
+    routes.into_iter().fold(r, |r, (path, route)| {
+        let own = limits.for_route(path);
+        if own == limits.default {
+            r.route(path, route)
+        } else {
+            r.route(
+                path,
+                route.layer(DefaultBodyLimit::max(usize::try_from(own).unwrap_or(usize::MAX))),
+            )
+        }
+    })
 }
 
 /// The whole application: routes plus the edge middleware stack, behind the hot-route front.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config().server.body_limit.0;
+    let limits = state.body_limits().clone();
     let request_timeout = state.config().server.request_timeout;
-    let routes = v1(Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz)))
+    let routes = v1(
+        Router::new()
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz)),
+        &limits,
+    )
     .fallback(middleware::not_found)
     .layer(axum::middleware::from_fn(crate::limits::rate_headers))
     .layer(axum::middleware::from_fn_with_state(
@@ -63,8 +81,9 @@ pub fn router(state: AppState) -> Router {
         crate::screen::screen,
     ))
     .with_state(state.clone());
+    let body_limit = limits.default;
     let edge = EdgeLayer::configured(EdgeSettings {
-        body_limit,
+        body_limits: limits,
         timeout: request_timeout,
         max_headers: state.config().server.max_headers,
         metrics: state.metrics().map(|m| m.http().clone()),
