@@ -3,6 +3,8 @@
 # hyper+rustls hello-world (same TLS config and certificate) measured in the same run with the same
 # client. Loopback only; each run is bounded by -d. Needs wrk (apt-get install wrk).
 # Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# FLOOD=1 also measures what floods cost: invalid keys and unknown routes answered per second, and the
+# valid traffic served while a flood of invalid keys runs beside it (see BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur="${1:-10}"; conns="${2:-32}"
@@ -61,4 +63,30 @@ b1, b2, m1, m2, s1, s2, o1, o2 = map(float, sys.argv[1:])
 b, m, s, o = max(b1, b2), max(m1, m2), max(s1, s2), max(o1, o2)
 print(f"bare hello: {b:.0f} req/s; bare same-bytes: {m:.0f} req/s; skygate GET /v1/models: {s:.0f} req/s (limits off: {o:.0f})")
 print(f"ratio vs bare hello: {s / b:.2f}; ratio vs bare same-bytes: {s / m:.2f}; limits on vs off: {s / o:.2f}")
+PY
+
+[[ "${FLOOD:-0}" == 1 ]] || exit 0
+# Floods, against a server whose failed-authentication budget is raised out of the way (all traffic here
+# comes from 127.0.0.1, so the real budget would turn the flood, and the valid traffic with it, into
+# 429s at once): this measures the raw cost of refusing, not the throttle.
+flood_data="$tmp/flood"; cp -a "$data" "$flood_data"
+printf '[limits]\nauth_failures_per_minute = 100000\n[limits.tiers.free]\nrequests_per_minute = 10000000\npredictions_per_minute = 1000000\n' >"$flood_data/skygate.toml"
+SKYGATE_LOG=warn $bin serve --data-dir "$flood_data" --listen 127.0.0.1:0 >"$tmp/fl.out" 2>"$tmp/fl.err" &
+fl=$(wait_url "$tmp/fl.out")
+bad="x-api-key: sk_live_$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 38)"
+wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$fl/v1/models" >/dev/null
+v=$(run "valid key" "$fl/v1/models" "x-api-key: $key")
+i=$(run "invalid key (checksum)" "$fl/v1/models" "$bad")
+u=$(run "unknown route" "$fl/no/such/route")
+half=$((conns / 2))
+wrk -t1 -c"$half" -d"${dur}s" -H "$bad" "$fl/v1/models" >"$tmp/flood.txt" &
+fp=$!
+together=$(wrk -t1 -c"$half" -d"${dur}s" -H "x-api-key: $key" "$fl/v1/models" | awk '/Requests\/sec/ {print $2}')
+wait "$fp"
+flood=$(awk '/Requests\/sec/ {print $2}' "$tmp/flood.txt")
+python3 - "$v" "$i" "$u" "$together" "$flood" <<'PY'
+import sys
+v, i, u, t, f = map(float, sys.argv[1:])
+print(f"alone: valid {v:.0f} req/s, invalid key {i:.0f} req/s ({i / v:.2f}x), unknown route {u:.0f} req/s ({u / v:.2f}x)")
+print(f"side by side (half the connections each): valid {t:.0f} req/s = {t / v:.2f} of alone, flood {f:.0f} req/s")
 PY
