@@ -59,11 +59,13 @@ pub struct RateInfo {
 }
 
 impl RateInfo {
+    /// Sets the four headers, in place where `h` already has them (a prebuilt map: no growth).
     pub fn apply(&self, h: &mut HeaderMap) {
-        h.insert(LIMIT_REQUESTS.clone(), HeaderValue::from(self.limit));
-        h.insert(REMAINING_REQUESTS.clone(), HeaderValue::from(self.remaining));
-        h.insert(RESET_REQUESTS.clone(), HeaderValue::from(self.reset_secs));
-        h.insert(WINDOW.clone(), HeaderValue::from_static("60"));
+        use crate::middleware::set_header;
+        set_header(h, &LIMIT_REQUESTS, HeaderValue::from(self.limit));
+        set_header(h, &REMAINING_REQUESTS, HeaderValue::from(self.remaining));
+        set_header(h, &RESET_REQUESTS, HeaderValue::from(self.reset_secs));
+        set_header(h, &WINDOW, HeaderValue::from_static("60"));
     }
 }
 
@@ -289,27 +291,39 @@ impl RateLimits {
     }
 }
 
-/// A client address's bucket name, `a:` + the address, formatted on the stack: the failed-authentication
-/// budget is looked at on every request, so no allocation. (Per-key buckets are the key ids themselves,
-/// `key_…`; per-account ones start `c:` and `d:`: no name can collide.)
+/// A client address's bucket name: `a4:` or `a6:` + the address's bytes in hex, written on the stack (the
+/// failed-authentication budget is looked at on every request: no allocation, no formatting machinery).
+/// Per-key buckets are the key ids themselves (`key_…`), per-account ones start `c:` and `d:`: no name
+/// can collide. IPv4-mapped IPv6 addresses count as their IPv4 address.
 struct AddrKey {
-    buf: [u8; 48],
+    buf: [u8; 3 + 32],
     len: usize,
 }
 
 impl AddrKey {
     fn new(ip: IpAddr) -> AddrKey {
-        use std::io::Write;
-        let mut buf = [0u8; 48];
-        buf[0] = b'a';
-        buf[1] = b':';
-        // The longest address text is 45 bytes: it always fits.
-        let left = {
-            let mut w = buf.get_mut(2..).unwrap_or_default();
-            let _ = write!(w, "{ip}");
-            w.len()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let (tag, v4, v6);
+        let bytes: &[u8] = match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                (tag, v4) = (b'4', a.octets());
+                &v4
+            }
+            IpAddr::V6(a) => {
+                (tag, v6) = (b'6', a.octets());
+                &v6
+            }
         };
-        AddrKey { buf, len: 48 - left }
+        let mut buf = [0u8; 35];
+        let (head, hex) = buf.split_at_mut(3);
+        head.copy_from_slice(&[b'a', tag, b':']);
+        for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
+            pair.copy_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+        AddrKey {
+            buf,
+            len: 3 + 2 * bytes.len(),
+        }
     }
 
     fn as_str(&self) -> &str {
@@ -427,17 +441,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn address_buckets_are_formatted_whole() {
-        for ip in [
-            "127.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            "::ffff:255.255.255.255",
-            "1234:5678:9abc:def0:1234:5678:255.255.255.255",
+    fn address_buckets_name_the_whole_address() {
+        for (ip, key) in [
+            ("127.0.0.1", "a4:7f000001"),
+            ("255.255.255.255", "a4:ffffffff"),
+            ("::ffff:10.0.0.1", "a4:0a000001"),
+            ("::1", "a6:00000000000000000000000000000001"),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+                "a6:fffffffffffffffffffffffffffffffe",
+            ),
+            ("2001:db8::ff00:42:8329", "a6:20010db8000000000000ff0000428329"),
         ] {
             let a: IpAddr = ip.parse().unwrap();
-            assert_eq!(AddrKey::new(a).as_str(), format!("a:{a}"));
+            assert_eq!(AddrKey::new(a).as_str(), key, "{ip}");
         }
     }
 }

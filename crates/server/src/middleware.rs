@@ -396,14 +396,14 @@ impl<F: FastRoute> Service<Request> for Front<F> {
             let res = match answer {
                 Some(FastAnswer::Json(body)) => {
                     let mut headers = me.json_headers.clone();
-                    headers.insert(X_REQUEST_ID.clone(), id);
+                    set_header(&mut headers, &X_REQUEST_ID, id);
                     let mut res = Response::new(Body::from(body));
                     *res.headers_mut() = headers;
                     res
                 }
                 Some(FastAnswer::JsonRated(body, rate)) => {
                     let mut headers = me.json_rated_headers.clone();
-                    headers.insert(X_REQUEST_ID.clone(), id);
+                    set_header(&mut headers, &X_REQUEST_ID, id);
                     rate.apply(&mut headers);
                     let mut res = Response::new(Body::from(body));
                     *res.headers_mut() = headers;
@@ -436,6 +436,17 @@ impl<F: FastRoute> Service<Request> for Front<F> {
             return Either::Left(std::future::ready(Ok(res)));
         }
         Either::Right(me.routed.clone().call(req))
+    }
+}
+
+/// Sets `name` to `value`: in place when the map already has it (a cloned prebuilt map is full to its
+/// capacity, and `insert` reserves room first, so it would grow the map on every response), else inserted.
+pub fn set_header(h: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match h.get_mut(name) {
+        Some(slot) => *slot = value,
+        None => {
+            h.insert(name.clone(), value);
+        }
     }
 }
 
