@@ -7,8 +7,10 @@
 //! Whatever [`Hot`] declines goes through the router unchanged.
 
 mod health;
+mod manage;
 mod models;
 pub mod openapi;
+mod openapi_manage;
 pub mod outputs;
 pub mod predictions;
 
@@ -47,6 +49,17 @@ fn v1(r: Router<AppState>) -> Router<AppState> {
         .route("/v1/predictions/{id}/stream", get(predictions::stream))
         .route("/v1/outputs/{id}/{file}", get(outputs::download))
         .route("/v1/openapi.json", get(openapi::serve_spec))
+        .route("/v1/account", get(manage::account))
+        .route(
+            "/v1/projects",
+            get(manage::list_projects).post(manage::create_project),
+        )
+        .route(
+            "/v1/projects/{id}/keys",
+            get(manage::list_keys).post(manage::create_key),
+        )
+        .route("/v1/keys/{id}", axum::routing::delete(manage::revoke_key))
+        .route("/v1/audit", get(manage::audit))
 }
 
 /// The whole application: routes plus the edge middleware stack, behind the hot-route front.

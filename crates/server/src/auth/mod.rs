@@ -8,6 +8,7 @@
 //! before the lookup leaks nothing; it spares the store from typos and random junk.
 
 mod cache;
+pub mod token;
 mod usage;
 
 use std::sync::Arc;
@@ -131,6 +132,16 @@ impl Authenticator {
             cache: KeyCache::new(cache_ttl),
             usage: UsageLog::default(),
         }
+    }
+
+    /// The pepper holder: what hashes keys, tokens and recovery codes.
+    pub fn hasher(&self) -> &dyn KeyHasher {
+        self.hasher.as_ref()
+    }
+
+    /// The store credentials are looked up in.
+    pub fn store(&self) -> &DynStore {
+        &self.store
     }
 
     pub fn usage(&self) -> &UsageLog {
