@@ -67,22 +67,28 @@ pub(crate) fn token_auth(r: &impl StoreRow) -> Result<TokenAuthRecord> {
 /// [`crate::queries::impl_store!`] (whose `impl Store` forwards to them).
 macro_rules! access_methods {
     () => {
+        /// The account's shred key (what its sealed values are bound to); `NotFound` for an unknown
+        /// account.
+        async fn account_shred(&self, account: &skygate_core::AccountId) -> $crate::Result<u64> {
+            let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
+                .bind(account.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            shred
+                .map(|s| s as u64)
+                .ok_or_else(|| $crate::StoreError::NotFound(format!("account {account}")))
+        }
+
         async fn create_access_token(
             &self,
             account: &skygate_core::AccountId,
             new: &skygate_core::token::NewAccessToken,
         ) -> $crate::Result<skygate_core::TokenRecord> {
-            let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
-                .bind(account.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-            let Some(shred) = shred else {
-                return Err($crate::StoreError::NotFound(format!("account {account}")));
-            };
+            let shred = self.account_shred(account).await?;
             let name = self.sealer.seal(
                 ("access_tokens", new.id.as_str(), "name"),
                 account.as_str(),
-                shred as u64,
+                shred,
                 &new.name,
             )?;
             sqlx::query($crate::access::INSERT_TOKEN)
@@ -145,10 +151,7 @@ macro_rules! access_methods {
                 .bind(id.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-            Ok(match exists {
-                Some(_) => $crate::RevokeOutcome::AlreadyRevoked,
-                None => $crate::RevokeOutcome::NotFound,
-            })
+            Ok($crate::RevokeOutcome::unchanged(exists.is_some()))
         }
 
         async fn access_token_by_hash(

@@ -49,6 +49,17 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
+impl RevokeOutcome {
+    /// A revoke that changed nothing: the credential was revoked before, or never existed.
+    pub(crate) fn unchanged(exists: bool) -> Self {
+        if exists {
+            RevokeOutcome::AlreadyRevoked
+        } else {
+            RevokeOutcome::NotFound
+        }
+    }
+}
+
 /// What one [`Store::rewrap_batch`] call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RewrapBatch {

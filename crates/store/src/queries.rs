@@ -567,17 +567,11 @@ macro_rules! impl_store {
                 account: &skygate_core::AccountId,
                 new: &skygate_core::NewProject,
             ) -> $crate::Result<skygate_core::Project> {
-                let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
-                    .bind(account.as_str())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(shred) = shred else {
-                    return Err($crate::StoreError::NotFound(format!("account {account}")));
-                };
+                let shred = self.account_shred(account).await?;
                 let name = self.sealer.seal(
                     ("projects", new.id.as_str(), "name"),
                     account.as_str(),
-                    shred as u64,
+                    shred,
                     &new.name,
                 )?;
                 // The foreign key is the existence check against a concurrent erase: one statement.
@@ -712,10 +706,7 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(match exists {
-                    Some(_) => $crate::RevokeOutcome::AlreadyRevoked,
-                    None => $crate::RevokeOutcome::NotFound,
-                })
+                Ok($crate::RevokeOutcome::unchanged(exists.is_some()))
             }
 
             async fn api_key_by_hash(

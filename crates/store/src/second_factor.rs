@@ -63,17 +63,11 @@ macro_rules! second_factor_methods {
             secret: &skygate_core::totp::TotpSecret,
             now: skygate_core::Timestamp,
         ) -> $crate::Result<bool> {
-            let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
-                .bind(account.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-            let Some(shred) = shred else {
-                return Err($crate::StoreError::NotFound(format!("account {account}")));
-            };
+            let shred = self.account_shred(account).await?;
             let sealed = self.sealer.seal_bytes(
                 ("account_totp", account.as_str(), "secret"),
                 account.as_str(),
-                shred as u64,
+                shred,
                 secret.expose(),
             )?;
             let done = sqlx::query($crate::second_factor::BEGIN_TOTP)

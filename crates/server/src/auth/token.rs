@@ -56,25 +56,14 @@ impl<S: RequiredScope> FromRequestParts<AppState> for TokenWithScope<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let client = crate::screen::client_of_parts(state, &parts.extensions, &parts.headers);
-        if let Some(ip) = client {
-            if let Some(e) = state.limits().auth_throttled(ip).await {
-                return Err(e);
-            }
-        }
         let now = Timestamp::now();
         let presented = super::presented_credential(&parts.headers).unwrap_or_default();
-        let token = match authenticate(state, presented, now).await? {
-            Some(t) => t,
-            None => {
-                if let Some(ip) = client {
-                    if let Some(too_many) = state.limits().auth_failed(ip).await {
-                        return Err(too_many);
-                    }
-                }
-                return Err(ApiError::unauthorized());
-            }
+        let check = async {
+            authenticate(state, presented, now)
+                .await?
+                .ok_or_else(ApiError::unauthorized)
         };
+        let (token, client) = super::within_failure_budget(state, parts, check).await?;
         if !token.scopes.contains(S::SCOPE) {
             return Err(ApiError::forbidden(format!(
                 "this access token lacks the scope {}",
