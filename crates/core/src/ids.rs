@@ -96,6 +96,12 @@ prefixed_id!(
     "key_",
     "key"
 );
+prefixed_id!(
+    /// An access token's public id (never the secret).
+    TokenId,
+    "tok_",
+    "access token"
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,18 +7,22 @@ pub mod audit;
 pub mod base62;
 pub mod ids;
 pub mod models;
+pub mod password;
 pub mod predictions;
 pub mod ratelimit;
 pub mod records;
 pub mod secret;
 pub mod time;
+pub mod token;
+pub mod totp;
 pub mod webhooks;
 
 pub use apikey::{ApiKey, KeyFormatError, KeyHasher, Pepper};
 pub use audit::{AuditEntry, NewAuditEntry};
-pub use ids::{AccountId, KeyId, ProjectId};
+pub use ids::{AccountId, KeyId, ProjectId, TokenId};
 pub use records::{
     Account, ApiKeyRecord, KeyAuthRecord, Mode, NewAccount, NewApiKey, NewProject, Project, Tier,
 };
 pub use secret::SecretString;
 pub use time::Timestamp;
+pub use token::{AccessToken, Scope, Scopes, TokenAuthRecord, TokenRecord};

@@ -2,6 +2,7 @@
 //! official SDKs work unchanged. serde only: no HTTP, storage or domain logic lives here.
 
 pub mod error;
+pub mod manage;
 pub mod model;
 pub mod prediction;
 

@@ -27,9 +27,10 @@ fn setup(rt: &tokio::runtime::Runtime, ttl: Duration) -> (Authenticator, String)
         let proj = admin::create_project(&store, acct.id.as_str(), "bench", now)
             .await
             .unwrap();
-        let (_, key) = admin::create_key(
+        let key = admin::create_key(
             &store,
             hasher.as_ref(),
+            &skygate_server::config::AccountsConfig::default(),
             proj.id.as_str(),
             Mode::Live,
             None,
@@ -37,7 +38,8 @@ fn setup(rt: &tokio::runtime::Runtime, ttl: Duration) -> (Authenticator, String)
             now,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .secret;
         let auth = Authenticator::new(store, hasher, ttl);
         auth.authenticate(Some(key.expose().as_bytes()), now)
             .await

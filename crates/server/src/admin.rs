@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use skygate_core::records::normalize_email;
 use skygate_core::{
-    Account, AccountId, ApiKey, ApiKeyRecord, KeyHasher, KeyId, Mode, NewAccount, NewApiKey, NewProject,
-    Project, ProjectId, Tier, Timestamp,
+    AccessToken, Account, AccountId, ApiKey, ApiKeyRecord, KeyHasher, KeyId, Mode, NewAccount, NewProject,
+    Project, ProjectId, Scopes, Tier, Timestamp, TokenId, TokenRecord,
 };
 use skygate_store::{DynStore, RevokeOutcome, StoreError};
+
+use crate::config::AccountsConfig;
+use crate::credentials::{self, Actor, Created};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -18,6 +21,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Refused by policy (the message says what to do first).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage error: {0}")]
     Store(#[from] StoreError),
     #[error("the system random source failed")]
@@ -26,7 +32,7 @@ pub enum AdminError {
 
 type Result<T> = std::result::Result<T, AdminError>;
 
-fn check_name(what: &str, name: &str) -> Result<String> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<String> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
         return Err(AdminError::Invalid(format!(
@@ -66,9 +72,17 @@ pub async fn find_account(store: &DynStore, who: &str) -> Result<Account> {
     found.ok_or_else(|| AdminError::NotFound(format!("no account {who}")))
 }
 
-pub async fn set_tier(store: &DynStore, who: &str, tier: Tier) -> Result<Account> {
+/// Changes an account's tier (audited as `account.tier`).
+pub async fn set_tier(store: &DynStore, who: &str, tier: Tier, now: Timestamp) -> Result<Account> {
     let acct = find_account(store, who).await?;
     store.set_account_tier(&acct.id, tier).await?;
+    let detail = format!("{} -> {}", acct.tier.as_str(), tier.as_str());
+    store
+        .append_audit(
+            &skygate_core::NewAuditEntry::new(now, "operator", "account.tier", acct.id.as_str(), detail)
+                .for_account(acct.id.as_str()),
+        )
+        .await?;
     Ok(Account { tier, ..acct })
 }
 
@@ -83,13 +97,8 @@ pub async fn erase_account(
     actor: &str,
     now: Timestamp,
 ) -> Result<()> {
-    let entry = skygate_core::NewAuditEntry {
-        at: now,
-        actor: actor.into(),
-        action: "account.erase".into(),
-        target: acct.id.to_string(),
-        detail: String::new(),
-    };
+    let entry = skygate_core::NewAuditEntry::new(now, actor, "account.erase", acct.id.to_string(), "")
+        .for_account(acct.id.to_string());
     if !store.erase_account(&acct.id, &entry).await? {
         return Err(AdminError::NotFound(format!("no account {}", acct.id)));
     }
@@ -121,40 +130,35 @@ fn parse_project(project: &str) -> Result<ProjectId> {
         .map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))
 }
 
-/// Creates a key; the returned [`ApiKey`] is the only copy of the secret there will ever be.
+/// Creates a key as the operator (audited; a live key for an account without two-factor authentication
+/// is made anyway, and the outcome says so). The returned [`ApiKey`] is the only copy of the secret.
+#[allow(clippy::too_many_arguments)]
 pub async fn create_key(
     store: &DynStore,
     hasher: &dyn KeyHasher,
+    policy: &AccountsConfig,
     project: &str,
     mode: Mode,
     name: Option<&str>,
     expires_in: Option<Duration>,
     now: Timestamp,
-) -> Result<(ApiKeyRecord, ApiKey)> {
+) -> Result<Created<ApiKeyRecord, ApiKey>> {
     let project = parse_project(project)?;
-    if store.find_project(&project).await?.is_none() {
+    let Some(project) = store.find_project(&project).await? else {
         return Err(AdminError::NotFound(format!("no project {project}")));
-    }
-    let name = match name {
-        Some(n) => check_name("a key name", n)?,
-        None => format!("{mode} key"),
     };
-    if expires_in.is_some_and(|d| d.is_zero()) {
-        return Err(AdminError::Invalid("--expires-in must be longer than 0".into()));
-    }
-    let key = ApiKey::generate(mode).map_err(|_| AdminError::Random)?;
-    let new = NewApiKey {
-        id: KeyId::generate().map_err(|_| AdminError::Random)?,
+    credentials::create_key(
+        store,
+        hasher,
+        policy,
+        &Actor::operator(),
+        &project,
         mode,
         name,
-        hash: hasher.hash(key.expose().as_bytes()),
-        prefix: key.prefix().to_owned(),
-        last4: key.last4().to_owned(),
-        created_at: now,
-        expires_at: expires_in.map(|d| now.saturating_add(d)),
-    };
-    let record = store.create_api_key(&project, &new).await?;
-    Ok((record, key))
+        expires_in,
+        now,
+    )
+    .await
 }
 
 pub async fn list_keys(store: &DynStore, project: Option<&str>) -> Result<Vec<ApiKeyRecord>> {
@@ -170,14 +174,62 @@ pub async fn list_keys(store: &DynStore, project: Option<&str>) -> Result<Vec<Ap
     }
 }
 
+/// Revokes a key as the operator (audited).
 pub async fn revoke_key(store: &DynStore, key: &str, now: Timestamp) -> Result<RevokeOutcome> {
     let id: KeyId = key
         .parse()
         .map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))?;
-    match store.revoke_api_key(&id, now).await? {
-        RevokeOutcome::NotFound => Err(AdminError::NotFound(format!("no key {id}"))),
-        other => Ok(other),
-    }
+    let Some(record) = store.find_api_key(&id).await? else {
+        return Err(AdminError::NotFound(format!("no key {id}")));
+    };
+    credentials::revoke_key(store, &Actor::operator(), &record, now).await
+}
+
+/// Creates an access token as the operator (audited, like [`create_key`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn create_token(
+    store: &DynStore,
+    hasher: &dyn KeyHasher,
+    policy: &AccountsConfig,
+    account: &str,
+    name: Option<&str>,
+    scopes: &str,
+    expires_in: Option<Duration>,
+    now: Timestamp,
+) -> Result<Created<TokenRecord, AccessToken>> {
+    let acct = find_account(store, account).await?;
+    let scopes = Scopes::parse_list(scopes).map_err(AdminError::Invalid)?;
+    credentials::create_token(
+        store,
+        hasher,
+        policy,
+        &Actor::operator(),
+        &acct,
+        name,
+        scopes,
+        expires_in,
+        now,
+    )
+    .await
+}
+
+pub async fn list_tokens(store: &DynStore, account: &str) -> Result<Vec<TokenRecord>> {
+    let acct = find_account(store, account).await?;
+    Ok(store.list_access_tokens(&acct.id).await?)
+}
+
+/// Revokes an access token of `account` as the operator (audited).
+pub async fn revoke_token(
+    store: &DynStore,
+    account: &str,
+    token: &str,
+    now: Timestamp,
+) -> Result<RevokeOutcome> {
+    let acct = find_account(store, account).await?;
+    let id: TokenId = token
+        .parse()
+        .map_err(|e: skygate_core::ids::IdParseError| AdminError::Invalid(e.to_string()))?;
+    credentials::revoke_token(store, &Actor::operator(), &acct.id, &id, now).await
 }
 
 /// A project's webhook signing secrets, newest first (the first one is made on first use). With
@@ -204,17 +256,20 @@ pub async fn webhook_secret(
         .await?;
     let version = secrets.first().map_or(0, |s| s.version);
     store
-        .append_audit(&skygate_core::NewAuditEntry {
-            at: now,
-            actor: "operator".into(),
-            action: "webhooks.secret.rotate".into(),
-            target: project.to_string(),
-            detail: format!(
-                "account {}: new signing secret v{version}; older secrets sign until {}",
-                p.account_id,
-                now.saturating_add(overlap)
-            ),
-        })
+        .append_audit(
+            &skygate_core::NewAuditEntry::new(
+                now,
+                "operator",
+                "webhooks.secret.rotate",
+                project.to_string(),
+                format!(
+                    "account {}: new signing secret v{version}; older secrets sign until {}",
+                    p.account_id,
+                    now.saturating_add(overlap)
+                ),
+            )
+            .for_account(p.account_id.to_string()),
+        )
         .await?;
     Ok(secrets)
 }

@@ -26,6 +26,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    pub accounts: AccountsConfig,
     pub keyring: KeyringConfig,
     pub outputs: OutputsConfig,
     pub queue: QueueConfig,
@@ -405,6 +406,24 @@ pub struct AuthConfig {
     pub last_used_flush: Duration,
 }
 
+/// `[accounts]`: account security policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Self-service creation of live API keys and access tokens (console, management API) is refused
+    /// until the account has two-factor authentication on. The operator CLI is not blocked, but warns
+    /// and writes an audit entry.
+    pub require_2fa_for_live_credentials: bool,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            require_2fa_for_live_credentials: true,
+        }
+    }
+}
+
 /// `[models.<slug>]`: a model this deployment serves (besides the built-ins).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -447,6 +466,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            accounts: AccountsConfig::default(),
             keyring: KeyringConfig::default(),
             outputs: OutputsConfig::default(),
             queue: QueueConfig::default(),

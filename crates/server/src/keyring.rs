@@ -206,13 +206,7 @@ pub async fn status(
 }
 
 fn audit(actor: &str, action: &str, target: String, detail: String) -> NewAuditEntry {
-    NewAuditEntry {
-        at: Timestamp::now(),
-        actor: actor.into(),
-        action: action.into(),
-        target,
-        detail,
-    }
+    NewAuditEntry::new(Timestamp::now(), actor, action, target, detail)
 }
 
 /// Makes a new KEK version and records it in the audit chain.

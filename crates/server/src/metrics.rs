@@ -240,6 +240,11 @@ pub const ROUTES: &[&str] = &[
     "/v1/predictions/{id}/stream",
     "/v1/outputs/{id}/{file}",
     "/v1/openapi.json",
+    "/v1/account",
+    "/v1/projects",
+    "/v1/projects/{id}/keys",
+    "/v1/keys/{id}",
+    "/v1/audit",
 ];
 
 /// The API's route templates, as the router declares them: a request's path is counted under the one
@@ -271,6 +276,11 @@ pub fn route_of(path: &str) -> &'static str {
         }
         (Some("v1"), Some("outputs"), s, f, None) if some(s) && some(f) => "/v1/outputs/{id}/{file}",
         (Some("v1"), Some("openapi.json"), None, ..) => "/v1/openapi.json",
+        (Some("v1"), Some("account"), None, ..) => "/v1/account",
+        (Some("v1"), Some("projects"), None, ..) => "/v1/projects",
+        (Some("v1"), Some("projects"), s, Some("keys"), None) if some(s) => "/v1/projects/{id}/keys",
+        (Some("v1"), Some("keys"), s, None, _) if some(s) => "/v1/keys/{id}",
+        (Some("v1"), Some("audit"), None, ..) => "/v1/audit",
         _ => "other",
     }
 }
@@ -348,6 +358,12 @@ mod tests {
             ("/v1/predictions/abc/stream", "/v1/predictions/{id}/stream"),
             ("/v1/outputs/abc/output-0.png", "/v1/outputs/{id}/{file}"),
             ("/v1/openapi.json", "/v1/openapi.json"),
+            ("/v1/account", "/v1/account"),
+            ("/v1/projects", "/v1/projects"),
+            ("/v1/projects/proj_1/keys", "/v1/projects/{id}/keys"),
+            ("/v1/keys/key_1", "/v1/keys/{id}"),
+            ("/v1/audit", "/v1/audit"),
+            ("/v1/projects/proj_1", "other"),
             ("/", "other"),
             ("/v1", "other"),
             ("/v1/models/", "other"),

@@ -157,13 +157,13 @@ pub async fn audit_summary(state: &AppState) -> anyhow::Result<u64> {
         .join("; ");
     state
         .store()
-        .append_audit(&NewAuditEntry {
-            at: Timestamp::now(),
-            actor: "waf".into(),
-            action: "waf.summary".into(),
-            target: "edge".into(),
+        .append_audit(&NewAuditEntry::new(
+            Timestamp::now(),
+            "waf",
+            "waf.summary",
+            "edge",
             detail,
-        })
+        ))
         .await?;
     Ok(blocked)
 }

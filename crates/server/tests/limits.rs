@@ -188,9 +188,14 @@ async fn the_daily_quota_and_a_tier_change_apply() {
         "a daily quota refills slowly"
     );
     // Pro has no daily quota by default: after the change (seen within the 1 s key cache) it passes.
-    admin::set_tier(&srv.store, k.account.as_str(), Tier::Pro)
-        .await
-        .unwrap();
+    admin::set_tier(
+        &srv.store,
+        k.account.as_str(),
+        Tier::Pro,
+        skygate_core::Timestamp::now(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(srv.config.auth.key_cache_ttl + Duration::from_millis(100)).await;
     let a = create(&srv, &k, "echo").await;
     assert!(a.status.is_success(), "{}", a.body);

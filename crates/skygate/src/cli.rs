@@ -46,6 +46,58 @@ pub enum Command {
     /// Webhooks: signing secrets, the delivery log, replays, signature checks.
     #[command(subcommand)]
     Webhooks(WebhooksCmd),
+    /// Personal access tokens for the management API.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The tamper-evident audit log: verify the chain, export entries.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Create an access token. Last stdout line: the token itself, shown this once.
+    Create {
+        /// Owning account (email or account id).
+        #[arg(long)]
+        account: String,
+        /// Comma-separated: inference, projects.read, projects.write, keys.read, keys.write,
+        /// account.read, audit.read.
+        #[arg(long)]
+        scopes: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 90d.
+        #[arg(long, value_parser = humantime_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List an account's tokens (never their secrets).
+    List {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token; the next request with it is refused.
+    Revoke {
+        #[arg(long)]
+        account: String,
+        /// The token's id (tok_…), as shown by `tokens list`.
+        token_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check every entry of the hash chain. Exits 0 and prints the count and head hash, or exits 1
+    /// naming the first entry that was edited, dropped, inserted or moved.
+    Verify,
+    /// Entries as JSON lines, oldest first.
+    Export {
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z, or a date).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,8 @@ use skygate_server::config::{Config, Overrides};
 use skygate_server::{admin, keyring, open_backend, Backend, Server};
 use tokio_util::sync::CancellationToken;
 
+use crate::security::warn_override;
+
 use crate::cli::{
     AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs, WebhooksCmd,
 };
@@ -45,6 +47,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tolerance,
         }) => verify_webhook(&secrets, &body, &headers, tolerance),
         Command::Webhooks(cmd) => webhooks(&config, cmd).await,
+        Command::Tokens(cmd) => crate::security::tokens(&config, cmd).await,
+        Command::Audit(cmd) => crate::security::audit(&config, cmd).await,
     }
 }
 
@@ -282,7 +286,7 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
         }
         AccountsCmd::SetTier { account, tier } => {
             let tier: Tier = tier.parse().map_err(anyhow::Error::msg)?;
-            let acct = admin::set_tier(&store, &account, tier).await?;
+            let acct = admin::set_tier(&store, &account, tier, Timestamp::now()).await?;
             eprintln!("account {} is now on tier {}", acct.id, acct.tier);
             println!("{}", acct.id);
         }
@@ -347,9 +351,10 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
             expires_in,
         } => {
             let mode = if test { Mode::Test } else { Mode::Live };
-            let (rec, key) = admin::create_key(
+            let created = admin::create_key(
                 &store,
                 hasher.as_ref(),
+                &config.accounts,
                 &project,
                 mode,
                 name.as_deref(),
@@ -357,6 +362,8 @@ async fn keys(config: &Config, cmd: KeysCmd) -> anyhow::Result<()> {
                 now,
             )
             .await?;
+            warn_override(created.policy, &created.record.account);
+            let (rec, key) = (created.record, created.secret);
             eprintln!("created {} key {} for project {}", rec.mode, rec.id, rec.project);
             if let Some(exp) = rec.expires_at {
                 eprintln!("it expires at {exp}");

@@ -7,6 +7,7 @@
 
 mod cli;
 mod commands;
+mod security;
 
 use std::process::ExitCode;
 

@@ -138,6 +138,7 @@ async fn populate(cfg: &Config, n: usize, tag: &str) -> Vec<(AccountId, String)>
         admin::create_key(
             &b.store,
             b.hasher.as_ref(),
+            &skygate_server::config::AccountsConfig::default(),
             p.id.as_str(),
             skygate_core::Mode::Live,
             Some("k"),

@@ -7,6 +7,7 @@
 //! Tenant scoping: methods that act inside a tenant take it first (`account`, then `project`), so no query
 //! can forget it. Operator-level methods (used by the CLI on the host) say so in their docs.
 
+mod access;
 pub mod error;
 pub mod objects;
 pub mod postgres;
@@ -14,6 +15,7 @@ mod predictions;
 mod queries;
 mod rows;
 pub mod seal;
+mod second_factor;
 pub mod sqlite;
 mod webhooks;
 
@@ -23,13 +25,15 @@ use async_trait::async_trait;
 use skygate_core::predictions::{
     Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, UsageRecord,
 };
+use skygate_core::token::NewAccessToken;
+use skygate_core::totp::{TotpSecret, TotpState};
 use skygate_core::webhooks::{
     AttemptRecord, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, NextStep,
     WebhookSecretRecord,
 };
 use skygate_core::{
     Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewAuditEntry,
-    NewProject, Project, ProjectId, SecretString, Tier, Timestamp,
+    NewProject, Project, ProjectId, SecretString, Tier, Timestamp, TokenAuthRecord, TokenId, TokenRecord,
 };
 
 pub use error::StoreError;
@@ -43,6 +47,17 @@ pub enum RevokeOutcome {
     Revoked,
     AlreadyRevoked,
     NotFound,
+}
+
+impl RevokeOutcome {
+    /// A revoke that changed nothing: the credential was revoked before, or never existed.
+    pub(crate) fn unchanged(exists: bool) -> Self {
+        if exists {
+            RevokeOutcome::AlreadyRevoked
+        } else {
+            RevokeOutcome::NotFound
+        }
+    }
 }
 
 /// What one [`Store::rewrap_batch`] call did.
@@ -153,6 +168,74 @@ pub trait Store: Send + Sync + 'static {
     /// Records key use in one batch: `last_used_at = max(last_used_at, ts)` for each pair. Unknown ids are
     /// ignored.
     async fn touch_api_keys(&self, uses: &[(KeyId, Timestamp)]) -> Result<()>;
+
+    /// The key `id` if it belongs to one of `account`'s projects (another account's key is `None`, like
+    /// an unknown id).
+    async fn account_api_key(&self, account: &AccountId, id: &KeyId) -> Result<Option<ApiKeyRecord>>;
+    /// Operator level: a key by id alone.
+    async fn find_api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>>;
+
+    // ── access tokens (tenant: account) ────────────────────────────────────────────────────────────
+
+    /// Unknown account → `StoreError::NotFound`; duplicate hash → `StoreError::Conflict`. The name is
+    /// sealed under the account's shred key.
+    async fn create_access_token(&self, account: &AccountId, new: &NewAccessToken) -> Result<TokenRecord>;
+    /// The account's tokens, newest first (never a secret: only the hash was stored).
+    async fn list_access_tokens(&self, account: &AccountId) -> Result<Vec<TokenRecord>>;
+    /// Sets `revoked_at` once; another account's token is `NotFound`.
+    async fn revoke_access_token(
+        &self,
+        account: &AccountId,
+        id: &TokenId,
+        now: Timestamp,
+    ) -> Result<RevokeOutcome>;
+    /// Authentication lookup by keyed hash (unique index), joined with the account's tier.
+    async fn access_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenAuthRecord>>;
+    /// `last_used_at = max(last_used_at, at)`. An unknown id is ignored.
+    async fn touch_access_token(&self, id: &TokenId, at: Timestamp) -> Result<()>;
+
+    // ── two-factor authentication (tenant: account) ────────────────────────────────────────────────
+
+    /// Starts (or restarts) an enrolment with `secret`, sealed under the account's shred key; the
+    /// second factor stays off until [`Store::confirm_totp`]. False if 2FA is already on (nothing
+    /// changes). Unknown account → `NotFound`.
+    async fn begin_totp(&self, account: &AccountId, secret: &TotpSecret, now: Timestamp) -> Result<bool>;
+    /// The stored second factor, if any (pending or enabled).
+    async fn totp_state(&self, account: &AccountId) -> Result<Option<TotpState>>;
+    /// Turns a pending enrolment on with the step of its first code, and stores `codes` (keyed hashes)
+    /// as the only recovery codes, in one transaction. False if there is no pending enrolment.
+    async fn confirm_totp(
+        &self,
+        account: &AccountId,
+        step: u64,
+        codes: &[[u8; 32]],
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Records a code of `step` as used, clearing failures, only if `step` is later than the last one
+    /// accepted: false means a replay (or no second factor). Atomic across nodes.
+    async fn accept_totp_step(&self, account: &AccountId, step: u64) -> Result<bool>;
+    /// Counts a wrong second factor; on the `max_failures`-th it locks the second factor until
+    /// `locked_until` and starts counting again. Returns whether this failure locked it.
+    async fn record_second_factor_failure(
+        &self,
+        account: &AccountId,
+        max_failures: u32,
+        locked_until: Timestamp,
+    ) -> Result<bool>;
+    /// Replaces every recovery code of the account with `codes` (keyed hashes).
+    async fn replace_recovery_codes(
+        &self,
+        account: &AccountId,
+        codes: &[[u8; 32]],
+        now: Timestamp,
+    ) -> Result<()>;
+    /// Marks the unused code with this hash used; false if there is none (wrong, or used before).
+    async fn use_recovery_code(&self, account: &AccountId, hash: &[u8; 32], now: Timestamp) -> Result<bool>;
+    async fn recovery_codes_left(&self, account: &AccountId) -> Result<u32>;
+    /// Removes the second factor and its recovery codes. False if there was none.
+    async fn disable_totp(&self, account: &AccountId) -> Result<bool>;
+    /// Whether the account has a confirmed second factor.
+    async fn two_factor_enabled(&self, account: &AccountId) -> Result<bool>;
 
     // ── predictions (tenant: project) and the queue ──────────────────────────────────────────────────
 
@@ -345,6 +428,13 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry>;
     /// Entries with `seq > after_seq`, oldest first, at most `limit`.
     async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>>;
+    /// The entries concerning `account` with `seq < before_seq`, newest first, at most `limit`.
+    async fn account_audit(
+        &self,
+        account: &AccountId,
+        before_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>>;
 
     // ── keyring support ────────────────────────────────────────────────────────────────────────────
 

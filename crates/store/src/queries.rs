@@ -52,6 +52,7 @@ macro_rules! key_select {
 }
 
 pub(crate) const SELECT_KEY_BY_ID: &str = key_select!("WHERE k.id = $1");
+pub(crate) const SELECT_KEY_OF_ACCOUNT: &str = key_select!("WHERE k.id = $1 AND p.account_id = $2");
 pub(crate) const SELECT_KEYS_OF_PROJECT: &str =
     key_select!("WHERE k.project_id = $1 ORDER BY k.created_at DESC, k.id DESC");
 pub(crate) const SELECT_ALL_KEYS: &str = key_select!("ORDER BY k.created_at DESC, k.id DESC");
@@ -70,9 +71,22 @@ pub(crate) const SELECT_KEY_AUTH: &str =
 
 pub(crate) const SELECT_AUDIT_TAIL: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
-     (seq, at, actor, action, target, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-pub(crate) const SELECT_AUDIT_PAGE: &str = "SELECT seq, at, actor, action, target, detail, prev_hash, hash \
-     FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+     (seq, at, actor, action, target, detail, account_id, ip, user_agent, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// Every column of `audit_log`, as [`crate::rows::audit_entry`] reads them.
+macro_rules! audit_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT seq, at, actor, action, target, detail, account_id, ip, user_agent, prev_hash, hash ",
+            "FROM audit_log ",
+            $tail
+        )
+    };
+}
+pub(crate) const SELECT_AUDIT_PAGE: &str = audit_select!("WHERE seq > $1 ORDER BY seq LIMIT $2");
+/// An account's entries, newest first, before `$2` (keyset pagination).
+pub(crate) const SELECT_ACCOUNT_AUDIT: &str =
+    audit_select!("WHERE account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
 
 /// How many values of a sealed column each KEK version wraps (bytes 6..9 of the header, 1-based).
 pub(crate) fn count_versions_sql(c: &crate::SealedColumn) -> String {
@@ -135,6 +149,8 @@ macro_rules! impl_store {
             $crate::predictions::prediction_methods!($db);
             $crate::webhooks::webhook_helpers!($db);
             $crate::webhooks::webhook_methods!();
+            $crate::access::access_methods!();
+            $crate::second_factor::second_factor_methods!($db);
 
             /// Appends one audit entry inside `tx`, which holds the write lock (see `begin_write`).
             async fn append_audit_in(
@@ -161,6 +177,9 @@ macro_rules! impl_store {
                     .bind(&entry.action)
                     .bind(&entry.target)
                     .bind(&entry.detail)
+                    .bind(&entry.account)
+                    .bind(&entry.ip)
+                    .bind(&entry.user_agent)
                     .bind(&prev_hash[..])
                     .bind(&hash[..])
                     .execute(&mut **tx)
@@ -550,17 +569,11 @@ macro_rules! impl_store {
                 account: &skygate_core::AccountId,
                 new: &skygate_core::NewProject,
             ) -> $crate::Result<skygate_core::Project> {
-                let shred: Option<i64> = sqlx::query_scalar($crate::queries::SELECT_ACCOUNT_SHRED)
-                    .bind(account.as_str())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(shred) = shred else {
-                    return Err($crate::StoreError::NotFound(format!("account {account}")));
-                };
+                let shred = self.account_shred(account).await?;
                 let name = self.sealer.seal(
                     ("projects", new.id.as_str(), "name"),
                     account.as_str(),
-                    shred as u64,
+                    shred,
                     &new.name,
                 )?;
                 // The foreign key is the existence check against a concurrent erase: one statement.
@@ -695,10 +708,7 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(match exists {
-                    Some(_) => $crate::RevokeOutcome::AlreadyRevoked,
-                    None => $crate::RevokeOutcome::NotFound,
-                })
+                Ok($crate::RevokeOutcome::unchanged(exists.is_some()))
             }
 
             async fn api_key_by_hash(
@@ -739,6 +749,142 @@ macro_rules! impl_store {
                 let stored = Self::append_audit_in(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(stored)
+            }
+
+            // ── access tokens and account-scoped lookups: `access::access_methods!`, forwarded.
+
+            async fn create_access_token(
+                &self,
+                account: &skygate_core::AccountId,
+                new: &skygate_core::token::NewAccessToken,
+            ) -> $crate::Result<skygate_core::TokenRecord> {
+                <$store>::create_access_token(self, account, new).await
+            }
+
+            async fn list_access_tokens(
+                &self,
+                account: &skygate_core::AccountId,
+            ) -> $crate::Result<Vec<skygate_core::TokenRecord>> {
+                <$store>::list_access_tokens(self, account).await
+            }
+
+            async fn revoke_access_token(
+                &self,
+                account: &skygate_core::AccountId,
+                id: &skygate_core::TokenId,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<$crate::RevokeOutcome> {
+                <$store>::revoke_access_token(self, account, id, now).await
+            }
+
+            async fn access_token_by_hash(
+                &self,
+                hash: &[u8; 32],
+            ) -> $crate::Result<Option<skygate_core::TokenAuthRecord>> {
+                <$store>::access_token_by_hash(self, hash).await
+            }
+
+            async fn touch_access_token(
+                &self,
+                id: &skygate_core::TokenId,
+                at: skygate_core::Timestamp,
+            ) -> $crate::Result<()> {
+                <$store>::touch_access_token(self, id, at).await
+            }
+
+            async fn account_api_key(
+                &self,
+                account: &skygate_core::AccountId,
+                id: &skygate_core::KeyId,
+            ) -> $crate::Result<Option<skygate_core::ApiKeyRecord>> {
+                <$store>::account_api_key(self, account, id).await
+            }
+
+            async fn find_api_key(
+                &self,
+                id: &skygate_core::KeyId,
+            ) -> $crate::Result<Option<skygate_core::ApiKeyRecord>> {
+                <$store>::find_api_key(self, id).await
+            }
+
+            async fn account_audit(
+                &self,
+                account: &skygate_core::AccountId,
+                before_seq: i64,
+                limit: i64,
+            ) -> $crate::Result<Vec<skygate_core::AuditEntry>> {
+                <$store>::account_audit(self, account, before_seq, limit).await
+            }
+
+            // ── two-factor authentication: `second_factor::second_factor_methods!`, forwarded.
+
+            async fn begin_totp(
+                &self,
+                account: &skygate_core::AccountId,
+                secret: &skygate_core::totp::TotpSecret,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                <$store>::begin_totp(self, account, secret, now).await
+            }
+
+            async fn totp_state(
+                &self,
+                account: &skygate_core::AccountId,
+            ) -> $crate::Result<Option<skygate_core::totp::TotpState>> {
+                <$store>::totp_state(self, account).await
+            }
+
+            async fn confirm_totp(
+                &self,
+                account: &skygate_core::AccountId,
+                step: u64,
+                codes: &[[u8; 32]],
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                <$store>::confirm_totp(self, account, step, codes, now).await
+            }
+
+            async fn accept_totp_step(&self, account: &skygate_core::AccountId, step: u64) -> $crate::Result<bool> {
+                <$store>::accept_totp_step(self, account, step).await
+            }
+
+            async fn record_second_factor_failure(
+                &self,
+                account: &skygate_core::AccountId,
+                max_failures: u32,
+                locked_until: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                <$store>::record_second_factor_failure(self, account, max_failures, locked_until).await
+            }
+
+            async fn replace_recovery_codes(
+                &self,
+                account: &skygate_core::AccountId,
+                codes: &[[u8; 32]],
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<()> {
+                <$store>::replace_recovery_codes(self, account, codes, now).await
+            }
+
+            async fn use_recovery_code(
+                &self,
+                account: &skygate_core::AccountId,
+                hash: &[u8; 32],
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                <$store>::use_recovery_code(self, account, hash, now).await
+            }
+
+            async fn recovery_codes_left(&self, account: &skygate_core::AccountId) -> $crate::Result<u32> {
+                <$store>::recovery_codes_left(self, account).await
+            }
+
+            async fn disable_totp(&self, account: &skygate_core::AccountId) -> $crate::Result<bool> {
+                <$store>::disable_totp(self, account).await
+            }
+
+            async fn two_factor_enabled(&self, account: &skygate_core::AccountId) -> $crate::Result<bool> {
+                <$store>::two_factor_enabled(self, account).await
             }
 
             async fn audit_page(

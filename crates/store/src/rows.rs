@@ -85,7 +85,7 @@ pub(crate) fn opt_ts(r: &impl StoreRow, table: &str, col: &'static str) -> Resul
     Ok(r.opt_int(table, col)?.map(Timestamp::from_micros))
 }
 
-fn hash(r: &impl StoreRow, table: &str, col: &'static str) -> Result<[u8; 32]> {
+pub(crate) fn hash(r: &impl StoreRow, table: &str, col: &'static str) -> Result<[u8; 32]> {
     let b = r.bytes(table, col)?;
     b.as_slice()
         .try_into()
@@ -171,6 +171,9 @@ pub(crate) fn audit_entry(r: &impl StoreRow) -> Result<AuditEntry> {
             action: r.text(t, "action")?,
             target: r.text(t, "target")?,
             detail: r.text(t, "detail")?,
+            account: r.text(t, "account_id")?,
+            ip: r.text(t, "ip")?,
+            user_agent: r.text(t, "user_agent")?,
         },
         prev_hash: hash(r, t, "prev_hash")?,
         hash: hash(r, t, "hash")?,

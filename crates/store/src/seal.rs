@@ -40,6 +40,16 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         column: "name",
     },
     SealedColumn {
+        table: "account_totp",
+        key: "account_id",
+        column: "secret",
+    },
+    SealedColumn {
+        table: "access_tokens",
+        key: "id",
+        column: "name",
+    },
+    SealedColumn {
         table: "predictions",
         key: "id",
         column: "input",

@@ -174,9 +174,14 @@ impl TestServer {
         mode: Mode,
         expires_in: Option<Duration>,
     ) -> anyhow::Result<TestKey> {
-        let (rec, key) = admin::create_key(
+        let skygate_server::credentials::Created {
+            record: rec,
+            secret: key,
+            ..
+        } = admin::create_key(
             &self.store,
             self.hasher.as_ref(),
+            &skygate_server::config::AccountsConfig::default(),
             project.as_str(),
             mode,
             None,

@@ -7,8 +7,10 @@
 //! Whatever [`Hot`] declines goes through the router unchanged.
 
 mod health;
+mod manage;
 mod models;
 pub mod openapi;
+mod openapi_manage;
 pub mod outputs;
 pub mod predictions;
 
@@ -29,7 +31,7 @@ use crate::state::AppState;
 /// clone per request, which showed up in the load benchmark's profile. A route with its own body limit
 /// (`server.body_limits`) carries it as a route layer, which the extractors then obey.
 fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
-    let routes: [(&str, MethodRouter<AppState>); 11] = [
+    let routes: [(&str, MethodRouter<AppState>); 16] = [
         ("/v1/models", get(models::list)),
         ("/v1/models/{slug}", get(models::get)),
         ("/v1/model/{slug}", get(models::get)),
@@ -50,6 +52,17 @@ fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
         ("/v1/predictions/{id}/stream", get(predictions::stream)),
         ("/v1/outputs/{id}/{file}", get(outputs::download)),
         ("/v1/openapi.json", get(openapi::serve_spec)),
+        ("/v1/account", get(manage::account)),
+        (
+            "/v1/projects",
+            get(manage::list_projects).post(manage::create_project),
+        ),
+        (
+            "/v1/projects/{id}/keys",
+            get(manage::list_keys).post(manage::create_key),
+        ),
+        ("/v1/keys/{id}", axum::routing::delete(manage::revoke_key)),
+        ("/v1/audit", get(manage::audit)),
     ];
     routes.into_iter().fold(r, |r, (path, route)| {
         let own = limits.for_route(path);

@@ -10,6 +10,10 @@ use std::sync::OnceLock;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use bytes::Bytes;
+use skygate_proto::manage::{
+    AccountInfo, AuditEvent, AuditList, CreateKey, CreateProject, CreatedKey, KeyInfo, KeyList, ProjectInfo,
+    ProjectList,
+};
 use skygate_proto::{
     CreatePrediction, ErrorBody, ErrorEnvelope, ErrorId, Health, Model, ModelPricing, OutputFileInfo,
     Pagination, Prediction, PredictionList, PredictionMetadata, PredictionMetrics, PredictionModel,
@@ -53,10 +57,20 @@ use utoipa::openapi::{
     ErrorEnvelope,
     ErrorBody,
     ErrorId,
+    AccountInfo,
+    ProjectInfo,
+    ProjectList,
+    CreateProject,
+    KeyInfo,
+    KeyList,
+    CreateKey,
+    CreatedKey,
+    AuditEvent,
+    AuditList,
 )))]
 struct ApiDoc;
 
-const JSON: &str = "application/json";
+pub(super) const JSON: &str = "application/json";
 const API_KEY: &str = "api_key";
 const BEARER: &str = "bearer";
 
@@ -147,6 +161,10 @@ pub fn spec() -> utoipa::openapi::OpenApi {
             ),
             (TAG_OUTPUTS, "Signed, expiring downloads of output files."),
             (TAG_SERVICE, "Health and this document."),
+            (
+                super::openapi_manage::TAG_MANAGE,
+                "Account management with a personal access token: projects, API keys, audit events.",
+            ),
         ]
         .into_iter()
         .map(|(name, description)| {
@@ -173,6 +191,10 @@ pub fn spec() -> utoipa::openapi::OpenApi {
                 .description(Some("The same API key as `Authorization: Bearer <key>`."))
                 .build(),
         ),
+    );
+    components.add_security_scheme(
+        super::openapi_manage::ACCESS_TOKEN,
+        super::openapi_manage::scheme(),
     );
     for (name, status, description) in ERRORS {
         let mut response = ResponseBuilder::new()
@@ -274,7 +296,7 @@ fn paths() -> Paths {
             .response("404", error_ref("NotFound"))
     };
 
-    PathsBuilder::new()
+    super::openapi_manage::paths(PathsBuilder::new())
         .path(
             "/healthz",
             get(OperationBuilder::new()
@@ -522,21 +544,21 @@ fn post(operation: OperationBuilder) -> PathItem {
     PathItem::new(HttpMethod::Post, operation)
 }
 
-fn schema_ref(name: &str) -> RefOr<Schema> {
+pub(super) fn schema_ref(name: &str) -> RefOr<Schema> {
     Ref::from_schema_name(name).into()
 }
 
-fn error_ref(name: &str) -> RefOr<Response> {
+pub(super) fn error_ref(name: &str) -> RefOr<Response> {
     Ref::from_response_name(name).into()
 }
 
-fn json_response(description: &str, schema: RefOr<Schema>) -> ResponseBuilder {
+pub(super) fn json_response(description: &str, schema: RefOr<Schema>) -> ResponseBuilder {
     ResponseBuilder::new()
         .description(description)
         .content(JSON, ContentBuilder::new().schema(Some(schema)).build())
 }
 
-fn path_param(name: &str, description: &str, schema: RefOr<Schema>) -> ParameterBuilder {
+pub(super) fn path_param(name: &str, description: &str, schema: RefOr<Schema>) -> ParameterBuilder {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Path)
@@ -545,7 +567,7 @@ fn path_param(name: &str, description: &str, schema: RefOr<Schema>) -> Parameter
         .schema(Some(schema))
 }
 
-fn query_param(name: &str, description: &str, schema: RefOr<Schema>) -> ParameterBuilder {
+pub(super) fn query_param(name: &str, description: &str, schema: RefOr<Schema>) -> ParameterBuilder {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Query)
@@ -592,7 +614,7 @@ fn date() -> RefOr<Schema> {
         .into()
 }
 
-fn integer(min: i64, max: i64, default: i64) -> RefOr<Schema> {
+pub(super) fn integer(min: i64, max: i64, default: i64) -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(Type::Integer)
         .minimum(Some(min))

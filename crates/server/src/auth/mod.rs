@@ -8,6 +8,7 @@
 //! before the lookup leaks nothing; it spares the store from typos and random junk.
 
 mod cache;
+pub mod token;
 mod usage;
 
 use std::sync::Arc;
@@ -76,24 +77,37 @@ impl FromRequestParts<AppState> for CreateAuth {
 
     /// Authenticates, refusing addresses that failed too often (counted here).
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let client = crate::screen::client_of_parts(state, &parts.extensions, &parts.headers);
-        if let Some(ip) = client {
-            if let Some(e) = state.limits().auth_throttled(ip).await {
-                return Err(e);
-            }
-        }
         let now = Timestamp::now();
         let presented = presented_credential(&parts.headers);
-        match state.auth().authenticate(presented, now).await {
-            Ok(auth) => Ok(CreateAuth(auth)),
-            Err(e) => {
-                if let Some(ip) = client {
-                    if let Some(too_many) = state.limits().auth_failed(ip).await {
-                        return Err(too_many);
-                    }
+        let check = state.auth().authenticate(presented, now);
+        let (auth, _) = within_failure_budget(state, parts, check).await?;
+        Ok(CreateAuth(auth))
+    }
+}
+
+/// Runs an authentication `check` under the client address's failed-authentication budget: an address
+/// over budget is refused before the check; a failed check is counted (and answered 429 once the
+/// budget is spent). Returns the check's value and the client address.
+pub(crate) async fn within_failure_budget<T>(
+    state: &AppState,
+    parts: &Parts,
+    check: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<(T, Option<std::net::IpAddr>), ApiError> {
+    let client = crate::screen::client_of_parts(state, &parts.extensions, &parts.headers);
+    if let Some(ip) = client {
+        if let Some(e) = state.limits().auth_throttled(ip).await {
+            return Err(e);
+        }
+    }
+    match check.await {
+        Ok(v) => Ok((v, client)),
+        Err(e) => {
+            if let Some(ip) = client {
+                if let Some(too_many) = state.limits().auth_failed(ip).await {
+                    return Err(too_many);
                 }
-                Err(e)
             }
+            Err(e)
         }
     }
 }
@@ -131,6 +145,16 @@ impl Authenticator {
             cache: KeyCache::new(cache_ttl),
             usage: UsageLog::default(),
         }
+    }
+
+    /// The pepper holder: what hashes keys, tokens and recovery codes.
+    pub fn hasher(&self) -> &dyn KeyHasher {
+        self.hasher.as_ref()
+    }
+
+    /// The store credentials are looked up in.
+    pub fn store(&self) -> &DynStore {
+        &self.store
     }
 
     pub fn usage(&self) -> &UsageLog {

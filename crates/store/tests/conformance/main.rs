@@ -5,6 +5,7 @@
 //! `SKYGATE_TEST_REQUIRE_ALL` is set (CI), in which case they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod cases;
 mod predictions;
 mod schema;
@@ -189,6 +190,12 @@ conformance!(
     deleted_or_unreadable_targets_have_no_url,
     erase_removes_webhook_data,
     rewrap_covers_webhook_columns,
+    access_tokens_create_list_and_scope,
+    access_token_lookup_touch_and_revoke,
+    account_scoped_key_and_audit_lookups,
+    erase_removes_access_tokens,
+    second_factor_enrol_confirm_and_replay,
+    second_factor_failures_lock_and_recovery_codes_work_once,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's

@@ -1514,13 +1514,7 @@ pub async fn tampered_prediction_values_fail_closed(db: Db) {
 }
 
 pub(crate) fn audit(action: &str, target: &str, at: Timestamp) -> NewAuditEntry {
-    NewAuditEntry {
-        at,
-        actor: "operator".into(),
-        action: action.into(),
-        target: target.into(),
-        detail: String::new(),
-    }
+    NewAuditEntry::new(at, "operator", action, target, "")
 }
 
 /// Erasing an account removes its predictions and usage records; its usage records (sealed under the

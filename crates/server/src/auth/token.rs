@@ -1,0 +1,113 @@
+//! Where an access token gets checked: [`TokenWithScope`], the typed extractor of the management API.
+//!
+//! `Authorization: Bearer sk_pat_…` (or `x-api-key`). The presented bytes are hashed with the pepper
+//! whatever their shape, looked up by hash with no cache (a revocation holds from the next request),
+//! compared in constant time and checked for expiry; every failure is the one `401 UNAUTHORIZED` body,
+//! and counts against the client address's failed-authentication budget like an API key. A valid token
+//! without the route's scope is `403 FORBIDDEN` naming the scope.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use skygate_core::{AccessToken, Scope, Timestamp, TokenAuthRecord};
+use subtle::ConstantTimeEq;
+
+use crate::credentials::{Actor, Channel};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A route's required scope, as a type.
+pub trait RequiredScope: Send + Sync + 'static {
+    const SCOPE: Scope;
+}
+
+macro_rules! scope_markers {
+    ($($name:ident => $scope:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("The `", stringify!($scope), "` scope.")]
+            pub struct $name;
+            impl RequiredScope for $name {
+                const SCOPE: Scope = Scope::$scope;
+            }
+        )*
+    };
+}
+
+scope_markers!(
+    AccountRead => AccountRead,
+    ProjectsRead => ProjectsRead,
+    ProjectsWrite => ProjectsWrite,
+    KeysRead => KeysRead,
+    KeysWrite => KeysWrite,
+    AuditRead => AuditRead,
+);
+
+/// An authenticated access token holding scope `S`, with the request's client for audit entries.
+pub struct TokenWithScope<S> {
+    pub token: TokenAuthRecord,
+    pub actor: Actor,
+    /// The time read once at the edge of this request.
+    pub now: Timestamp,
+    _scope: PhantomData<S>,
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for TokenWithScope<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let now = Timestamp::now();
+        let presented = super::presented_credential(&parts.headers).unwrap_or_default();
+        let check = async {
+            authenticate(state, presented, now)
+                .await?
+                .ok_or_else(ApiError::unauthorized)
+        };
+        let (token, client) = super::within_failure_budget(state, parts, check).await?;
+        if !token.scopes.contains(S::SCOPE) {
+            return Err(ApiError::forbidden(format!(
+                "this access token lacks the scope {}",
+                S::SCOPE
+            )));
+        }
+        if let Err(e) = state.store().touch_access_token(&token.token_id, now).await {
+            tracing::warn!(error = %e, token = %token.token_id, "cannot record an access token's use");
+        }
+        let user_agent = parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let actor = Actor {
+            who: token.token_id.to_string(),
+            channel: Channel::SelfService,
+            ip: client.map(|ip| ip.to_string()).unwrap_or_default(),
+            user_agent: user_agent.to_owned(),
+        };
+        Ok(TokenWithScope {
+            token,
+            actor,
+            now,
+            _scope: PhantomData,
+        })
+    }
+}
+
+/// The token the bytes name, if it is well formed, known, unrevoked and unexpired.
+async fn authenticate(
+    state: &AppState,
+    presented: &[u8],
+    now: Timestamp,
+) -> Result<Option<TokenAuthRecord>, ApiError> {
+    let auth = state.auth();
+    // Hash first, whatever the input, so the work does not depend on which check fails.
+    let hash = auth.hasher().hash(presented);
+    let well_formed = std::str::from_utf8(presented)
+        .ok()
+        .is_some_and(|s| AccessToken::parse(s).is_ok());
+    if !well_formed {
+        return Ok(None);
+    }
+    let found = auth.store().access_token_by_hash(&hash).await?;
+    Ok(found.filter(|r| bool::from(r.hash.ct_eq(&hash)) & r.is_active(now)))
+}
