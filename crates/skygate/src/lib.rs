@@ -14,6 +14,11 @@ use clap::Parser;
 
 /// Runs the CLI with the process arguments.
 pub fn main() -> ExitCode {
+    // The sandbox helper stages: before anything else (no runtime, no threads, no logging).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw.get(1).is_some_and(|a| a == skygate_runtime::sandbox::HELPER_COMMAND) {
+        return skygate_runtime::sandbox::inside::helper_main(&raw[2..]);
+    }
     let args = cli::Cli::parse();
     init_logging(&args);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
