@@ -46,6 +46,16 @@ pub enum Command {
     /// Webhooks: signing secrets, the delivery log, replays, signature checks.
     #[command(subcommand)]
     Webhooks(WebhooksCmd),
+    /// The prediction sandbox.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// Run the escape checks on this host (a hostile model in real sandboxes) and print each result;
+    /// exit 1 if any check fails.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use skygate_server::{admin, keyring, open_backend, Backend, Server};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs, WebhooksCmd,
+    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, SandboxCmd, ServeArgs, WebhooksCmd,
 };
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +45,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tolerance,
         }) => verify_webhook(&secrets, &body, &headers, tolerance),
         Command::Webhooks(cmd) => webhooks(&config, cmd).await,
+        Command::Sandbox(SandboxCmd::Check) => crate::sandbox::check(&config).await,
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod commands;
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,9 @@ pub fn main() -> ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if raw.get(1).is_some_and(|a| a == skygate_runtime::sandbox::HELPER_COMMAND) {
         return skygate_runtime::sandbox::inside::helper_main(&raw[2..]);
+    }
+    if raw.get(1).is_some_and(|a| a == skygate_runtime::sandbox::PROBE_COMMAND) {
+        return skygate_runtime::sandbox::probe::probe_main();
     }
     let args = cli::Cli::parse();
     init_logging(&args);

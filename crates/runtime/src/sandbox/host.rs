@@ -57,6 +57,8 @@ pub(crate) struct Run {
     /// Held until the run is over (released on drop).
     pub _lease: Option<UidLease>,
     pub max_file: u64,
+    /// The CPU-time limit in force (seconds).
+    pub cpu_limit_s: u64,
 }
 
 /// What stdout carried.
@@ -153,10 +155,13 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
         run_us: elapsed,
         exit: String::new(),
     };
+    let mut cpu_exceeded = false;
     let (code, signal) = match (&status, &waited) {
-        (Some(Status::Ended { code, signal, setup_us, run_us, .. }), _) => {
+        (Some(Status::Ended { code, signal, setup_us, run_us, cpu_ms, .. }), _) => {
             rep.start_us = *setup_us + elapsed.saturating_sub(*setup_us + *run_us);
             rep.run_us = *run_us;
+            // As pid 1 of its namespace the model ignores SIGXCPU; the hard limit's SIGKILL ends it.
+            cpu_exceeded = signal.is_some() && *cpu_ms >= run.cpu_limit_s.saturating_mul(1000);
             (*code, *signal)
         }
         (_, Ok(w)) if run.nonce.is_none() => {
@@ -205,6 +210,7 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
         let stderr_text = hide_paths(&last_lines(&model_stderr, ERROR_TAIL), &run.hide);
         let msg = match (seen.error.take(), signal) {
             (Some(e), _) => return (Err(RunError::Failed(e)), rep),
+            (None, Some(_)) if cpu_exceeded => "the model exceeded its CPU time limit".to_owned(),
             (None, Some(libc::SIGXCPU)) => "the model exceeded its CPU time limit".to_owned(),
             (None, Some(libc::SIGXFSZ)) => "the model exceeded its file size limit".to_owned(),
             (None, Some(s)) => format!(

@@ -150,12 +150,19 @@ fn outer_steps(spec: &Spec, started: Instant) -> Result<Status, String> {
     )?;
     let exit = step("wait for the model", child.wait())?;
     let run_us = micros(run_started);
+    let cpu_ms = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| {
+            let ms = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1000 + t.tv_usec() as u64 / 1000;
+            ms(u.user_time()) + ms(u.system_time())
+        })
+        .unwrap_or(0);
     let (files, skipped) = copy_out(out, &outbox);
     Ok(Status::Ended {
         code: exit.code(),
         signal: exit.signal(),
         setup_us,
         run_us,
+        cpu_ms,
         files,
         skipped,
     })
@@ -351,6 +358,9 @@ fn inner(spec: &Spec) -> Result<ExitCode, String> {
     step("enter the root", chdir("/"))?;
     let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     step("read-only root", mount(None::<&str>, "/", None::<&str>, ro, None::<&str>))?;
+    // The device nodes are mounts of their own and stay writable; /dev itself does not.
+    let ro_dev = ro | MsFlags::MS_NOEXEC;
+    step("read-only /dev", mount(None::<&str>, "/dev", None::<&str>, ro_dev, None::<&str>))?;
     step("enter /work", chdir("/work"))?;
     let l = &spec.limits;
     for (what, res, soft, hard) in [

@@ -11,8 +11,10 @@
 //! for development only and logs a warning on every prediction.
 
 mod host;
+pub mod check;
 pub mod inside;
 mod jobs;
+pub mod probe;
 pub mod protocol;
 pub mod seccomp;
 pub mod spec;
@@ -26,7 +28,7 @@ use skygate_core::models::{Backend, CommandModel};
 
 pub use host::SandboxReport;
 pub use jobs::{JobRoot, UidPool};
-pub use spec::{Bind, Limits, Payload, Spec, HELPER_COMMAND};
+pub use spec::{Bind, Limits, Payload, Spec, HELPER_COMMAND, PROBE_COMMAND};
 
 use crate::handle::pair;
 use crate::{builtin, Job, RunError, RunHandle, Runner};
@@ -110,6 +112,7 @@ impl SandboxRunner {
         prediction_id: String,
         payload: Payload,
         model: Option<&CommandModel>,
+        extra_binds: Vec<Bind>,
         request: Vec<u8>,
         deadline: Duration,
     ) -> Result<RunHandle, RunError> {
@@ -122,6 +125,7 @@ impl SandboxRunner {
                 src: p.clone(),
                 dst: p.clone(),
             })
+            .chain(extra_binds)
             .collect();
         let mut deadline = deadline;
         let mut hide = vec![(s.job_root.clone(), "/work")];
@@ -214,6 +218,7 @@ impl SandboxRunner {
             job,
             _lease: lease,
             max_file: s.out_bytes,
+            cpu_limit_s: limits.cpu_seconds,
         };
         tokio::spawn(host::supervise(run, side));
         Ok(handle)
@@ -246,11 +251,11 @@ impl Runner for SandboxRunner {
                     return crate::BuiltinRunner.start(job);
                 }
                 let payload = Payload::Builtin { id: id.clone() };
-                self.start_payload(job.prediction_id, payload, None, request, job.deadline)
+                self.start_payload(job.prediction_id, payload, None, Vec::new(), request, job.deadline)
             }
             Backend::Command(m) => {
                 let payload = Payload::Command { argv: m.argv.clone() };
-                self.start_payload(job.prediction_id, payload, Some(m), request, job.deadline)
+                self.start_payload(job.prediction_id, payload, Some(m), Vec::new(), request, job.deadline)
             }
             Backend::Cog(_) => Err(RunError::Unsupported("Cog models are not supported yet".into())),
         }

@@ -12,6 +12,9 @@ pub const INSIDE_ID: u32 = 1000;
 /// The hidden subcommand of the `skygate` binary that runs the helper stages.
 pub const HELPER_COMMAND: &str = "__sandbox";
 
+/// The hidden subcommand that runs the escape probes (as a command model inside a sandbox).
+pub const PROBE_COMMAND: &str = "__probe";
+
 /// One sandbox, as the helper builds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
@@ -85,6 +88,8 @@ pub enum Status {
         setup_us: u64,
         /// Microseconds the model ran.
         run_us: u64,
+        /// CPU time the model used (user and system), in milliseconds.
+        cpu_ms: u64,
         /// Output files copied out of `/out`.
         files: u32,
         /// Why some files were not copied (too many, not regular files, …), if any.
