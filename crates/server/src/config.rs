@@ -1047,6 +1047,15 @@ mod tests {
                 "[models.x]\nbackend = \"command\"\n",
                 &["models.x", "command"][..],
             ),
+            ("[sandbox]\nmode = \"off\"\n", &["sandbox.mode"][..]),
+            ("[sandbox.limits]\nprocesses = 1\n", &["sandbox.limits.processes"][..]),
+            ("[sandbox]\nro_binds = [\"/proc/x\"]\n", &["sandbox.ro_binds"][..]),
+            ("[sandbox]\njob_dir = \"rel\"\n", &["sandbox.job_dir"][..]),
+            ("[sandbox]\nuid = 5\n", &["uid"][..]),
+            (
+                "[models.x]\nbackend = \"command\"\ncommand = [\"x\"]\ndir = \"/nonexistent-dir\"\n",
+                &["models.x", "dir"][..],
+            ),
         ];
         for (toml, wanted) in cases {
             figment::Jail::expect_with(|jail| {

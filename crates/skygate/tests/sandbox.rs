@@ -5,7 +5,7 @@
 
 mod sandbox_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
@@ -217,4 +217,59 @@ async fn concurrent_sandboxes_cannot_see_each_other() {
     // b sees only its own processes: pid 1 (sh) and the few it started.
     assert!(!b_seen.contains("secret"), "{b_seen}");
     s.assert_clean();
+}
+
+/// The two example models under `examples/models/` (copied to a world-readable place: the sandbox's
+/// uid sees only what any user could read).
+#[tokio::test]
+async fn the_example_models_run() {
+    let Some(s) = Sandbox::new("the_example_models_run") else { return };
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models");
+    let read = |p: &str| std::fs::read_to_string(examples.join(p)).unwrap();
+    let sh = model_dir(&[("run.sh", 0o755, &read("sh-banner/run.sh"))]);
+    let (out, _) = s
+        .command(&["/bin/sh", "/model/run.sh"], Some(sh.path()), json!({"text": "hello"}), Duration::from_secs(20))
+        .await;
+    assert_eq!(out, Ok(Output::Text("*** HELLO ***".into())));
+    let (out, _) = s.command(&["/bin/sh", "/model/run.sh"], Some(sh.path()), json!({}), Duration::from_secs(20)).await;
+    assert!(matches!(&out, Err(RunError::Failed(m)) if m.contains("input.text")), "{out:?}");
+    if !Path::new("/usr/bin/python3").exists() {
+        skygate_testkit::skip("the_example_models_run (python)", "/usr/bin/python3 is not installed");
+        return;
+    }
+    let py = model_dir(&[("predict.py", 0o644, &read("py-wordcount/predict.py"))]);
+    let (out, _) = s
+        .command(&["python3", "/model/predict.py"], Some(py.path()), json!({"text": "a b a. A c"}), Duration::from_secs(30))
+        .await;
+    match out {
+        Ok(Output::Files(f)) => {
+            assert_eq!(f[0].name, "counts.json");
+            assert_eq!(f[0].content_type, "application/json");
+            let v: serde_json::Value = serde_json::from_slice(&f[0].bytes).unwrap();
+            assert_eq!(v, json!({"a": 3, "b": 1, "c": 1}));
+        }
+        other => panic!("{other:?}"),
+    }
+    s.assert_clean();
+}
+
+/// `skygate sandbox check` prints one line per check and a passing summary.
+#[test]
+fn sandbox_check_command_passes_here() {
+    if !namespaces_available("sandbox_check_command_passes_here") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skygate"))
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["sandbox", "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"19 passed, 0 failed"), "{text}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.starts_with("ok ")), "{text}");
+    assert!(text.contains("net_postgres") && text.contains("deadline"), "{text}");
 }
