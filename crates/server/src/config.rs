@@ -851,7 +851,10 @@ impl ModelConfig {
                 Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {
                     if let Some(d) = &self.dir {
                         if !d.is_absolute() || !d.is_dir() {
-                            return Err(format!("dir must be an existing absolute directory, got {}", d.display()));
+                            return Err(format!(
+                                "dir must be an existing absolute directory, got {}",
+                                d.display()
+                            ));
                         }
                     }
                     if self.timeout.is_some_and(|t| t.is_zero()) {
@@ -1048,7 +1051,10 @@ mod tests {
                 &["models.x", "command"][..],
             ),
             ("[sandbox]\nmode = \"off\"\n", &["sandbox.mode"][..]),
-            ("[sandbox.limits]\nprocesses = 1\n", &["sandbox.limits.processes"][..]),
+            (
+                "[sandbox.limits]\nprocesses = 1\n",
+                &["sandbox.limits.processes"][..],
+            ),
             ("[sandbox]\nro_binds = [\"/proc/x\"]\n", &["sandbox.ro_binds"][..]),
             ("[sandbox]\njob_dir = \"rel\"\n", &["sandbox.job_dir"][..]),
             ("[sandbox]\nuid = 5\n", &["uid"][..]),

@@ -88,7 +88,10 @@ async fn bin_true(runner: &SandboxRunner) -> (Duration, Option<u64>) {
 }
 
 async fn start_bench() {
-    let dir = tempfile::Builder::new().prefix("skygate-bench-").tempdir_in("/dev/shm").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("skygate-bench-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
     let sandboxed = SandboxRunner::new(settings(dir.path(), SandboxMode::Namespaces)).unwrap();
     let unsafe_ = SandboxRunner::new(settings(dir.path(), SandboxMode::NoneUnsafe)).unwrap();
     for _ in 0..10 {
@@ -120,7 +123,11 @@ async fn e2e_bench() {
     let kb = boxed.new_key(skygate_core::Mode::Live).await.unwrap();
     let ko = open.new_key(skygate_core::Mode::Live).await.unwrap();
     let input = json!({"prompt": "hello sandbox", "mode": "upper"});
-    async fn one(srv: &skygate_testkit::TestServer, k: &skygate_testkit::TestKey, input: &serde_json::Value) -> Duration {
+    async fn one(
+        srv: &skygate_testkit::TestServer,
+        k: &skygate_testkit::TestKey,
+        input: &serde_json::Value,
+    ) -> Duration {
         let t = Instant::now();
         let v = skygate_testkit::api::run(srv, k, "sky-text", input.clone()).await;
         assert_eq!(v["status"], "succeeded", "{v}");
@@ -147,7 +154,10 @@ async fn e2e_bench() {
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special: both run it once.
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         start_bench().await;
         e2e_bench().await;

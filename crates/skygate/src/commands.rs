@@ -11,7 +11,8 @@ use skygate_server::{admin, keyring, open_backend, Backend, Server};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, SandboxCmd, ServeArgs, WebhooksCmd,
+    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, SandboxCmd, ServeArgs,
+    WebhooksCmd,
 };
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {

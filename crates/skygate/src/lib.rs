@@ -17,10 +17,16 @@ use clap::Parser;
 pub fn main() -> ExitCode {
     // The sandbox helper stages: before anything else (no runtime, no threads, no logging).
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if raw.get(1).is_some_and(|a| a == skygate_runtime::sandbox::HELPER_COMMAND) {
+    if raw
+        .get(1)
+        .is_some_and(|a| a == skygate_runtime::sandbox::HELPER_COMMAND)
+    {
         return skygate_runtime::sandbox::inside::helper_main(&raw[2..]);
     }
-    if raw.get(1).is_some_and(|a| a == skygate_runtime::sandbox::PROBE_COMMAND) {
+    if raw
+        .get(1)
+        .is_some_and(|a| a == skygate_runtime::sandbox::PROBE_COMMAND)
+    {
         return skygate_runtime::sandbox::probe::probe_main();
     }
     let args = cli::Cli::parse();

@@ -142,18 +142,31 @@ pub fn skygate_binary() -> anyhow::Result<PathBuf> {
 
 fn build_skygate() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let deps = exe.parent().ok_or_else(|| anyhow::anyhow!("test binary has no directory"))?;
+    let deps = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("test binary has no directory"))?;
     let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
-        deps.parent().ok_or_else(|| anyhow::anyhow!("no profile directory"))?
+        deps.parent()
+            .ok_or_else(|| anyhow::anyhow!("no profile directory"))?
     } else {
         deps
     };
     let bin = profile_dir.join("skygate");
-    let target = profile_dir.parent().ok_or_else(|| anyhow::anyhow!("no target directory"))?;
+    let target = profile_dir
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--package", "skygate", "--bin", "skygate", "--target-dir"])
-        .arg(target);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "skygate",
+        "--bin",
+        "skygate",
+        "--target-dir",
+    ])
+    .arg(target);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

@@ -52,9 +52,18 @@ async fn run_probe(
     let model = probe_model(cpu_seconds);
     let request = serde_json::to_vec(&json!({"id": "sandbox-check", "input": input}))
         .map_err(|_| RunError::Failed("cannot encode the request".into()))?;
-    let payload = Payload::Command { argv: model.argv.clone() };
+    let payload = Payload::Command {
+        argv: model.argv.clone(),
+    };
     runner
-        .start_payload("sandbox-check".into(), payload, Some(&model), vec![bind], request, deadline)?
+        .start_payload(
+            "sandbox-check".into(),
+            payload,
+            Some(&model),
+            vec![bind],
+            request,
+            deadline,
+        )?
         .finish()
         .await
 }
@@ -80,9 +89,18 @@ pub async fn run_checks(runner: &SandboxRunner, data_dir: Option<&Path>) -> Vec<
             }
             Err(_) => lines.push(failed("report", "the probe's report is not a JSON list")),
         },
-        other => lines.push(failed("report", &format!("the probe run did not produce a report: {other:?}"))),
+        other => lines.push(failed(
+            "report",
+            &format!("the probe run did not produce a report: {other:?}"),
+        )),
     }
-    let r = run_probe(runner, json!({"probes": ["cpu"]}), Some(1), Duration::from_secs(30)).await;
+    let r = run_probe(
+        runner,
+        json!({"probes": ["cpu"]}),
+        Some(1),
+        Duration::from_secs(30),
+    )
+    .await;
     lines.push(match r {
         Err(RunError::Failed(m)) if m.contains("CPU time limit") => ok("cpu_loop", &format!("killed: {m}")),
         other => failed("cpu_loop", &format!("{other:?}")),
@@ -91,13 +109,18 @@ pub async fn run_checks(runner: &SandboxRunner, data_dir: Option<&Path>) -> Vec<
     let r = run_probe(runner, json!({"probes": ["sleep"]}), None, Duration::from_secs(2)).await;
     let took = started.elapsed();
     lines.push(match r {
-        Err(RunError::TimedOut(_)) if took < Duration::from_secs(8) => {
-            ok("deadline", &format!("killed at the 2s deadline (ended after {took:.1?})"))
-        }
+        Err(RunError::TimedOut(_)) if took < Duration::from_secs(8) => ok(
+            "deadline",
+            &format!("killed at the 2s deadline (ended after {took:.1?})"),
+        ),
         other => failed("deadline", &format!("{other:?} after {took:.1?}")),
     });
     let left = std::fs::read_dir(&runner.settings().job_root)
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")).count())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
+                .count()
+        })
         .unwrap_or(0);
     lines.push(if left == 0 {
         ok("cleanup", "no job directory left behind")

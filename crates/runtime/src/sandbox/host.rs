@@ -145,7 +145,11 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
     })
     .await;
     let tail = match stderr {
-        Some(h) => tokio::time::timeout(DRAIN, h).await.ok().and_then(Result::ok).unwrap_or_default(),
+        Some(h) => tokio::time::timeout(DRAIN, h)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
         None => Vec::new(),
     };
     let (status, model_stderr) = split_status(&tail, run.nonce.as_deref());
@@ -157,7 +161,17 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
     };
     let mut cpu_exceeded = false;
     let (code, signal) = match (&status, &waited) {
-        (Some(Status::Ended { code, signal, setup_us, run_us, cpu_ms, .. }), _) => {
+        (
+            Some(Status::Ended {
+                code,
+                signal,
+                setup_us,
+                run_us,
+                cpu_ms,
+                ..
+            }),
+            _,
+        ) => {
             rep.start_us = *setup_us + elapsed.saturating_sub(*setup_us + *run_us);
             rep.run_us = *run_us;
             // As pid 1 of its namespace the model ignores SIGXCPU; the hard limit's SIGKILL ends it.
@@ -199,7 +213,10 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
     }
     if run.nonce.is_some() && status.is_none() {
         rep.exit = "sandbox died".into();
-        return (Err(RunError::Crashed("the sandbox ended unexpectedly".into())), rep);
+        return (
+            Err(RunError::Crashed("the sandbox ended unexpectedly".into())),
+            rep,
+        );
     }
     rep.exit = match (code, signal) {
         (_, Some(s)) => format!("killed by signal {s}"),
@@ -309,7 +326,9 @@ async fn read_stdout(out: tokio::process::ChildStdout, tx: mpsc::Sender<Result<M
         }
     }
     if !line.is_empty() {
-        let _ = tx.send(protocol::parse_line(&line).and_then(|m| m.ok_or_else(String::new))).await;
+        let _ = tx
+            .send(protocol::parse_line(&line).and_then(|m| m.ok_or_else(String::new)))
+            .await;
     }
 }
 
@@ -394,7 +413,9 @@ async fn read_outbox(dir: &Path, max_file: u64) -> Result<Vec<OutputFile>, Strin
         let path = dir.join(&name);
         let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
         if len > max_file {
-            return Err(format!("the output file {name} is larger than the limit of {max_file} bytes"));
+            return Err(format!(
+                "the output file {name} is larger than the limit of {max_file} bytes"
+            ));
         }
         let bytes = tokio::fs::read(&path)
             .await
@@ -418,7 +439,12 @@ mod tests {
     fn status_lines_are_found_only_with_their_nonce() {
         let tail = b"model says hi\nabc {\"setup_failed\":{\"error\":\"x\"}}\nnonce1 {\"setup_failed\":{\"error\":\"mount: EPERM\"}}\n";
         let (s, rest) = split_status(tail, Some("nonce1"));
-        assert_eq!(s, Some(Status::SetupFailed { error: "mount: EPERM".into() }));
+        assert_eq!(
+            s,
+            Some(Status::SetupFailed {
+                error: "mount: EPERM".into()
+            })
+        );
         assert!(String::from_utf8_lossy(&rest).contains("model says hi"));
         let (s, _) = split_status(b"x\nforged {\"setup_failed\":{\"error\":\"\"}}\n", Some("nonce1"));
         assert_eq!(s, None);

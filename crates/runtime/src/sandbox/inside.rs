@@ -43,7 +43,10 @@ pub const MAX_OUTPUT_FILES: u32 = 64;
 /// Runs one helper stage: `args` are the arguments after the hidden subcommand.
 pub fn helper_main(args: &[OsString]) -> ExitCode {
     let (stage, json) = match args {
-        [stage, json] => (stage.to_string_lossy().into_owned(), json.to_string_lossy().into_owned()),
+        [stage, json] => (
+            stage.to_string_lossy().into_owned(),
+            json.to_string_lossy().into_owned(),
+        ),
         _ => {
             eprintln!("skygate sandbox helper: expected a stage and a spec");
             return ExitCode::from(2);
@@ -92,7 +95,10 @@ fn outer(spec: &Spec) -> ExitCode {
 }
 
 fn outer_steps(spec: &Spec, started: Instant) -> Result<Status, String> {
-    step("parent-death signal", nix::sys::prctl::set_pdeathsig(Signal::SIGKILL))?;
+    step(
+        "parent-death signal",
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
     if getppid().as_raw() != i32::try_from(spec.parent_pid).unwrap_or(-1) {
         return Err("the launcher is gone".into());
     }
@@ -101,7 +107,11 @@ fn outer_steps(spec: &Spec, started: Instant) -> Result<Status, String> {
     step("process limit", setrlimit(Resource::RLIMIT_NPROC, n, n))?;
     let outbox = step(
         "open the job outbox",
-        open(&spec.outbox, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()),
+        open(
+            &spec.outbox,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
     )?;
     let (uid, gid) = (geteuid(), getegid());
     let ns = CloneFlags::CLONE_NEWUSER
@@ -113,12 +123,24 @@ fn outer_steps(spec: &Spec, started: Instant) -> Result<Status, String> {
         | CloneFlags::CLONE_NEWCGROUP;
     step("create namespaces", unshare(ns))?;
     step("uid map", fs::write("/proc/self/setgroups", "deny"))?;
-    step("uid map", fs::write("/proc/self/uid_map", format!("{INSIDE_ID} {uid} 1\n")))?;
-    step("gid map", fs::write("/proc/self/gid_map", format!("{INSIDE_ID} {gid} 1\n")))?;
+    step(
+        "uid map",
+        fs::write("/proc/self/uid_map", format!("{INSIDE_ID} {uid} 1\n")),
+    )?;
+    step(
+        "gid map",
+        fs::write("/proc/self/gid_map", format!("{INSIDE_ID} {gid} 1\n")),
+    )?;
     step("hostname", sethostname("sandbox"))?;
     step(
         "private mounts",
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
     )?;
     let out = build_root(spec)?;
     // The inner stage runs as uid 1000 of the namespace, so `exec` would clear its capabilities; it
@@ -197,7 +219,10 @@ fn build_root(spec: &Spec) -> Result<OwnedFd, String> {
     step("etc", fs::create_dir_all(&etc))?;
     let id = INSIDE_ID;
     for (name, text) in [
-        ("passwd", format!("sandbox:x:{id}:{id}:sandbox:/work:/usr/sbin/nologin\n")),
+        (
+            "passwd",
+            format!("sandbox:x:{id}:{id}:sandbox:/work:/usr/sbin/nologin\n"),
+        ),
         ("group", format!("sandbox:x:{id}:\n")),
         ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_owned()),
         ("hostname", "sandbox\n".to_owned()),
@@ -206,7 +231,12 @@ fn build_root(spec: &Spec) -> Result<OwnedFd, String> {
     }
     let dev = root.join("dev");
     step("dev", fs::create_dir_all(&dev))?;
-    tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "size=64k,mode=0755", "dev")?;
+    tmpfs(
+        &dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "size=64k,mode=0755",
+        "dev",
+    )?;
     for name in ["null", "zero", "random", "urandom"] {
         bind_dev(&Path::new("/dev").join(name), &dev.join(name))?;
     }
@@ -226,14 +256,28 @@ fn build_root(spec: &Spec) -> Result<OwnedFd, String> {
     let owned = format!("mode=0755,uid={id},gid={id}");
     let work = root.join("work");
     step("work", fs::create_dir_all(&work))?;
-    tmpfs(&work, nodev, &format!("size={},{owned}", spec.work_bytes.max(4096)), "work")?;
+    tmpfs(
+        &work,
+        nodev,
+        &format!("size={},{owned}", spec.work_bytes.max(4096)),
+        "work",
+    )?;
     let out = root.join("out");
     step("out", fs::create_dir_all(&out))?;
-    tmpfs(&out, nodev, &format!("size={},{owned}", spec.out_bytes.max(4096)), "out")?;
+    tmpfs(
+        &out,
+        nodev,
+        &format!("size={},{owned}", spec.out_bytes.max(4096)),
+        "out",
+    )?;
     step("tmp", std::os::unix::fs::symlink("/work", root.join("tmp")))?;
     step(
         "open out",
-        open(&out, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()),
+        open(
+            &out,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
     )
 }
 
@@ -245,17 +289,47 @@ fn tmpfs(at: &Path, flags: MsFlags, data: &str, what: &str) -> Result<(), String
 /// needs a remount, which must keep the flags the source mount locks (nodev, noexec, …).
 fn bind_ro(src: &Path, dst: &Path) -> Result<(), String> {
     make_target(src, dst)?;
-    step("bind mount", mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>))?;
+    step(
+        "bind mount",
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+    )?;
     let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
-    step("read-only remount", mount(None::<&str>, dst, None::<&str>, flags | locked_flags(dst), None::<&str>))
+    step(
+        "read-only remount",
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            flags | locked_flags(dst),
+            None::<&str>,
+        ),
+    )
 }
 
 /// Binds a device node (read-write: models write to /dev/null), without suid.
 fn bind_dev(src: &Path, dst: &Path) -> Result<(), String> {
     make_target(src, dst)?;
-    step("device", mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>))?;
+    step(
+        "device",
+        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+    )?;
     let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    step("device remount", mount(None::<&str>, dst, None::<&str>, flags | locked_flags(dst), None::<&str>))
+    step(
+        "device remount",
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            flags | locked_flags(dst),
+            None::<&str>,
+        ),
+    )
 }
 
 fn make_target(src: &Path, dst: &Path) -> Result<(), String> {
@@ -348,26 +422,59 @@ fn copy_one(dir: &nix::dir::Dir, outbox: &OwnedFd, name: &str) -> Result<(), Str
 }
 
 fn inner(spec: &Spec) -> Result<ExitCode, String> {
-    step("parent-death signal", nix::sys::prctl::set_pdeathsig(Signal::SIGKILL))?;
+    step(
+        "parent-death signal",
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+    )?;
     let proc_dir = spec.root.join("proc");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    step("mount /proc", mount(Some("proc"), &proc_dir, Some("proc"), flags, None::<&str>))?;
+    step(
+        "mount /proc",
+        mount(Some("proc"), &proc_dir, Some("proc"), flags, None::<&str>),
+    )?;
     step("enter the root", chdir(&spec.root))?;
     step("pivot_root", pivot_root(".", "."))?;
     step("detach the host root", umount2(".", MntFlags::MNT_DETACH))?;
     step("enter the root", chdir("/"))?;
-    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    step("read-only root", mount(None::<&str>, "/", None::<&str>, ro, None::<&str>))?;
+    let ro =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    step(
+        "read-only root",
+        mount(None::<&str>, "/", None::<&str>, ro, None::<&str>),
+    )?;
     // The device nodes are mounts of their own and stay writable; /dev itself does not.
     let ro_dev = ro | MsFlags::MS_NOEXEC;
-    step("read-only /dev", mount(None::<&str>, "/dev", None::<&str>, ro_dev, None::<&str>))?;
+    step(
+        "read-only /dev",
+        mount(None::<&str>, "/dev", None::<&str>, ro_dev, None::<&str>),
+    )?;
     step("enter /work", chdir("/work"))?;
     let l = &spec.limits;
     for (what, res, soft, hard) in [
-        ("cpu limit", Resource::RLIMIT_CPU, l.cpu_seconds, l.cpu_seconds.saturating_add(1)),
-        ("memory limit", Resource::RLIMIT_AS, l.address_space, l.address_space),
-        ("file size limit", Resource::RLIMIT_FSIZE, l.file_size, l.file_size),
-        ("open files limit", Resource::RLIMIT_NOFILE, l.open_files, l.open_files),
+        (
+            "cpu limit",
+            Resource::RLIMIT_CPU,
+            l.cpu_seconds,
+            l.cpu_seconds.saturating_add(1),
+        ),
+        (
+            "memory limit",
+            Resource::RLIMIT_AS,
+            l.address_space,
+            l.address_space,
+        ),
+        (
+            "file size limit",
+            Resource::RLIMIT_FSIZE,
+            l.file_size,
+            l.file_size,
+        ),
+        (
+            "open files limit",
+            Resource::RLIMIT_NOFILE,
+            l.open_files,
+            l.open_files,
+        ),
         ("core limit", Resource::RLIMIT_CORE, 0, 0),
     ] {
         step(what, setrlimit(res, soft, hard))?;
@@ -404,7 +511,9 @@ fn model_env() -> [(&'static str, &'static str); 6] {
 
 fn keep_for_inner() -> Result<(), String> {
     use caps::{CapSet, Capability};
-    let keep: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN, Capability::CAP_SETPCAP].into_iter().collect();
+    let keep: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN, Capability::CAP_SETPCAP]
+        .into_iter()
+        .collect();
     step("pass capabilities", caps::set(None, CapSet::Inheritable, &keep))?;
     for cap in keep {
         step("pass capabilities", caps::raise(None, CapSet::Ambient, cap))?;
@@ -415,9 +524,17 @@ fn keep_for_inner() -> Result<(), String> {
 fn drop_capabilities() -> Result<(), String> {
     use caps::CapSet;
     for cap in caps::all() {
-        step("drop bounding capabilities", caps::drop(None, CapSet::Bounding, cap))?;
+        step(
+            "drop bounding capabilities",
+            caps::drop(None, CapSet::Bounding, cap),
+        )?;
     }
-    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
         step("drop capabilities", caps::clear(None, set))?;
     }
     Ok(())

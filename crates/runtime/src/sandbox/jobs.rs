@@ -55,7 +55,8 @@ impl JobRoot {
         }
         if let Some(uid) = owner {
             for p in [job.dir.clone(), job.root(), job.outbox()] {
-                chown(&p, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid))).map_err(std::io::Error::from)?;
+                chown(&p, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)))
+                    .map_err(std::io::Error::from)?;
             }
         }
         Ok(job)

@@ -10,8 +10,8 @@
 //! If the sandbox cannot be built the prediction fails closed. [`SandboxMode::NoneUnsafe`] exists
 //! for development only and logs a warning on every prediction.
 
-mod host;
 pub mod check;
+mod host;
 pub mod inside;
 mod jobs;
 pub mod probe;
@@ -73,8 +73,12 @@ impl SandboxRunner {
     /// Prepares the job root and sweeps what an earlier crash left there (outputs never outlive a
     /// job). Fails when the job root cannot be made.
     pub fn new(settings: SandboxSettings) -> Result<SandboxRunner, String> {
-        let jobs = JobRoot::open(settings.job_root.clone())
-            .map_err(|e| format!("sandbox.job_dir: cannot create {}: {e}", settings.job_root.display()))?;
+        let jobs = JobRoot::open(settings.job_root.clone()).map_err(|e| {
+            format!(
+                "sandbox.job_dir: cannot create {}: {e}",
+                settings.job_root.display()
+            )
+        })?;
         match jobs.sweep() {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed job directories left by an earlier run"),
@@ -82,8 +86,12 @@ impl SandboxRunner {
         }
         let uids = if UidPool::needed() && settings.mode == SandboxMode::Namespaces {
             Some(
-                UidPool::new(settings.host_uid_base, settings.host_uids, settings.uid_locks.clone())
-                    .map_err(|e| format!("cannot create the uid lock directory: {e}"))?,
+                UidPool::new(
+                    settings.host_uid_base,
+                    settings.host_uids,
+                    settings.uid_locks.clone(),
+                )
+                .map_err(|e| format!("cannot create the uid lock directory: {e}"))?,
             )
         } else {
             None
@@ -143,7 +151,9 @@ impl SandboxRunner {
         }
         let unavailable = |e: String| {
             tracing::error!(prediction = %prediction_id, error = %e, "the sandbox could not be prepared");
-            RunError::Failed("the sandbox could not be created, so the model was not run (see the server log)".into())
+            RunError::Failed(
+                "the sandbox could not be created, so the model was not run (see the server log)".into(),
+            )
         };
         let hint = u64::from(std::process::id()) ^ u64::from(nanos());
         let lease = match &self.uids {
@@ -156,7 +166,11 @@ impl SandboxRunner {
             .create(&format!("{}-{:08x}", short(&prediction_id), nanos()), owner)
             .map_err(|e| unavailable(format!("cannot create a job directory: {e}")))?;
         let sandboxed = s.mode == SandboxMode::Namespaces;
-        let nonce = format!("skygate-status-{:016x}{:08x}", hint.rotate_left(17) ^ u64::from(nanos()), nanos());
+        let nonce = format!(
+            "skygate-status-{:016x}{:08x}",
+            hint.rotate_left(17) ^ u64::from(nanos()),
+            nanos()
+        );
         let mut cmd = if sandboxed {
             let spec = Spec {
                 nonce: nonce.clone(),
@@ -183,15 +197,22 @@ impl SandboxRunner {
             tracing::warn!(prediction = %prediction_id, "running a model WITHOUT a sandbox (sandbox.mode = \"none-unsafe\")");
             match &payload {
                 Payload::Command { argv } => {
-                    let (prog, args) = argv.split_first().ok_or_else(|| unavailable("empty command".into()))?;
+                    let (prog, args) = argv
+                        .split_first()
+                        .ok_or_else(|| unavailable("empty command".into()))?;
                     let mut c = tokio::process::Command::new(prog);
                     c.args(args)
                         .current_dir(job.path())
                         .env("SKYGATE_OUT_DIR", job.outbox())
-                        .env("SKYGATE_MODEL_DIR", model.and_then(|m| m.dir.clone()).unwrap_or_default());
+                        .env(
+                            "SKYGATE_MODEL_DIR",
+                            model.and_then(|m| m.dir.clone()).unwrap_or_default(),
+                        );
                     c
                 }
-                Payload::Builtin { .. } => return Err(unavailable("built-in models run in-process in this mode".into())),
+                Payload::Builtin { .. } => {
+                    return Err(unavailable("built-in models run in-process in this mode".into()))
+                }
             }
         };
         cmd.stdin(Stdio::piped())
@@ -199,7 +220,8 @@ impl SandboxRunner {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if sandboxed {
-            cmd.env("SKYGATE_OUT_DIR", "/out").env("SKYGATE_MODEL_DIR", "/model");
+            cmd.env("SKYGATE_OUT_DIR", "/out")
+                .env("SKYGATE_MODEL_DIR", "/model");
         }
         let spawned = Instant::now();
         let child = cmd
@@ -251,11 +273,25 @@ impl Runner for SandboxRunner {
                     return crate::BuiltinRunner.start(job);
                 }
                 let payload = Payload::Builtin { id: id.clone() };
-                self.start_payload(job.prediction_id, payload, None, Vec::new(), request, job.deadline)
+                self.start_payload(
+                    job.prediction_id,
+                    payload,
+                    None,
+                    Vec::new(),
+                    request,
+                    job.deadline,
+                )
             }
             Backend::Command(m) => {
                 let payload = Payload::Command { argv: m.argv.clone() };
-                self.start_payload(job.prediction_id, payload, Some(m), Vec::new(), request, job.deadline)
+                self.start_payload(
+                    job.prediction_id,
+                    payload,
+                    Some(m),
+                    Vec::new(),
+                    request,
+                    job.deadline,
+                )
             }
             Backend::Cog(_) => Err(RunError::Unsupported("Cog models are not supported yet".into())),
         }

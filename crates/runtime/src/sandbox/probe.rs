@@ -38,7 +38,10 @@ pub const REPORT_PROBES: &[&str] = &[
 /// One probe's result.
 fn result(probe: &str, blocked: bool, detail: impl Into<String>) -> Value {
     let detail = detail.into();
-    let line = format!("{probe}: {} ({detail})", if blocked { "blocked" } else { "ESCAPED" });
+    let line = format!(
+        "{probe}: {} ({detail})",
+        if blocked { "blocked" } else { "ESCAPED" }
+    );
     emit(&json!({ "log": line }));
     json!({ "probe": probe, "blocked": blocked, "detail": detail })
 }
@@ -75,8 +78,14 @@ fn run(name: &str, input: &Value) -> Value {
         "net_interfaces" => interfaces(name),
         "read_shadow" => unreadable(name, Path::new("/etc/shadow")),
         "read_root_home" => unreadable(name, Path::new("/root")),
-        "read_data_dir" => unreadable(name, Path::new(input["data_dir"].as_str().unwrap_or("/nonexistent"))),
-        "read_other_job" => unreadable(name, Path::new(input["other_job"].as_str().unwrap_or("/nonexistent"))),
+        "read_data_dir" => unreadable(
+            name,
+            Path::new(input["data_dir"].as_str().unwrap_or("/nonexistent")),
+        ),
+        "read_other_job" => unreadable(
+            name,
+            Path::new(input["other_job"].as_str().unwrap_or("/nonexistent")),
+        ),
         "write_outside" => write_outside(name),
         "host_pids" => host_pids(name, input["host_pid"].as_u64()),
         "capabilities" => capabilities(name),
@@ -114,9 +123,16 @@ fn interfaces(name: &str) -> Value {
         .filter(|n| !n.is_empty() && *n != "lo")
         .collect();
     let route = fs::read_to_string("/proc/net/route").unwrap_or_default();
-    let default = route.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000"));
+    let default = route
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some("00000000"));
     if !others.is_empty() || default {
-        result(name, false, format!("interfaces {others:?}, default route: {default}"))
+        result(
+            name,
+            false,
+            format!("interfaces {others:?}, default route: {default}"),
+        )
     } else {
         result(name, true, "only lo, no default route")
     }
@@ -138,7 +154,12 @@ fn write_outside(name: &str) -> Value {
     let mut escaped = Vec::new();
     for dir in ["/", "/usr", "/etc", "/model", "/dev", "/proc"] {
         let p = Path::new(dir).join(".skygate-probe");
-        if fs::OpenOptions::new().write(true).create_new(true).open(&p).is_ok() {
+        if fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .is_ok()
+        {
             let _ = fs::remove_file(&p);
             escaped.push(dir);
         }
@@ -159,14 +180,23 @@ fn write_outside(name: &str) -> Value {
 
 fn host_pids(name: &str, host_pid: Option<u64>) -> Value {
     let pids: Vec<u64> = fs::read_dir("/proc")
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let me = std::process::id();
     let host_visible = host_pid.is_some_and(|p| {
-        fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("skygate serve"))
+        fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("skygate serve"))
     });
     if me == 1 && pids.len() <= 4 && !host_visible {
-        result(name, true, format!("pid 1 in its own namespace, sees {} pids", pids.len()))
+        result(
+            name,
+            true,
+            format!("pid 1 in its own namespace, sees {} pids", pids.len()),
+        )
     } else {
         result(name, false, format!("pid {me}, sees {} pids", pids.len()))
     }
@@ -182,13 +212,20 @@ fn capabilities(name: &str) -> Value {
             .unwrap_or_default()
     };
     let zero = |v: String| !v.is_empty() && v.chars().all(|c| c == '0');
-    let caps_zero = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"].into_iter().all(|k| zero(field(k)));
+    let caps_zero = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+        .into_iter()
+        .all(|k| zero(field(k)));
     let uid = field("Uid:");
     let nnp = field("NoNewPrivs:");
     let seccomp = field("Seccomp:");
     let not_root = !uid.is_empty() && uid.split_whitespace().all(|u| u != "0");
-    let detail = format!("uid {uid}; NoNewPrivs {nnp}; Seccomp {seccomp}; capabilities all zero: {caps_zero}");
-    result(name, caps_zero && not_root && nnp == "1" && seccomp == "2", detail)
+    let detail =
+        format!("uid {uid}; NoNewPrivs {nnp}; Seccomp {seccomp}; capabilities all zero: {caps_zero}");
+    result(
+        name,
+        caps_zero && not_root && nnp == "1" && seccomp == "2",
+        detail,
+    )
 }
 
 fn denied(name: &str, r: nix::Result<()>) -> Value {
@@ -204,7 +241,13 @@ fn mount(name: &str) -> Value {
     if let Err(e) = fs::create_dir_all(dir) {
         return result(name, true, format!("no place to try: {e}"));
     }
-    let r = nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>);
+    let r = nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
     let v = match r {
         Ok(()) => {
             let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
@@ -222,7 +265,13 @@ fn fork_bomb(name: &str) -> Value {
     let mut children: Vec<Child> = Vec::new();
     let mut err = None;
     while children.len() < MAX {
-        match Command::new("/bin/sleep").arg("5").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        match Command::new("/bin/sleep")
+            .arg("5")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
             Ok(c) => children.push(c),
             Err(e) => {
                 err = Some(e);

@@ -28,8 +28,8 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Message>, String> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let v: Value =
-        serde_json::from_slice(line).map_err(|_| "the model wrote a line on stdout that is not JSON".to_owned())?;
+    let v: Value = serde_json::from_slice(line)
+        .map_err(|_| "the model wrote a line on stdout that is not JSON".to_owned())?;
     let Value::Object(mut m) = v else {
         return Err("the model wrote a JSON line on stdout that is not an object".into());
     };
@@ -177,14 +177,26 @@ mod tests {
     #[test]
     fn lines() {
         assert_eq!(parse_line(b"  \n").unwrap(), None);
-        assert_eq!(parse_line(br#"{"progress": 42.7}"#).unwrap(), Some(Message::Progress(42)));
-        assert_eq!(parse_line(br#"{"progress": 420}"#).unwrap(), Some(Message::Progress(100)));
-        assert_eq!(parse_line(br#"{"log": "hi"}"#).unwrap(), Some(Message::Log("hi".into())));
+        assert_eq!(
+            parse_line(br#"{"progress": 42.7}"#).unwrap(),
+            Some(Message::Progress(42))
+        );
+        assert_eq!(
+            parse_line(br#"{"progress": 420}"#).unwrap(),
+            Some(Message::Progress(100))
+        );
+        assert_eq!(
+            parse_line(br#"{"log": "hi"}"#).unwrap(),
+            Some(Message::Log("hi".into()))
+        );
         assert_eq!(
             parse_line(br#"{"output": [1, 2]}"#).unwrap(),
             Some(Message::Output(json!([1, 2])))
         );
-        assert_eq!(parse_line(br#"{"error": "bad"}"#).unwrap(), Some(Message::Error("bad".into())));
+        assert_eq!(
+            parse_line(br#"{"error": "bad"}"#).unwrap(),
+            Some(Message::Error("bad".into()))
+        );
         assert!(parse_line(b"not json").unwrap_err().contains("not JSON"));
         assert!(parse_line(b"[1]").is_err());
         assert!(parse_line(br#"{"what": 1}"#).is_err());

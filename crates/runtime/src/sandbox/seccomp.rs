@@ -74,7 +74,10 @@ const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX];
 
 /// The names of the denied calls, for `skygate sandbox check` and the docs.
 pub fn denied_names() -> impl Iterator<Item = &'static str> {
-    DENIED.iter().map(|(n, _)| *n).chain(["clone (namespace flags)", "clone3", "ioctl TIOCSTI"])
+    DENIED
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["clone (namespace flags)", "clone3", "ioctl TIOCSTI"])
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -93,7 +96,10 @@ pub fn programs() -> Result<Vec<BpfProgram>, String> {
     };
     rules.insert(
         libc::SYS_clone,
-        CLONE_NS_FLAGS.iter().map(|f| bit(0, *f)).collect::<Result<_, _>>()?,
+        CLONE_NS_FLAGS
+            .iter()
+            .map(|f| bit(0, *f))
+            .collect::<Result<_, _>>()?,
     );
     let ioctl_rules = DENIED_IOCTLS
         .iter()

@@ -84,15 +84,26 @@ impl SandboxConfig {
         }
         for p in &self.ro_binds {
             if !p.is_absolute() || p.components().count() < 2 {
-                return Err(format!("sandbox.ro_binds: {} must be an absolute path below /", p.display()));
+                return Err(format!(
+                    "sandbox.ro_binds: {} must be an absolute path below /",
+                    p.display()
+                ));
             }
             let reserved = ["/proc", "/dev", "/work", "/out", "/model", "/tmp", "/etc"];
             if reserved.iter().any(|r| p.starts_with(r)) {
-                return Err(format!("sandbox.ro_binds: {} is managed by the sandbox", p.display()));
+                return Err(format!(
+                    "sandbox.ro_binds: {} is managed by the sandbox",
+                    p.display()
+                ));
             }
         }
-        if self.host_uid_base < 1000 || self.host_uids == 0 || self.host_uid_base.checked_add(self.host_uids).is_none() {
-            return Err("sandbox.host_uid_base must be at least 1000 and sandbox.host_uids at least 1".into());
+        if self.host_uid_base < 1000
+            || self.host_uids == 0
+            || self.host_uid_base.checked_add(self.host_uids).is_none()
+        {
+            return Err(
+                "sandbox.host_uid_base must be at least 1000 and sandbox.host_uids at least 1".into(),
+            );
         }
         let l = &self.limits;
         for (key, v, min) in [

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use skygate_core::models::{Backend, CommandModel};
 use skygate_runtime::sandbox::Limits;
-use skygate_runtime::{Job, Output, RunError, RunHandle, Runner, SandboxMode, SandboxReport, SandboxRunner, SandboxSettings};
+use skygate_runtime::{
+    Job, Output, RunError, RunHandle, Runner, SandboxMode, SandboxReport, SandboxRunner, SandboxSettings,
+};
 
 pub struct Sandbox {
     pub runner: SandboxRunner,
@@ -55,7 +57,10 @@ impl Sandbox {
         if !namespaces_available(test) {
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("skygate-sbx-").tempdir_in("/dev/shm").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("skygate-sbx-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
         let mut s = settings(dir.path(), SandboxMode::Namespaces);
         edit(&mut s);
         let runner = SandboxRunner::new(s).unwrap();
@@ -93,7 +98,9 @@ impl Sandbox {
             memory: None,
             cpu_seconds: None,
         };
-        self.start(Backend::Command(m), input, deadline).finish_with_report().await
+        self.start(Backend::Command(m), input, deadline)
+            .finish_with_report()
+            .await
     }
 
     /// No job directory is left behind.
@@ -109,7 +116,10 @@ impl Sandbox {
 /// A world-readable directory holding `files` (name, mode, text), for command models.
 pub fn model_dir(files: &[(&str, u32, &str)]) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix("skygate-model-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("skygate-model-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for (name, mode, text) in files {
         let p = dir.path().join(name);
