@@ -285,51 +285,26 @@ fn tmpfs(at: &Path, flags: MsFlags, data: &str, what: &str) -> Result<(), String
     step(what, mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data)))
 }
 
-/// Binds `src` read-only at `dst` (created as a directory or an empty file to match). A read-only bind
-/// needs a remount, which must keep the flags the source mount locks (nodev, noexec, …).
+/// Binds `src` read-only at `dst` (created as a directory or an empty file to match).
 fn bind_ro(src: &Path, dst: &Path) -> Result<(), String> {
-    make_target(src, dst)?;
-    step(
-        "bind mount",
-        mount(
-            Some(src),
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
-    )?;
-    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
-    step(
-        "read-only remount",
-        mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            flags | locked_flags(dst),
-            None::<&str>,
-        ),
-    )
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    bind(src, dst, MsFlags::MS_REC, ro, "bind mount")
 }
 
-/// Binds a device node (read-write: models write to /dev/null), without suid.
+/// Binds a device node (read-write: models write to /dev/null), without suid or exec.
 fn bind_dev(src: &Path, dst: &Path) -> Result<(), String> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    bind(src, dst, MsFlags::empty(), flags, "device")
+}
+
+/// A bind mount, then the remount that applies `flags`; the remount must keep the flags the source
+/// mount locks (nodev, noexec, …), or the kernel refuses it in a user namespace.
+fn bind(src: &Path, dst: &Path, rec: MsFlags, flags: MsFlags, what: &str) -> Result<(), String> {
     make_target(src, dst)?;
-    step(
-        "device",
-        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>),
-    )?;
-    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    step(
-        "device remount",
-        mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            flags | locked_flags(dst),
-            None::<&str>,
-        ),
-    )
+    let none = None::<&str>;
+    step(what, mount(Some(src), dst, none, MsFlags::MS_BIND | rec, none))?;
+    let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | locked_flags(dst);
+    step(what, mount(none, dst, none, remount, none))
 }
 
 fn make_target(src: &Path, dst: &Path) -> Result<(), String> {
