@@ -61,8 +61,9 @@ pub struct SandboxSettings {
     pub out_bytes: u64,
 }
 
-/// Runs every job in a sandbox (or, in [`SandboxMode::NoneUnsafe`], without one).
-#[derive(Debug, Clone)]
+/// Runs every job in a sandbox (or, in [`SandboxMode::NoneUnsafe`], without one). Dropping it removes
+/// its (then empty) job root.
+#[derive(Debug)]
 pub struct SandboxRunner {
     settings: Arc<SandboxSettings>,
     jobs: JobRoot,
@@ -244,6 +245,13 @@ impl SandboxRunner {
         };
         tokio::spawn(host::supervise(run, side));
         Ok(handle)
+    }
+}
+
+impl Drop for SandboxRunner {
+    fn drop(&mut self) {
+        // Only succeeds when empty: a job still being torn down keeps it for the next start's sweep.
+        let _ = std::fs::remove_dir(self.jobs.path());
     }
 }
 
