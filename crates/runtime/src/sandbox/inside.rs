@@ -473,12 +473,14 @@ fn inner(spec: &Spec) -> Result<ExitCode, String> {
 }
 
 /// The whole environment a command model gets.
-fn model_env() -> [(&'static str, &'static str); 6] {
+fn model_env() -> [(&'static str, &'static str); 8] {
     [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("HOME", "/work"),
         ("TMPDIR", "/work"),
         ("LANG", "C.UTF-8"),
+        ("SKYGATE_OUT_DIR", "/out"),
+        ("SKYGATE_MODEL_DIR", "/model"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
         ("PYTHONUNBUFFERED", "1"),
     ]

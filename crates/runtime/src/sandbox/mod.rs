@@ -220,10 +220,6 @@ impl SandboxRunner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if sandboxed {
-            cmd.env("SKYGATE_OUT_DIR", "/out")
-                .env("SKYGATE_MODEL_DIR", "/model");
-        }
         let spawned = Instant::now();
         let child = cmd
             .spawn()
