@@ -6,7 +6,8 @@
 //!    sequential predictions against an in-process server with the sandbox, and against one with
 //!    `sandbox.mode = "none-unsafe"`, interleaved in blocks so both see the same machine.
 //!
-//! Run: `cargo bench -p skygate --bench sandbox`. Loopback only; bounded (a few seconds).
+//! Run: `cargo bench -p skygate --bench sandbox` (or `cargo test -p skygate --bench sandbox`, with
+//! `SKYGATE_BENCH_HELPER=target/release/skygate`). Loopback only; bounded (well under a minute).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,10 +21,18 @@ use skygate_runtime::{Job, RunError, Runner, SandboxMode, SandboxRunner, Sandbox
 
 const RUNS: usize = 200;
 
+/// The helper binary: this build's `skygate`, or `SKYGATE_BENCH_HELPER` (e.g. a release build while
+/// the harness itself runs in the dev profile).
+fn helper() -> PathBuf {
+    std::env::var_os("SKYGATE_BENCH_HELPER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_skygate")))
+}
+
 fn settings(dir: &std::path::Path, mode: SandboxMode) -> SandboxSettings {
     SandboxSettings {
         mode,
-        helper: PathBuf::from(env!("CARGO_BIN_EXE_skygate")),
+        helper: helper(),
         job_root: dir.join(format!("jobs-{mode:?}")),
         ro_binds: Vec::new(),
         host_uid_base: 920_000,
@@ -114,7 +123,7 @@ async fn e2e_bench() {
     let start = |mode: &'static str| {
         skygate_testkit::TestServer::start_with(move |c| {
             c.sandbox.mode = mode.into();
-            c.sandbox.helper = Some(PathBuf::from(env!("CARGO_BIN_EXE_skygate")));
+            c.sandbox.helper = Some(helper());
             c.limits.enabled = false;
         })
     };
