@@ -13,10 +13,25 @@ use skygate_proto::Model;
 pub enum Backend {
     /// A Rust model compiled into the binary, named by its built-in id.
     Builtin(String),
-    /// Any executable: argv.
-    Command(Vec<String>),
+    /// Any executable, run in a sandbox with its directory at `/model`.
+    Command(CommandModel),
     /// A Cog HTTP model server started from this directory.
     Cog(String),
+}
+
+/// A `command` model: what runs and its own limits (unset: the `[sandbox]` defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandModel {
+    /// `argv[0]` is resolved inside the sandbox (e.g. `python3`, `/model/run.sh`).
+    pub argv: Vec<String>,
+    /// Mounted read-only at `/model`.
+    pub dir: Option<std::path::PathBuf>,
+    /// Wall-clock limit of one run (at most `queue.job_timeout`).
+    pub timeout: Option<std::time::Duration>,
+    /// Address-space limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU-time limit in seconds.
+    pub cpu_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinError;
 
 use crate::control::{Control, ModelError};
+use crate::sandbox::SandboxReport;
 use crate::{Output, RunError};
 
 /// How long a stopped job may take to notice its stop flag before the supervisor reports anyway (and
@@ -84,6 +85,7 @@ pub struct RunHandle {
     progress: watch::Receiver<u8>,
     shared: Arc<Shared>,
     result: Option<oneshot::Receiver<Result<Output, RunError>>>,
+    report: Arc<std::sync::Mutex<Option<SandboxReport>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -108,7 +110,18 @@ impl RunHandle {
 
     /// Waits for the job to end. Once this returns, the work has stopped (or, for a model that ignores
     /// its stop flag, has been abandoned after a grace period).
-    pub async fn finish(mut self) -> Result<Output, RunError> {
+    pub async fn finish(self) -> Result<Output, RunError> {
+        self.finish_with_report().await.0
+    }
+
+    /// As [`RunHandle::finish`], with what the sandbox reported (`None` when the job ran in-process).
+    pub async fn finish_with_report(mut self) -> (Result<Output, RunError>, Option<SandboxReport>) {
+        let result = self.wait_result().await;
+        let report = self.report.lock().ok().and_then(|mut r| r.take());
+        (result, report)
+    }
+
+    async fn wait_result(&mut self) -> Result<Output, RunError> {
         match self.result.take() {
             Some(rx) => rx
                 .await
@@ -123,6 +136,91 @@ impl Drop for RunHandle {
         // After `finish` the job is over and this is a no-op; otherwise nobody is waiting: stop the work.
         self.shared.request_stop(CANCELLED);
     }
+}
+
+/// The launcher's side of a [`RunHandle`]: raise progress, learn about stop requests, publish the result.
+pub(crate) struct JobSide {
+    report: Arc<std::sync::Mutex<Option<SandboxReport>>>,
+    shared: Arc<Shared>,
+    progress: Arc<watch::Sender<u8>>,
+    result: oneshot::Sender<Result<Output, RunError>>,
+}
+
+/// Why a job was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    Cancelled,
+    TimedOut,
+}
+
+impl JobSide {
+    pub(crate) fn progress(&self, percent: u8) {
+        raise_progress(&self.progress, percent);
+    }
+
+    /// Marks the deadline as passed (unless a stop reason already won).
+    pub(crate) fn time_out(&self) {
+        self.shared.request_stop(TIMED_OUT);
+    }
+
+    /// The reason a stop was asked for, if any.
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        match self.shared.reason() {
+            RUNNING => None,
+            TIMED_OUT => Some(StopReason::TimedOut),
+            _ => Some(StopReason::Cancelled),
+        }
+    }
+
+    /// Resolves once a stop was asked for (cancel, drop of the handle, or [`JobSide::time_out`]).
+    pub(crate) async fn stopped(&self) {
+        loop {
+            if self.shared.reason() != RUNNING {
+                return;
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+
+    /// Records what the sandbox did (read by [`RunHandle::finish_with_report`]).
+    pub(crate) fn set_report(&self, report: SandboxReport) {
+        if let Ok(mut slot) = self.report.lock() {
+            *slot = Some(report);
+        }
+    }
+
+    /// Publishes the result; progress reaches 100 on success and the progress channel closes.
+    pub(crate) fn finish(self, result: Result<Output, RunError>) {
+        if result.is_ok() {
+            raise_progress(&self.progress, 100);
+        }
+        drop(self.progress);
+        let _ = self.result.send(result);
+    }
+}
+
+/// A handle and its launcher side, for launchers other than [`spawn_in_process`].
+pub(crate) fn pair() -> (RunHandle, JobSide) {
+    let shared = Arc::new(Shared {
+        stop: AtomicU8::new(RUNNING),
+        wake: Notify::new(),
+    });
+    let (progress_tx, progress_rx) = watch::channel(0u8);
+    let (result_tx, result_rx) = oneshot::channel();
+    let report = Arc::new(std::sync::Mutex::new(None));
+    let handle = RunHandle {
+        progress: progress_rx,
+        shared: shared.clone(),
+        result: Some(result_rx),
+        report: report.clone(),
+    };
+    let side = JobSide {
+        report,
+        shared,
+        progress: Arc::new(progress_tx),
+        result: result_tx,
+    };
+    (handle, side)
 }
 
 /// Runs `work` on the blocking pool under `deadline` and returns its handle at once.
@@ -185,6 +283,7 @@ where
         progress: progress_rx,
         shared,
         result: Some(result_rx),
+        report: Arc::default(),
     })
 }
 

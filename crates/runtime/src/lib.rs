@@ -14,6 +14,7 @@
 pub mod builtin;
 mod control;
 mod handle;
+pub mod sandbox;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use skygate_core::models::Backend;
 pub use builtin::BuiltinRunner;
 pub use control::{Control, ModelError, NullControl};
 pub use handle::RunHandle;
+pub use sandbox::{SandboxMode, SandboxReport, SandboxRunner, SandboxSettings};
 
 /// One prediction to execute.
 #[derive(Debug, Clone)]

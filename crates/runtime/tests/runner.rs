@@ -216,7 +216,13 @@ async fn unknown_builtins_and_other_backends_are_unsupported() {
         "{r:?}"
     );
     for backend in [
-        Backend::Command(vec!["/bin/true".into()]),
+        Backend::Command(skygate_core::models::CommandModel {
+            argv: vec!["/bin/true".into()],
+            dir: None,
+            timeout: None,
+            memory: None,
+            cpu_seconds: None,
+        }),
         Backend::Cog("/srv/cog".into()),
     ] {
         let r = BuiltinRunner.start(Job {

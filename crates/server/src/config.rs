@@ -15,7 +15,10 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
-use skygate_core::models::{self, Backend, ModelSpec};
+use skygate_core::models::{self, Backend, CommandModel, ModelSpec};
+
+mod sandbox;
+pub use sandbox::{SandboxConfig, SandboxLimits};
 
 /// A validated configuration. Build it with [`Config::load`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +37,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub waf: crate::waf::WafConfig,
     pub metrics: MetricsConfig,
+    pub sandbox: SandboxConfig,
     pub models: BTreeMap<String, ModelConfig>,
 }
 
@@ -432,8 +436,19 @@ pub struct ModelConfig {
     pub backend: String,
     /// For `builtin`: which built-in model runs (defaults to the slug).
     pub builtin: Option<String>,
-    /// For `command`: the argv to execute.
+    /// For `command`: the argv to execute (`argv[0]` resolved inside the sandbox).
     pub command: Option<Vec<String>>,
+    /// For `command`: the model's directory, mounted read-only at `/model`.
+    pub dir: Option<PathBuf>,
+    /// For `command`: wall-clock limit of one run (at most `queue.job_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// For `command`: address-space limit (default `sandbox.limits.memory`).
+    pub memory: Option<ByteSize>,
+    /// For `command`: CPU-time limit (default `sandbox.limits.cpu_seconds`).
+    pub cpu_seconds: Option<u64>,
+    /// The input schema read from a JSON file instead of `input_schema`.
+    pub input_schema_file: Option<PathBuf>,
     /// For `cog`: the predictor's directory.
     pub cog_dir: Option<String>,
     pub name: Option<String>,
@@ -474,6 +489,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             waf: crate::waf::WafConfig::default(),
             metrics: MetricsConfig::default(),
+            sandbox: SandboxConfig::default(),
             models: BTreeMap::new(),
         }
     }
@@ -803,6 +819,7 @@ impl Config {
             }
         }
         self.webhooks.validate().map_err(ConfigError)?;
+        self.sandbox.validate().map_err(ConfigError)?;
         self.limits.validate().map_err(ConfigError)?;
         crate::screen::parse_proxies(&self.server.trusted_proxies).map_err(ConfigError)?;
         crate::waf::Waf::new(&self.waf).map_err(ConfigError)?;
@@ -959,7 +976,32 @@ impl ModelConfig {
                 Backend::Builtin(id)
             }
             "command" => match &self.command {
-                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Backend::Command(argv.clone()),
+                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {
+                    if let Some(d) = &self.dir {
+                        if !d.is_absolute() || !d.is_dir() {
+                            return Err(format!(
+                                "dir must be an existing absolute directory, got {}",
+                                d.display()
+                            ));
+                        }
+                    }
+                    if self.timeout.is_some_and(|t| t.is_zero()) {
+                        return Err("timeout must be greater than 0".into());
+                    }
+                    if self.memory.is_some_and(|m| m.0 < 16 << 20) {
+                        return Err("memory must be at least 16MiB".into());
+                    }
+                    if self.cpu_seconds == Some(0) {
+                        return Err("cpu_seconds must be at least 1".into());
+                    }
+                    Backend::Command(CommandModel {
+                        argv: argv.clone(),
+                        dir: self.dir.clone(),
+                        timeout: self.timeout,
+                        memory: self.memory.map(|m| m.0),
+                        cpu_seconds: self.cpu_seconds,
+                    })
+                }
                 _ => return Err("backend \"command\" needs command = [\"/path/to/exe\", …]".into()),
             },
             "cog" => match &self.cog_dir {
@@ -975,6 +1017,18 @@ impl ModelConfig {
         let builtin = match &backend {
             Backend::Builtin(id) => models::builtin_models().into_iter().find(|b| &b.slug == id),
             _ => None,
+        };
+        let from_file = match (&self.input_schema_file, &self.input_schema) {
+            (Some(_), Some(_)) => return Err("give input_schema or input_schema_file, not both".into()),
+            (Some(f), None) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("input_schema_file {}: {e}", f.display()))?;
+                Some(
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| format!("input_schema_file {}: not JSON: {e}", f.display()))?,
+                )
+            }
+            (None, given) => given.clone(),
         };
         let schema =
             |given: &Option<serde_json::Value>, fallback: Option<serde_json::Value>, what: &str| match given
@@ -994,7 +1048,7 @@ impl ModelConfig {
             billable: self.billable,
             test_ok: self.test_ok,
             input_schema: schema(
-                &self.input_schema,
+                &from_file,
                 builtin.as_ref().map(|b| b.input_schema.clone()),
                 "input_schema",
             )?,
@@ -1124,6 +1178,18 @@ mod tests {
                 "[models.x]\nbackend = \"command\"\n",
                 &["models.x", "command"][..],
             ),
+            ("[sandbox]\nmode = \"off\"\n", &["sandbox.mode"][..]),
+            (
+                "[sandbox.limits]\nprocesses = 1\n",
+                &["sandbox.limits.processes"][..],
+            ),
+            ("[sandbox]\nro_binds = [\"/proc/x\"]\n", &["sandbox.ro_binds"][..]),
+            ("[sandbox]\njob_dir = \"rel\"\n", &["sandbox.job_dir"][..]),
+            ("[sandbox]\nuid = 5\n", &["uid"][..]),
+            (
+                "[models.x]\nbackend = \"command\"\ncommand = [\"x\"]\ndir = \"/nonexistent-dir\"\n",
+                &["models.x", "dir"][..],
+            ),
         ];
         for (toml, wanted) in cases {
             figment::Jail::expect_with(|jail| {
@@ -1160,6 +1226,11 @@ mod tests {
             backend: backend.into(),
             builtin: None,
             command: Some(vec!["/bin/true".into()]),
+            dir: None,
+            timeout: None,
+            memory: None,
+            cpu_seconds: None,
+            input_schema_file: None,
             cog_dir: None,
             name: None,
             description: String::new(),

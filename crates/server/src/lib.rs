@@ -140,6 +140,8 @@ pub struct Server {
     ca_path: Option<PathBuf>,
     /// `[metrics] listen`, bound.
     metrics_listener: Option<TcpListener>,
+    /// The sandbox launcher of this node's workers (`None` with `queue.workers = 0`).
+    runner: Option<Arc<dyn skygate_runtime::Runner>>,
 }
 
 impl Server {
@@ -179,6 +181,10 @@ impl Server {
             );
         }
         let models = ModelRegistry::new(config.model_specs()?);
+        let runner = match config.queue.workers {
+            0 => None,
+            _ => Some(sandbox_runner(&config)?),
+        };
         let auth = Arc::new(Authenticator::new(
             store.clone(),
             hasher,
@@ -225,6 +231,7 @@ impl Server {
             tls,
             resolver,
             ca_path: material.ca_path,
+            runner,
         })
     }
 
@@ -327,9 +334,8 @@ impl Server {
     /// The reclaimer and sweeper run once at start, so a restart catches up at once.
     fn spawn_prediction_tasks(&self, tasks: &mut tasks::Tasks, stop: &CancellationToken) {
         let q = &self.config.queue;
-        if q.workers > 0 {
+        if let Some(runner) = self.runner.clone() {
             let (state, stop) = (self.state.clone(), stop.clone());
-            let runner: Arc<dyn skygate_runtime::Runner> = Arc::new(skygate_runtime::BuiltinRunner);
             tasks.spawn("queue", predictions::worker::run_queue(state, runner, stop));
         }
         if let Some(url) = self.config.limits.redis_url.clone() {
@@ -449,6 +455,17 @@ impl Server {
             }
         });
     }
+}
+
+/// The sandbox launcher from `[sandbox]`. Its job directory is named after the data dir, so servers
+/// with different data dirs on one host never sweep each other's running jobs.
+pub fn sandbox_runner(config: &Config) -> anyhow::Result<Arc<dyn skygate_runtime::Runner>> {
+    let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let digest = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
+    let instance: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let settings = config.sandbox.settings(&instance).map_err(anyhow::Error::msg)?;
+    let runner = skygate_runtime::SandboxRunner::new(settings).map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(runner))
 }
 
 /// How often WAF blocks are summarised into the audit chain.

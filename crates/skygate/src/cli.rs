@@ -52,6 +52,9 @@ pub enum Command {
     /// The tamper-evident audit log: verify the chain, export entries.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The prediction sandbox.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +101,13 @@ pub enum AuditCmd {
         #[arg(long)]
         since: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// Run the escape checks on this host (a hostile model in real sandboxes) and print each result;
+    /// exit 1 if any check fails.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]

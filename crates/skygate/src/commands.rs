@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::security::warn_override;
 
 use crate::cli::{
-    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, ServeArgs, WebhooksCmd,
+    AccountsCmd, Cli, Command, KeyringCmd, KeysCmd, ModelsCmd, ProjectsCmd, SandboxCmd, ServeArgs,
+    WebhooksCmd,
 };
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -49,6 +50,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Webhooks(cmd) => webhooks(&config, cmd).await,
         Command::Tokens(cmd) => crate::security::tokens(&config, cmd).await,
         Command::Audit(cmd) => crate::security::audit(&config, cmd).await,
+        Command::Sandbox(SandboxCmd::Check) => crate::sandbox::check(&config).await,
     }
 }
 

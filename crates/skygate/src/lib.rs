@@ -7,6 +7,7 @@
 
 mod cli;
 mod commands;
+mod sandbox;
 mod security;
 
 use std::process::ExitCode;
@@ -15,6 +16,20 @@ use clap::Parser;
 
 /// Runs the CLI with the process arguments.
 pub fn main() -> ExitCode {
+    // The sandbox helper stages: before anything else (no runtime, no threads, no logging).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw
+        .get(1)
+        .is_some_and(|a| a == skygate_runtime::sandbox::HELPER_COMMAND)
+    {
+        return skygate_runtime::sandbox::inside::helper_main(&raw[2..]);
+    }
+    if raw
+        .get(1)
+        .is_some_and(|a| a == skygate_runtime::sandbox::PROBE_COMMAND)
+    {
+        return skygate_runtime::sandbox::probe::probe_main();
+    }
     let args = cli::Cli::parse();
     init_logging(&args);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

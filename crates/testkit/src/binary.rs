@@ -127,3 +127,59 @@ pub fn last_line(out: &Output) -> String {
         .trim()
         .to_owned()
 }
+
+/// The `skygate` binary of this build, for in-process servers whose sandbox re-executes it as its
+/// helper. Test binaries live in `<target>/<profile>/deps/`; the binary is `<target>/<profile>/skygate`.
+/// It is (re)built once per test process with the same cargo, so it is never stale (a no-op when
+/// `cargo test --workspace` or `cargo build --workspace --all-targets` already built it).
+pub fn skygate_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_skygate().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_skygate() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let deps = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("test binary has no directory"))?;
+    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent()
+            .ok_or_else(|| anyhow::anyhow!("no profile directory"))?
+    } else {
+        deps
+    };
+    let bin = profile_dir.join("skygate");
+    let target = profile_dir
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "skygate",
+        "--bin",
+        "skygate",
+        "--target-dir",
+    ])
+    .arg(target);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        // Without cargo (a test binary run by hand), an existing binary will do.
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        anyhow::bail!(
+            "could not build the skygate binary: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(bin)
+}

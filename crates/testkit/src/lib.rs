@@ -107,6 +107,8 @@ impl TestServer {
         };
         cfg.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.server.shutdown_grace = Duration::from_secs(5);
+        // The sandbox re-executes the skygate binary (this process is a test binary).
+        cfg.sandbox.helper = Some(binary::skygate_binary()?);
         edit(&mut cfg);
         cfg.validate()?;
         let config = Arc::new(cfg);

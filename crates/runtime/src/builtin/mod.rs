@@ -65,7 +65,7 @@ impl Runner for BuiltinRunner {
             Backend::Builtin(id) => id,
             Backend::Command(_) => {
                 return Err(RunError::Unsupported(
-                    "command models are not supported yet".into(),
+                    "command models run only in the sandbox runner".into(),
                 ))
             }
             Backend::Cog(_) => return Err(RunError::Unsupported("Cog models are not supported yet".into())),

@@ -1,0 +1,303 @@
+//! The sandbox launcher: every prediction runs in a fresh sandbox built from Linux namespaces — new
+//! user, mount, pid, network (nothing but an unconfigured `lo`), ipc, uts and cgroup namespaces — with
+//! an empty tmpfs root holding only read-only binds of `/usr`, the lib dirs, the model directory
+//! (`/model`) and operator paths, a few device nodes, a new `/proc`, and private size-limited tmpfs
+//! `/work` and `/out`; uid 1000 inside, no capabilities, `no_new_privs`, a seccomp deny-list, rlimits,
+//! a process limit that holds as root (one leased host uid per sandbox), a wall-clock deadline, and
+//! the parent-death signal. Built-in models run the same way: the helper (this `skygate` binary,
+//! re-executed with a hidden subcommand) runs them inside.
+//!
+//! If the sandbox cannot be built the prediction fails closed. [`SandboxMode::NoneUnsafe`] exists
+//! for development only and logs a warning on every prediction.
+
+pub mod check;
+mod host;
+pub mod inside;
+mod jobs;
+pub mod probe;
+pub mod protocol;
+pub mod seccomp;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skygate_core::models::{Backend, CommandModel};
+
+pub use host::SandboxReport;
+pub use jobs::{JobRoot, UidPool};
+pub use spec::{Bind, Limits, Payload, Spec, HELPER_COMMAND, PROBE_COMMAND};
+
+use crate::handle::pair;
+use crate::{builtin, Job, RunError, RunHandle, Runner};
+
+/// Whether predictions are sandboxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    Namespaces,
+    /// No isolation at all: development only.
+    NoneUnsafe,
+}
+
+/// How the launcher builds sandboxes (from `[sandbox]`).
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+    /// The `skygate` binary re-executed as the helper (normally the running one).
+    pub helper: PathBuf,
+    /// Where job directories are made (a tmpfs).
+    pub job_root: PathBuf,
+    /// Extra read-only paths, bound at the same path inside.
+    pub ro_binds: Vec<PathBuf>,
+    /// Host uids leased to sandboxes when running as root: `host_uid_base ..+ host_uids`.
+    pub host_uid_base: u32,
+    pub host_uids: u32,
+    /// Where the uid lease lock files live (shared by every skygate on the host).
+    pub uid_locks: PathBuf,
+    pub limits: Limits,
+    pub work_bytes: u64,
+    pub out_bytes: u64,
+}
+
+/// Runs every job in a sandbox (or, in [`SandboxMode::NoneUnsafe`], without one). Dropping it removes
+/// its (then empty) job root.
+#[derive(Debug)]
+pub struct SandboxRunner {
+    settings: Arc<SandboxSettings>,
+    jobs: JobRoot,
+    uids: Option<UidPool>,
+}
+
+impl SandboxRunner {
+    /// Prepares the job root and sweeps what an earlier crash left there (outputs never outlive a
+    /// job). Fails when the job root cannot be made.
+    pub fn new(settings: SandboxSettings) -> Result<SandboxRunner, String> {
+        let jobs = JobRoot::open(settings.job_root.clone()).map_err(|e| {
+            format!(
+                "sandbox.job_dir: cannot create {}: {e}",
+                settings.job_root.display()
+            )
+        })?;
+        match jobs.sweep() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed job directories left by an earlier run"),
+            Err(e) => return Err(format!("cannot sweep {}: {e}", settings.job_root.display())),
+        }
+        let uids = if UidPool::needed() && settings.mode == SandboxMode::Namespaces {
+            Some(
+                UidPool::new(
+                    settings.host_uid_base,
+                    settings.host_uids,
+                    settings.uid_locks.clone(),
+                )
+                .map_err(|e| format!("cannot create the uid lock directory: {e}"))?,
+            )
+        } else {
+            None
+        };
+        if settings.mode == SandboxMode::NoneUnsafe {
+            tracing::warn!(
+                "sandbox.mode = \"none-unsafe\": predictions run WITHOUT ANY ISOLATION, with this server's \
+                 privileges and network access. Development only."
+            );
+        }
+        Ok(SandboxRunner {
+            settings: Arc::new(settings),
+            jobs,
+            uids,
+        })
+    }
+
+    pub fn settings(&self) -> &SandboxSettings {
+        &self.settings
+    }
+
+    /// Starts one sandbox for `payload`, with `model_dir` at `/model`. Exposed for `sandbox check`
+    /// and the benchmarks; predictions go through [`Runner::start`].
+    pub fn start_payload(
+        &self,
+        prediction_id: String,
+        payload: Payload,
+        model: Option<&CommandModel>,
+        extra_binds: Vec<Bind>,
+        request: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<RunHandle, RunError> {
+        let s = &self.settings;
+        let mut limits = s.limits;
+        let mut binds: Vec<Bind> = s
+            .ro_binds
+            .iter()
+            .map(|p| Bind {
+                src: p.clone(),
+                dst: p.clone(),
+            })
+            .chain(extra_binds)
+            .collect();
+        let mut deadline = deadline;
+        let mut hide = vec![(s.job_root.clone(), "/work")];
+        if let Some(m) = model {
+            if let Some(dir) = &m.dir {
+                binds.push(Bind {
+                    src: dir.clone(),
+                    dst: PathBuf::from("/model"),
+                });
+                hide.push((dir.clone(), "/model"));
+            }
+            limits.address_space = m.memory.unwrap_or(limits.address_space);
+            limits.cpu_seconds = m.cpu_seconds.unwrap_or(limits.cpu_seconds);
+            deadline = m.timeout.map_or(deadline, |t| t.min(deadline));
+        }
+        let unavailable = |e: String| {
+            tracing::error!(prediction = %prediction_id, error = %e, "the sandbox could not be prepared");
+            RunError::Failed(
+                "the sandbox could not be created, so the model was not run (see the server log)".into(),
+            )
+        };
+        let hint = u64::from(std::process::id()) ^ u64::from(nanos());
+        let lease = match &self.uids {
+            Some(pool) => Some(pool.lease(hint).map_err(unavailable)?),
+            None => None,
+        };
+        let owner = lease.as_ref().map(|l| l.uid);
+        let job = self
+            .jobs
+            .create(&format!("{}-{:08x}", short(&prediction_id), nanos()), owner)
+            .map_err(|e| unavailable(format!("cannot create a job directory: {e}")))?;
+        let sandboxed = s.mode == SandboxMode::Namespaces;
+        let nonce = format!(
+            "skygate-status-{:016x}{:08x}",
+            hint.rotate_left(17) ^ u64::from(nanos()),
+            nanos()
+        );
+        let mut cmd = if sandboxed {
+            let spec = Spec {
+                nonce: nonce.clone(),
+                parent_pid: std::process::id(),
+                root: job.root(),
+                outbox: job.outbox(),
+                helper: s.helper.clone(),
+                binds,
+                devices: Vec::new(),
+                work_bytes: s.work_bytes,
+                out_bytes: s.out_bytes,
+                limits,
+                deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                payload: payload.clone(),
+            };
+            let json = serde_json::to_string(&spec).map_err(|e| unavailable(e.to_string()))?;
+            let mut c = tokio::process::Command::new(&s.helper);
+            c.arg(HELPER_COMMAND).arg("outer").arg(json).env_clear();
+            if let Some(uid) = owner {
+                c.uid(uid).gid(uid);
+            }
+            c
+        } else {
+            tracing::warn!(prediction = %prediction_id, "running a model WITHOUT a sandbox (sandbox.mode = \"none-unsafe\")");
+            match &payload {
+                Payload::Command { argv } => {
+                    let (prog, args) = argv
+                        .split_first()
+                        .ok_or_else(|| unavailable("empty command".into()))?;
+                    let mut c = tokio::process::Command::new(prog);
+                    c.args(args)
+                        .current_dir(job.path())
+                        .env("SKYGATE_OUT_DIR", job.outbox())
+                        .env(
+                            "SKYGATE_MODEL_DIR",
+                            model.and_then(|m| m.dir.clone()).unwrap_or_default(),
+                        );
+                    c
+                }
+                Payload::Builtin { .. } => {
+                    return Err(unavailable("built-in models run in-process in this mode".into()))
+                }
+            }
+        };
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let spawned = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| unavailable(format!("cannot start the sandbox helper: {e}")))?;
+        let (handle, side) = pair();
+        let run = host::Run {
+            child,
+            request,
+            nonce: sandboxed.then_some(nonce),
+            deadline,
+            builtin: matches!(payload, Payload::Builtin { .. }),
+            prediction_id,
+            spawned,
+            hide,
+            job,
+            _lease: lease,
+            max_file: s.out_bytes,
+            cpu_limit_s: limits.cpu_seconds,
+        };
+        tokio::spawn(host::supervise(run, side));
+        Ok(handle)
+    }
+}
+
+impl Drop for SandboxRunner {
+    fn drop(&mut self) {
+        // Only succeeds when empty: a job still being torn down keeps it for the next start's sweep.
+        let _ = std::fs::remove_dir(self.jobs.path());
+    }
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// The first characters of an id, safe in a file name.
+fn short(id: &str) -> String {
+    id.chars().filter(char::is_ascii_alphanumeric).take(12).collect()
+}
+
+impl Runner for SandboxRunner {
+    fn start(&self, job: Job) -> Result<RunHandle, RunError> {
+        let request = serde_json::to_vec(&serde_json::json!({"id": job.prediction_id, "input": job.input}))
+            .map_err(|_| RunError::Failed("the input could not be encoded".into()))?;
+        match &job.backend {
+            Backend::Builtin(id) => {
+                if !builtin::ids().any(|b| b == id) {
+                    return Err(RunError::Unsupported(format!("no built-in model named {id:?}")));
+                }
+                if self.settings.mode == SandboxMode::NoneUnsafe {
+                    tracing::warn!(prediction = %job.prediction_id, "running a model WITHOUT a sandbox (sandbox.mode = \"none-unsafe\")");
+                    return crate::BuiltinRunner.start(job);
+                }
+                let payload = Payload::Builtin { id: id.clone() };
+                self.start_payload(
+                    job.prediction_id,
+                    payload,
+                    None,
+                    Vec::new(),
+                    request,
+                    job.deadline,
+                )
+            }
+            Backend::Command(m) => {
+                let payload = Payload::Command { argv: m.argv.clone() };
+                self.start_payload(
+                    job.prediction_id,
+                    payload,
+                    Some(m),
+                    Vec::new(),
+                    request,
+                    job.deadline,
+                )
+            }
+            Backend::Cog(_) => Err(RunError::Unsupported("Cog models are not supported yet".into())),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! `[sandbox]`: how every prediction is isolated (see `skygate_runtime::sandbox`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use skygate_runtime::sandbox::Limits;
+use skygate_runtime::{SandboxMode, SandboxSettings};
+
+use super::ByteSize;
+
+/// `[sandbox]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// `namespaces` (default) or `none-unsafe` (no isolation at all: development only).
+    pub mode: String,
+    /// Where per-job directories are made; must be a tmpfs so nothing reaches a disk.
+    pub job_dir: PathBuf,
+    /// Extra read-only paths bound at the same path inside (e.g. a Python virtualenv).
+    pub ro_binds: Vec<PathBuf>,
+    /// When skygate runs as root, each running sandbox gets its own host uid from
+    /// `host_uid_base .. host_uid_base + host_uids` (the process limit holds only for non-root uids).
+    pub host_uid_base: u32,
+    pub host_uids: u32,
+    /// The `skygate` binary the sandbox re-executes; default: the running one.
+    pub helper: Option<PathBuf>,
+    /// Defaults for every model (command models may lower or raise `memory` and `cpu_seconds`).
+    pub limits: SandboxLimits,
+}
+
+/// `[sandbox.limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxLimits {
+    /// Address space of each process (RLIMIT_AS).
+    pub memory: ByteSize,
+    /// CPU seconds (RLIMIT_CPU).
+    pub cpu_seconds: u64,
+    /// Largest file a model may write (RLIMIT_FSIZE).
+    pub file_size: ByteSize,
+    pub open_files: u64,
+    /// Processes and threads of one sandbox (RLIMIT_NPROC of its own uid).
+    pub processes: u64,
+    /// Size of the private tmpfs `/work` (and `/tmp`).
+    pub work_size: ByteSize,
+    /// Size of the private tmpfs `/out` (all output files together).
+    pub out_size: ByteSize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            mode: "namespaces".into(),
+            job_dir: PathBuf::from("/dev/shm"),
+            ro_binds: Vec::new(),
+            host_uid_base: 900_000,
+            host_uids: 1024,
+            helper: None,
+            limits: SandboxLimits::default(),
+        }
+    }
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        const MIB: u64 = 1024 * 1024;
+        SandboxLimits {
+            memory: ByteSize(4096 * MIB),
+            cpu_seconds: 600,
+            file_size: ByteSize(256 * MIB),
+            open_files: 256,
+            processes: 64,
+            work_size: ByteSize(512 * MIB),
+            out_size: ByteSize(256 * MIB),
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        self.mode()?;
+        if !self.job_dir.is_absolute() {
+            return Err("sandbox.job_dir must be an absolute path".into());
+        }
+        for p in &self.ro_binds {
+            if !p.is_absolute() || p.components().count() < 2 {
+                return Err(format!(
+                    "sandbox.ro_binds: {} must be an absolute path below /",
+                    p.display()
+                ));
+            }
+            let reserved = ["/proc", "/dev", "/work", "/out", "/model", "/tmp", "/etc"];
+            if reserved.iter().any(|r| p.starts_with(r)) {
+                return Err(format!(
+                    "sandbox.ro_binds: {} is managed by the sandbox",
+                    p.display()
+                ));
+            }
+        }
+        if self.host_uid_base < 1000
+            || self.host_uids == 0
+            || self.host_uid_base.checked_add(self.host_uids).is_none()
+        {
+            return Err(
+                "sandbox.host_uid_base must be at least 1000 and sandbox.host_uids at least 1".into(),
+            );
+        }
+        let l = &self.limits;
+        for (key, v, min) in [
+            ("sandbox.limits.memory", l.memory.0, 16 << 20),
+            ("sandbox.limits.file_size", l.file_size.0, 4096),
+            ("sandbox.limits.work_size", l.work_size.0, 4096),
+            ("sandbox.limits.out_size", l.out_size.0, 4096),
+            ("sandbox.limits.cpu_seconds", l.cpu_seconds, 1),
+            ("sandbox.limits.open_files", l.open_files, 16),
+            ("sandbox.limits.processes", l.processes, 2),
+        ] {
+            if v < min {
+                return Err(format!("{key} must be at least {min}, got {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mode(&self) -> Result<SandboxMode, String> {
+        match self.mode.as_str() {
+            "namespaces" => Ok(SandboxMode::Namespaces),
+            "none-unsafe" => Ok(SandboxMode::NoneUnsafe),
+            other => Err(format!(
+                "sandbox.mode must be \"namespaces\" or \"none-unsafe\", got {other:?}"
+            )),
+        }
+    }
+
+    /// The launcher settings; `instance` names this server's job directory (one per data dir, so two
+    /// servers on one host never sweep each other's jobs).
+    pub fn settings(&self, instance: &str) -> Result<SandboxSettings, String> {
+        let helper = match &self.helper {
+            Some(h) => h.clone(),
+            None => std::env::current_exe().map_err(|e| format!("cannot find the skygate binary: {e}"))?,
+        };
+        let l = &self.limits;
+        Ok(SandboxSettings {
+            mode: self.mode()?,
+            helper,
+            job_root: self.job_dir.join(format!("skygate-jobs-{instance}")),
+            ro_binds: self.ro_binds.clone(),
+            host_uid_base: self.host_uid_base,
+            host_uids: self.host_uids,
+            uid_locks: self.job_dir.join("skygate-uid-leases"),
+            limits: Limits {
+                cpu_seconds: l.cpu_seconds,
+                address_space: l.memory.0,
+                file_size: l.file_size.0,
+                open_files: l.open_files,
+                processes: l.processes,
+            },
+            work_bytes: l.work_size.0,
+            out_bytes: l.out_size.0,
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! `skygate sandbox check`: the escape checks on this host, one line per check.
+
+use anyhow::bail;
+use skygate_runtime::sandbox::check::run_checks;
+use skygate_runtime::{SandboxMode, SandboxRunner};
+use skygate_server::config::Config;
+
+pub async fn check(config: &Config) -> anyhow::Result<()> {
+    let mut settings = config
+        .sandbox
+        .settings(&format!("check-{}", std::process::id()))
+        .map_err(anyhow::Error::msg)?;
+    if settings.mode == SandboxMode::NoneUnsafe {
+        eprintln!("warning: sandbox.mode is \"none-unsafe\"; checking the namespaces sandbox anyway");
+        settings.mode = SandboxMode::Namespaces;
+    }
+    let job_root = settings.job_root.clone();
+    let runner = SandboxRunner::new(settings).map_err(anyhow::Error::msg)?;
+    let data_dir = std::fs::canonicalize(&config.data_dir).ok();
+    let lines = run_checks(&runner, data_dir.as_deref()).await;
+    let _ = std::fs::remove_dir(&job_root);
+    let failed = lines.iter().filter(|l| !l.passed).count();
+    for l in &lines {
+        println!("{l}");
+    }
+    println!("{} passed, {failed} failed", lines.len() - failed);
+    if failed > 0 {
+        bail!("{failed} sandbox checks failed: this host does not isolate predictions as configured");
+    }
+    Ok(())
+}
