@@ -219,6 +219,12 @@ pub async fn revoke_key(
         .await
         .map_err(admin_error)?;
     state.auth().cache().clear();
+    // Other nodes drop their caches too (else they may accept the key for up to the cache TTL).
+    if let Some(url) = &state.config().limits.redis_url {
+        if let Err(e) = crate::revocation::publish(url, id.as_str()).await {
+            tracing::warn!(error = %format!("{e:#}"), key = %id, "could not announce a revocation through Redis; other nodes drop it within auth.key_cache_ttl");
+        }
+    }
     Ok(Json(Success { success: true }))
 }
 
