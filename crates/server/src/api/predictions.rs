@@ -35,8 +35,9 @@ use crate::state::AppState;
 const POLL: Duration = Duration::from_millis(250);
 
 /// How long a cancel of a running prediction waits for the worker to stop, so the answer usually already
-/// says `cancelled`.
-const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// says `cancelled` (usually milliseconds; a job still setting up its sandbox, e.g. the first exec of a
+/// cold helper binary, is stopped once the setup is done). Well under the SDK's 60 s socket timeout.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 pub fn not_found() -> ApiError {
     ApiError::new(
