@@ -96,3 +96,81 @@ pub struct AuditList {
     pub data: Vec<AuditEvent>,
     pub next_before: Option<i64>,
 }
+
+/// `GET /v1/account/export` (and `skygate accounts export`): everything held about one account, decrypted.
+/// Secrets are never part of it: keys and tokens appear as their metadata only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountExport {
+    /// `skygate.account-export/1`.
+    pub format: String,
+    pub exported_at: String,
+    pub account: AccountInfo,
+    /// Unused recovery codes (the codes themselves are stored only as hashes).
+    pub recovery_codes_left: u32,
+    pub projects: Vec<ExportedProject>,
+    pub access_tokens: Vec<ExportedToken>,
+    /// Usage records, newest first.
+    pub usage: Vec<ExportedUsage>,
+    /// Audit entries concerning the account, oldest first.
+    pub audit: Vec<AuditEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedProject {
+    #[serde(flatten)]
+    pub project: ProjectInfo,
+    pub keys: Vec<KeyInfo>,
+    /// Predictions still held (within retention their inputs and outputs too), newest first.
+    pub predictions: Vec<ExportedPrediction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedPrediction {
+    pub id: String,
+    pub model: String,
+    /// `live` or `test`.
+    pub mode: String,
+    pub status: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    /// When inputs and outputs are (or were) destroyed.
+    pub purge_at: Option<String>,
+    pub data_removed: bool,
+    /// The input as submitted; `null` once removed.
+    #[schema(value_type = Object)]
+    pub input: Option<serde_json::Value>,
+    /// A text output, or the output files' names, types and sizes; `null` once removed.
+    #[schema(value_type = Object)]
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    /// The webhook URL the prediction reports to, if any.
+    pub webhook_url: Option<String>,
+}
+
+/// An access token as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedToken {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub last4: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedUsage {
+    pub prediction: String,
+    pub project: String,
+    pub model: String,
+    pub mode: String,
+    pub status: String,
+    /// Seconds the model ran.
+    pub predict_time: f64,
+    pub units: f64,
+    pub unit: String,
+    pub at: String,
+}

@@ -68,6 +68,8 @@ pub struct LimitsConfig {
     /// Failed authentications per minute per client address; past it the address gets 429s (valid
     /// credentials included) until the budget refills.
     pub auth_failures_per_minute: u32,
+    /// Data exports (`GET /v1/account/export`) per hour per account.
+    pub exports_per_hour: u32,
     /// `[limits.tiers.<free|pro|business|enterprise>]`.
     pub tiers: BTreeMap<String, TierLimits>,
 }
@@ -121,6 +123,7 @@ impl Default for LimitsConfig {
             on_failure_create: FailureMode::Closed,
             on_failure_read: FailureMode::Open,
             auth_failures_per_minute: 20,
+            exports_per_hour: 6,
             tiers: skygate_core::Tier::ALL
                 .iter()
                 .map(|t| (t.as_str().to_owned(), TierLimits::defaults(*t)))
@@ -159,6 +162,9 @@ impl LimitsConfig {
         }
         if self.auth_failures_per_minute == 0 || self.auth_failures_per_minute > 100_000 {
             return Err("limits.auth_failures_per_minute must be between 1 and 100000".into());
+        }
+        if self.exports_per_hour == 0 || self.exports_per_hour > 3_600 {
+            return Err("limits.exports_per_hour must be between 1 and 3600".into());
         }
         for (name, t) in &self.tiers {
             if name.parse::<skygate_core::Tier>().is_err() {

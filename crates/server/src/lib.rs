@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod keyring;
 pub mod limits;

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::metrics::LimiterMetrics;
 
 const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3_600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-skytells-ratelimit-limit-requests");
@@ -45,6 +46,7 @@ pub struct RateLimits {
     on_failure_create: FailurePolicy,
     on_failure_read: FailurePolicy,
     auth_failures_per_minute: u32,
+    exports_per_hour: u32,
     /// Decisions counted when `[metrics]` is on.
     metrics: Option<LimiterMetrics>,
 }
@@ -155,6 +157,7 @@ impl RateLimits {
             on_failure_create: policy(config.on_failure_create),
             on_failure_read: policy(config.on_failure_read),
             auth_failures_per_minute: config.auth_failures_per_minute,
+            exports_per_hour: config.exports_per_hour,
             metrics: None,
         }
     }
@@ -231,6 +234,22 @@ impl RateLimits {
         self.decide(&d, auth.tier(), requests, &limits)
     }
 
+    /// An account data export: `limits.exports_per_hour` per account (refused when the limiter cannot
+    /// answer: an export is heavy and rare).
+    pub async fn check_export(&self, account: &skygate_core::AccountId, tier: Tier) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let quota = Quota {
+            limit: self.exports_per_hour,
+            window: HOUR,
+        };
+        let key = format!("x:{account}");
+        let limits = [Limit::new("exports", &key, quota)];
+        let d = check_with_policy(self.limiter.as_ref(), &limits, 1, FailurePolicy::Closed).await;
+        self.decide(&d, tier, quota, &limits).1
+    }
+
     fn auth_limit<'a>(&self, key: &'a str) -> [Limit<'a>; 1] {
         [Limit::new(
             "failed_authentications",
@@ -293,7 +312,7 @@ impl RateLimits {
 
 /// A client address's bucket name: `a4:` or `a6:` + the address's bytes in hex, written on the stack (the
 /// failed-authentication budget is looked at on every request: no allocation, no formatting machinery).
-/// Per-key buckets are the key ids themselves (`key_…`), per-account ones start `c:` and `d:`: no name
+/// Per-key buckets are the key ids themselves (`key_…`), per-account ones start `c:`, `d:` or `x:`: no name
 /// can collide. IPv4-mapped IPv6 addresses count as their IPv4 address.
 struct AddrKey {
     buf: [u8; 3 + 32],
@@ -416,7 +435,11 @@ fn decide(d: &Decision, tier: Tier, requests: Quota, limits: &[Limit<'_>]) -> Ch
         .find(|l| l.name == tripped.name)
         .map(|l| l.quota)
         .unwrap_or(requests);
-    let per = if quota.window == DAY { "day" } else { "minute" };
+    let per = match quota.window {
+        DAY => "day",
+        HOUR => "hour",
+        _ => "minute",
+    };
     let scope = match tripped.name {
         "requests" => "per API key",
         "predictions" => "per account and model",

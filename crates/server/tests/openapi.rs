@@ -117,6 +117,7 @@ fn document_lists_every_route_and_the_wire_fields() {
         ("/v1/outputs/{id}/{file}", &["get"]),
         ("/v1/openapi.json", &["get"]),
         ("/v1/account", &["get"]),
+        ("/v1/account/export", &["get"]),
         ("/v1/projects", &["get", "post"]),
         ("/v1/projects/{id}/keys", &["get", "post"]),
         ("/v1/keys/{id}", &["delete"]),
@@ -146,6 +147,7 @@ fn document_lists_every_route_and_the_wire_fields() {
             let security = op.get("security");
             let managed = [
                 "/v1/account",
+                "/v1/account/export",
                 "/v1/projects",
                 "/v1/projects/{id}/keys",
                 "/v1/keys/{id}",

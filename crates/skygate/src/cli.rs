@@ -201,6 +201,16 @@ pub enum AccountsCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Write one JSON document of everything held about an account (profile, projects, key and token
+    /// metadata without secrets, usage, predictions within retention, audit entries), decrypted.
+    /// Audited. An erased or unknown account is "not found" (exit 1).
+    Export {
+        /// Email or account id.
+        account: String,
+        /// Write to this file (created 0600) instead of stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Change an account's tier.
     SetTier {
         /// Email or account id.

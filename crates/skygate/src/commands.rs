@@ -292,6 +292,28 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
             eprintln!("account {} is now on tier {}", acct.id, acct.tier);
             println!("{}", acct.id);
         }
+        AccountsCmd::Export { account, output } => {
+            let acct = admin::find_account(&store, &account).await?;
+            let id = acct.id.clone();
+            let doc = skygate_server::export::account_export(&store, acct, now).await?;
+            let mut text = serde_json::to_string_pretty(&doc)?;
+            text.push('\n');
+            match &output {
+                Some(path) => write_private(path, text.as_bytes())?,
+                None => print!("{text}"),
+            }
+            store
+                .append_audit(
+                    &skygate_core::NewAuditEntry::new(now, "operator", "account.export", id.as_str(), "")
+                        .for_account(id.as_str()),
+                )
+                .await?;
+            eprintln!(
+                "exported account {id}: {} project(s), {} audit entries",
+                doc.projects.len(),
+                doc.audit.len()
+            );
+        }
         AccountsCmd::Erase { account, yes } => {
             let acct = admin::find_account(&store, &account).await?;
             if !yes {
@@ -314,6 +336,21 @@ async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// Writes `bytes` to a new file readable only by its owner (an export holds personal data).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// With Redis configured, every server drops its credential cache at once; without it (or if Redis does

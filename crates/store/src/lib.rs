@@ -133,6 +133,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_account(&self, new: &NewAccount) -> Result<Account>;
     async fn account(&self, id: &AccountId) -> Result<Option<Account>>;
     async fn account_by_email(&self, email: &str) -> Result<Option<Account>>;
+    /// How many accounts exist, and how many of them have two-factor authentication on.
+    async fn two_factor_adoption(&self) -> Result<(u64, u64)>;
     /// Returns false if there is no such account.
     async fn set_account_tier(&self, id: &AccountId, tier: Tier) -> Result<bool>;
     /// Operator level: deletes the account with everything it owns (projects, keys, predictions, usage,

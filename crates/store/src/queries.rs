@@ -14,6 +14,8 @@ pub(crate) const SELECT_ACCOUNT_BY_ID: &str =
     "SELECT id, email, tier, created_at FROM accounts WHERE id = $1";
 pub(crate) const SELECT_ACCOUNT_BY_EMAIL: &str =
     "SELECT id, email, tier, created_at FROM accounts WHERE email_index = $1";
+pub(crate) const TWO_FACTOR_ADOPTION: &str = "SELECT (SELECT COUNT(*) FROM accounts), \
+     (SELECT COUNT(*) FROM account_totp t JOIN accounts a ON a.id = t.account_id WHERE t.enabled_at IS NOT NULL)";
 pub(crate) const UPDATE_ACCOUNT_TIER: &str = "UPDATE accounts SET tier = $1 WHERE id = $2";
 pub(crate) const SELECT_ACCOUNT_SHRED: &str = "SELECT shred_id FROM accounts WHERE id = $1";
 pub(crate) const DELETE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
@@ -501,6 +503,13 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 row.as_ref().map(|r| $crate::rows::account(r, &self.sealer)).transpose()
+            }
+
+            async fn two_factor_adoption(&self) -> $crate::Result<(u64, u64)> {
+                let (total, on): (i64, i64) = sqlx::query_as($crate::queries::TWO_FACTOR_ADOPTION)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((total.max(0) as u64, on.max(0) as u64))
             }
 
             async fn set_account_tier(

@@ -40,11 +40,11 @@ fn admin_error(e: AdminError) -> ApiError {
     }
 }
 
-fn ts(t: Timestamp) -> String {
+pub(crate) fn ts(t: Timestamp) -> String {
     t.to_rfc3339()
 }
 
-fn key_info(k: &ApiKeyRecord) -> KeyInfo {
+pub(crate) fn key_info(k: &ApiKeyRecord) -> KeyInfo {
     KeyInfo {
         id: k.id.to_string(),
         project: k.project.to_string(),
@@ -68,13 +68,8 @@ pub async fn account(
         .account(&t.token.account)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    Ok(Json(AccountInfo {
-        id: acct.id.to_string(),
-        email: acct.email,
-        tier: acct.tier.as_str().to_owned(),
-        created_at: ts(acct.created_at),
-        two_factor: store.two_factor_enabled(&acct.id).await?,
-    }))
+    let two_factor = store.two_factor_enabled(&acct.id).await?;
+    Ok(Json(account_info(acct, two_factor)))
 }
 
 pub async fn list_projects(
@@ -252,19 +247,56 @@ pub async fn audit(
         .then(|| entries.last().map(|e| e.seq))
         .flatten();
     Ok(Json(AuditList {
-        data: entries
-            .into_iter()
-            .map(|e| AuditEvent {
-                seq: e.seq,
-                at: ts(e.entry.at),
-                actor: e.entry.actor,
-                action: e.entry.action,
-                target: e.entry.target,
-                detail: e.entry.detail,
-                ip: e.entry.ip,
-                user_agent: e.entry.user_agent,
-            })
-            .collect(),
+        data: entries.into_iter().map(audit_event).collect(),
         next_before,
     }))
+}
+
+pub(crate) fn audit_event(e: skygate_core::AuditEntry) -> AuditEvent {
+    AuditEvent {
+        seq: e.seq,
+        at: ts(e.entry.at),
+        actor: e.entry.actor,
+        action: e.entry.action,
+        target: e.entry.target,
+        detail: e.entry.detail,
+        ip: e.entry.ip,
+        user_agent: e.entry.user_agent,
+    }
+}
+
+pub(crate) fn account_info(acct: skygate_core::Account, two_factor: bool) -> AccountInfo {
+    AccountInfo {
+        id: acct.id.to_string(),
+        email: acct.email,
+        tier: acct.tier.as_str().to_owned(),
+        created_at: ts(acct.created_at),
+        two_factor,
+    }
+}
+
+/// `GET /v1/account/export`: everything held about the token's account (scope `account.read`), at most
+/// `limits.exports_per_hour` times an hour, audited.
+pub async fn export(
+    State(state): State<AppState>,
+    t: TokenWithScope<AccountRead>,
+) -> Result<Json<skygate_proto::manage::AccountExport>, ApiError> {
+    let store = state.store();
+    let acct = store
+        .account(&t.token.account)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    state.limits().check_export(&acct.id, acct.tier).await?;
+    let doc = crate::export::account_export(store, acct, t.now).await?;
+    let entry = skygate_core::NewAuditEntry::new(
+        t.now,
+        t.actor.who.clone(),
+        "account.export",
+        doc.account.id.as_str(),
+        "",
+    )
+    .for_account(doc.account.id.as_str())
+    .from_client(t.actor.ip.clone(), &t.actor.user_agent);
+    store.append_audit(&entry).await?;
+    Ok(Json(doc))
 }

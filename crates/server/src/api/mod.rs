@@ -7,7 +7,7 @@
 //! Whatever [`Hot`] declines goes through the router unchanged.
 
 mod health;
-mod manage;
+pub(crate) mod manage;
 mod models;
 pub mod openapi;
 mod openapi_manage;
@@ -31,7 +31,7 @@ use crate::state::AppState;
 /// clone per request, which showed up in the load benchmark's profile. A route with its own body limit
 /// (`server.body_limits`) carries it as a route layer, which the extractors then obey.
 fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
-    let routes: [(&str, MethodRouter<AppState>); 16] = [
+    let routes: [(&str, MethodRouter<AppState>); _] = [
         ("/v1/models", get(models::list)),
         ("/v1/models/{slug}", get(models::get)),
         ("/v1/model/{slug}", get(models::get)),
@@ -53,6 +53,7 @@ fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
         ("/v1/outputs/{id}/{file}", get(outputs::download)),
         ("/v1/openapi.json", get(openapi::serve_spec)),
         ("/v1/account", get(manage::account)),
+        ("/v1/account/export", get(manage::export)),
         (
             "/v1/projects",
             get(manage::list_projects).post(manage::create_project),

@@ -11,7 +11,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use skygate_proto::manage::{
-    AccountInfo, AuditEvent, AuditList, CreateKey, CreateProject, CreatedKey, KeyInfo, KeyList, ProjectInfo,
+    AccountExport, AccountInfo, AuditEvent, AuditList, CreateKey, CreateProject, CreatedKey,
+    ExportedPrediction, ExportedProject, ExportedToken, ExportedUsage, KeyInfo, KeyList, ProjectInfo,
     ProjectList,
 };
 use skygate_proto::{
@@ -67,6 +68,11 @@ use utoipa::openapi::{
     CreatedKey,
     AuditEvent,
     AuditList,
+    AccountExport,
+    ExportedProject,
+    ExportedPrediction,
+    ExportedToken,
+    ExportedUsage,
 )))]
 struct ApiDoc;
 

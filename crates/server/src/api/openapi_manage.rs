@@ -62,6 +62,19 @@ pub fn paths(b: PathsBuilder) -> PathsBuilder {
                 .response("200", json_response("The account.", schema_ref("AccountInfo"))),
         ),
     )
+    .path(
+        "/v1/account/export",
+        PathItem::new(
+            HttpMethod::Get,
+            op(
+                "exportAccount",
+                "Everything held about the token's account, decrypted (no secrets); at most \
+                 `limits.exports_per_hour` an hour; audited",
+                "account.read",
+            )
+            .response("200", json_response("The export.", schema_ref("AccountExport"))),
+        ),
+    )
     .path("/v1/projects", {
         let mut item = PathItem::new(
             HttpMethod::Get,

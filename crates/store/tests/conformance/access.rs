@@ -183,6 +183,8 @@ pub async fn second_factor_enrol_confirm_and_replay(db: Db) {
     let s = db.migrated().await;
     let a = new_account(&s, "a@example.com").await;
     assert!(!s.two_factor_enabled(&a).await.unwrap());
+    let (accounts, with_2fa) = s.two_factor_adoption().await.unwrap();
+    assert!(accounts >= 1 && with_2fa < accounts, "{accounts} {with_2fa}");
     assert_eq!(s.totp_state(&a).await.unwrap(), None);
     let first = TotpSecret::generate().unwrap();
     assert!(s.begin_totp(&a, &first, t(1)).await.unwrap());
@@ -207,6 +209,11 @@ pub async fn second_factor_enrol_confirm_and_replay(db: Db) {
         "confirmed once"
     );
     assert!(s.two_factor_enabled(&a).await.unwrap());
+    assert_eq!(
+        s.two_factor_adoption().await.unwrap(),
+        (accounts, with_2fa + 1),
+        "a confirmed second factor counts"
+    );
     assert!(
         !s.begin_totp(&a, &first, t(5)).await.unwrap(),
         "an enabled factor is not replaced"
