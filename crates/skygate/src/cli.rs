@@ -55,6 +55,21 @@ pub enum Command {
     /// The prediction sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Check this deployment against every security promise: PASS, WARN or FAIL per check with the
+    /// reason. Exit 0 only when nothing fails.
+    Selftest {
+        /// The running server (default: `server.listen`).
+        #[arg(long)]
+        url: Option<String>,
+        /// The CA that signs its certificate (default: the data dir's tls/ca.pem).
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// A RustSec advisory-db directory to check the built dependencies against (offline).
+        #[arg(long)]
+        advisory_db: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

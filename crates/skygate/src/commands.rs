@@ -51,6 +51,20 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(cmd) => crate::security::tokens(&config, cmd).await,
         Command::Audit(cmd) => crate::security::audit(&config, cmd).await,
         Command::Sandbox(SandboxCmd::Check) => crate::sandbox::check(&config).await,
+        Command::Selftest {
+            url,
+            ca,
+            advisory_db,
+            json,
+        } => {
+            let opts = crate::selftest::Options {
+                url,
+                ca,
+                advisory_db,
+                json,
+            };
+            crate::selftest::run(&config, opts).await
+        }
     }
 }
 

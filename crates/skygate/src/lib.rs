@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod sandbox;
 mod security;
+mod selftest;
 
 use std::process::ExitCode;
 

@@ -133,6 +133,14 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<()> {
 
 /// Walks the whole chain page by page; the first break is the error (exit 1).
 async fn verify(store: &skygate_store::DynStore) -> anyhow::Result<()> {
+    let (count, head) = verify_chain(store).await?;
+    eprintln!("the audit log is intact: {count} entries");
+    println!("{count} entries, head {}", hex(&head));
+    Ok(())
+}
+
+/// The number of entries and the head hash of an intact chain, or the first break.
+pub async fn verify_chain(store: &skygate_store::DynStore) -> anyhow::Result<(u64, [u8; 32])> {
     let mut v = ChainVerifier::default();
     let mut after = 0;
     loop {
@@ -144,10 +152,7 @@ async fn verify(store: &skygate_store::DynStore) -> anyhow::Result<()> {
                 .map_err(|b| anyhow::anyhow!("the audit log is not intact: {b}"))?;
         }
     }
-    let head = hex(&v.head());
-    eprintln!("the audit log is intact: {} entries", v.count());
-    println!("{} entries, head {head}", v.count());
-    Ok(())
+    Ok((v.count(), v.head()))
 }
 
 fn parse_since(s: &str) -> anyhow::Result<Timestamp> {
