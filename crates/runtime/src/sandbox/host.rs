@@ -36,8 +36,8 @@ pub struct SandboxReport {
     pub start_us: u64,
     /// Time the model ran (microseconds).
     pub run_us: u64,
-    /// How it ended: `exited 0`, `exited 3`, `killed by signal 9`, `deadline`, `cancelled`,
-    /// `protocol error`, `setup failed`.
+    /// How it ended: `exited 0`, `exited 3`, `killed by signal 9`, `cpu limit`, `file size limit`,
+    /// `deadline`, `cancelled`, `protocol error`, `setup failed`, `sandbox died`.
     pub exit: String,
 }
 
@@ -219,6 +219,9 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
         );
     }
     rep.exit = match (code, signal) {
+        (_, Some(_)) if cpu_exceeded => "cpu limit".into(),
+        (_, Some(libc::SIGXCPU)) => "cpu limit".into(),
+        (_, Some(libc::SIGXFSZ)) => "file size limit".into(),
         (_, Some(s)) => format!("killed by signal {s}"),
         (Some(c), _) => format!("exited {c}"),
         _ => "unknown".into(),
