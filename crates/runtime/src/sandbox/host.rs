@@ -56,6 +56,8 @@ pub(crate) struct Run {
     pub job: JobDir,
     /// Held until the run is over (released on drop).
     pub _lease: Option<UidLease>,
+    /// The job's devices, released (like the uid) only once the sandbox is gone.
+    pub _devices: Option<super::devices::DeviceLease>,
     pub max_file: u64,
     /// The CPU-time limit in force (seconds).
     pub cpu_limit_s: u64,
@@ -74,7 +76,8 @@ struct Seen {
 pub(crate) async fn supervise(mut run: Run, side: JobSide) {
     let (result, rep) = drive(&mut run, &side).await;
     let prediction = std::mem::take(&mut run.prediction_id);
-    // The job directory (with the copied-out files) and the uid lease go before the result is published.
+    // The job directory (with the copied-out files), the uid and the device leases go before the result
+    // is published.
     drop(run);
     tracing::info!(
         prediction = %prediction,
