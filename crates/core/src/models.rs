@@ -32,6 +32,8 @@ pub struct CommandModel {
     pub memory: Option<u64>,
     /// CPU-time limit in seconds.
     pub cpu_seconds: Option<u64>,
+    /// How many of the server's leased devices (`sandbox.devices`) each run gets.
+    pub devices: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

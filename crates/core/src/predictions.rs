@@ -159,6 +159,8 @@ pub struct PredictionRecord {
     pub updated_at: Timestamp,
     /// Microseconds the model ran (last attempt).
     pub predict_time_us: Option<i64>,
+    /// What the sandbox of the last attempt did (absent for runs that never reached one).
+    pub sandbox: Option<SandboxMetrics>,
     /// When inputs and outputs are destroyed (terminal time + retention).
     pub purge_at: Option<Timestamp>,
     pub data_removed: bool,
@@ -187,6 +189,7 @@ impl PredictionRecord {
             completed_at: None,
             updated_at: new.created_at,
             predict_time_us: None,
+            sandbox: None,
             purge_at: None,
             data_removed: false,
         }
@@ -302,6 +305,34 @@ pub fn date_range(
 pub fn window_start(at: Timestamp, len: Duration) -> Timestamp {
     let len = i64::try_from(len.as_micros()).unwrap_or(i64::MAX).max(1);
     Timestamp::from_micros(at.as_micros().div_euclid(len) * len)
+}
+
+/// What the sandbox of one run did: how long it took to build (namespaces, mounts, limits, until the
+/// model started), how long the model ran, and how it ended (`exited 0`, `killed by signal 9`,
+/// `deadline`, `cancelled`, `memory limit`, `setup failed`, …: a short reason, never model output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxMetrics {
+    pub start_us: i64,
+    pub run_us: i64,
+    pub exit: String,
+}
+
+/// How long a run took, as the worker reports it with the terminal status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunMetrics {
+    /// Microseconds from the start of the run to its end (the wire's `predict_time`).
+    pub predict_time_us: i64,
+    pub sandbox: Option<SandboxMetrics>,
+}
+
+impl RunMetrics {
+    /// A run that reported only its duration (no sandbox, e.g. it never started).
+    pub fn model_time(predict_time_us: i64) -> RunMetrics {
+        RunMetrics {
+            predict_time_us,
+            sandbox: None,
+        }
+    }
 }
 
 /// One usage record: what an account ran, for billing and the console.

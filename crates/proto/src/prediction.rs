@@ -106,6 +106,16 @@ pub struct PredictionMetrics {
     pub progress: u8,
     pub image_count: u32,
     pub asset_count: u32,
+    /// Seconds to build the prediction's sandbox (namespaces, mounts, limits) until the model started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_start_time: Option<f64>,
+    /// Seconds the model ran inside its sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_run_time: Option<f64>,
+    /// How the sandboxed model ended: `exited 0`, `exited 3`, `killed by signal 9`, `deadline`,
+    /// `cancelled`, `cpu limit`, `file size limit`, `protocol error`, `setup failed`, `sandbox died`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_exit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

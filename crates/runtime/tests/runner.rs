@@ -222,6 +222,7 @@ async fn unknown_builtins_and_other_backends_are_unsupported() {
             timeout: None,
             memory: None,
             cpu_seconds: None,
+            devices: 0,
         }),
         Backend::Cog("/srv/cog".into()),
     ] {

@@ -145,7 +145,7 @@ async fn measure(n: usize, database_url: Option<String>) -> f64 {
                     &c.record.id,
                     &c.lease.token,
                     &out,
-                    1000,
+                    &skygate_core::predictions::RunMetrics::model_time(1000),
                     now,
                     Duration::from_secs(300),
                     None,

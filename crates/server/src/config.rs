@@ -453,6 +453,8 @@ pub struct ModelConfig {
     pub memory: Option<ByteSize>,
     /// For `command`: CPU-time limit (default `sandbox.limits.cpu_seconds`).
     pub cpu_seconds: Option<u64>,
+    /// For `command`: how many of `sandbox.devices` each run gets (leased to it alone).
+    pub devices: Option<u32>,
     /// The input schema read from a JSON file instead of `input_schema`.
     pub input_schema_file: Option<PathBuf>,
     /// For `cog`: the predictor's directory.
@@ -915,6 +917,18 @@ impl Config {
         for (slug, m) in &self.models {
             m.to_spec(slug)
                 .map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
+            let have = self.sandbox.devices.len();
+            match m.devices {
+                Some(n) if m.backend != "command" && n > 0 => {
+                    return err(format!("models.{slug}: devices is only for backend \"command\""));
+                }
+                Some(n) if usize::try_from(n).unwrap_or(usize::MAX) > have => {
+                    return err(format!(
+                        "models.{slug}: devices = {n}, but sandbox.devices lists {have}"
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -1006,6 +1020,7 @@ impl ModelConfig {
                         timeout: self.timeout,
                         memory: self.memory.map(|m| m.0),
                         cpu_seconds: self.cpu_seconds,
+                        devices: self.devices.unwrap_or(0),
                     })
                 }
                 _ => return Err("backend \"command\" needs command = [\"/path/to/exe\", …]".into()),
@@ -1196,6 +1211,22 @@ mod tests {
                 "[models.x]\nbackend = \"command\"\ncommand = [\"x\"]\ndir = \"/nonexistent-dir\"\n",
                 &["models.x", "dir"][..],
             ),
+            (
+                "[sandbox]\ndevices = [\"/etc/passwd\"]\n",
+                &["sandbox.devices", "not a character device"][..],
+            ),
+            (
+                "[sandbox]\ndevices = [\"/nonexistent/gpu0\"]\n",
+                &["sandbox.devices", "/nonexistent/gpu0"][..],
+            ),
+            (
+                "[sandbox]\ndevices = [\"/dev/tty\"]\n[models.x]\nbackend = \"command\"\ncommand = [\"x\"]\ndevices = 2\n",
+                &["models.x", "devices = 2", "lists 1"][..],
+            ),
+            (
+                "[models.x]\nbackend = \"builtin\"\nbuiltin = \"echo\"\ndevices = 1\n",
+                &["models.x", "devices is only for backend"][..],
+            ),
         ];
         for (toml, wanted) in cases {
             figment::Jail::expect_with(|jail| {
@@ -1236,6 +1267,7 @@ mod tests {
             timeout: None,
             memory: None,
             cpu_seconds: None,
+            devices: None,
             input_schema_file: None,
             cog_dir: None,
             name: None,

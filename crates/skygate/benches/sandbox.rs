@@ -47,6 +47,8 @@ fn settings(dir: &std::path::Path, mode: SandboxMode) -> SandboxSettings {
         },
         work_bytes: 16 << 20,
         out_bytes: 16 << 20,
+        devices: Vec::new(),
+        device_wait: Duration::from_secs(60),
     }
 }
 
@@ -74,6 +76,7 @@ async fn bin_true(runner: &SandboxRunner) -> (Duration, Option<u64>) {
         timeout: None,
         memory: None,
         cpu_seconds: None,
+        devices: 0,
     };
     let t = Instant::now();
     let h = runner

@@ -217,3 +217,61 @@ async fn a_graceful_stop_hands_running_predictions_back_at_once() {
     assert_eq!(status_of(&done), "succeeded", "{done}");
     drop(srv);
 }
+
+/// Every prediction reports its sandbox: start time, run time and exit reason in `metrics` (on the
+/// wire, kept by the store across a restart) and in the server log.
+#[tokio::test]
+async fn sandbox_metrics_reach_the_wire_and_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let toml = "[models.sleepy]\nbackend = \"command\"\ntype = \"text\"\n\
+                command = [\"/bin/sh\", \"-c\", \"sleep 30\"]\ntimeout = \"1s\"\n\
+                input_schema = { type = \"object\" }\n\
+                [models.exit3]\nbackend = \"command\"\ntype = \"text\"\n\
+                command = [\"/bin/sh\", \"-c\", \"echo nope >&2; exit 3\"]\n\
+                input_schema = { type = \"object\" }\n";
+    let key = setup(&data, toml);
+    let srv = BinaryServer::start(&bin(), &data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let ok = api
+        .post(json!({"model": "echo", "input": {"prompt": "hi"}, "await": true}))
+        .await;
+    assert_eq!(status_of(&ok), "succeeded", "{ok}");
+    let m = &ok["metrics"];
+    let start = m["sandbox_start_time"].as_f64().unwrap();
+    let run = m["sandbox_run_time"].as_f64().unwrap();
+    let predict = m["predict_time"].as_f64().unwrap();
+    assert!(start > 0.0 && run > 0.0 && start + run <= predict + 0.001, "{m}");
+    assert_eq!(m["sandbox_exit"], "exited 0", "{m}");
+
+    let failed = api
+        .post(json!({"model": "exit3", "input": {}, "await": true}))
+        .await;
+    assert_eq!(status_of(&failed), "failed", "{failed}");
+    assert_eq!(failed["metrics"]["sandbox_exit"], "exited 3", "{failed}");
+
+    let slow = api
+        .post(json!({"model": "sleepy", "input": {}, "await": true}))
+        .await;
+    assert_eq!(status_of(&slow), "failed", "{slow}");
+    assert_eq!(slow["metrics"]["sandbox_exit"], "deadline", "{slow}");
+
+    let id = ok["id"].as_str().unwrap();
+    let log = srv.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains(id) && l.contains("prediction finished"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("sandbox_start_ms") && line.contains("sandbox_exit") && line.contains("exited 0"),
+        "{line}"
+    );
+    drop(srv);
+    // The store kept them.
+    let srv = BinaryServer::start(&bin(), &data, &[]).unwrap();
+    let api = Api::new(&srv, &key);
+    let again = api.get(&format!("/v1/predictions/{id}")).await;
+    assert_eq!(again["metrics"]["sandbox_exit"], "exited 0", "{again}");
+    assert_eq!(again["metrics"]["sandbox_start_time"].as_f64(), Some(start));
+    drop(srv);
+}

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use skygate_runtime::{Output, RunError};
+use skygate_core::models::Backend;
+use skygate_runtime::{Job, Output, RunError, Runner};
 
 use sandbox_support::*;
 
@@ -238,6 +239,7 @@ async fn cancel_kills_the_sandbox() {
         timeout: None,
         memory: None,
         cpu_seconds: None,
+        devices: 0,
     };
     let h = s.start(
         skygate_core::models::Backend::Command(m),
@@ -380,4 +382,150 @@ fn sandbox_check_command_passes_here() {
         text.contains("net_postgres") && text.contains("deadline"),
         "{text}"
     );
+}
+
+/// What a device-holding model reports: the device nodes it sees in `/dev` (besides the standard
+/// ones), whether it could write to them, and when it held them (host clock, nanoseconds).
+fn device_script(hold: &str) -> String {
+    format!(
+        "start=$(date +%s%N); seen=''; for d in /dev/*; do n=${{d#/dev/}}; case $n in \
+         null|zero|random|urandom|fd|stdin|stdout|stderr) ;; *) echo x > $d && seen=\"$seen $n\";; esac; done; \
+         sleep {hold}; echo \"{{\\\"output\\\": \\\"$start $(date +%s%N)$seen\\\"}}\""
+    )
+}
+
+/// `(start, end, devices seen)` from [`device_script`]'s output.
+fn held(out: &Result<Output, RunError>) -> (u128, u128, Vec<String>) {
+    let Ok(Output::Text(t)) = out else {
+        panic!("{out:?}")
+    };
+    let mut w = t.split_whitespace();
+    let start = w.next().unwrap().parse().unwrap();
+    let end = w.next().unwrap().parse().unwrap();
+    (start, end, w.map(str::to_owned).collect())
+}
+
+/// Two predictions running at once (as for two accounts) never hold the same device, and each sees
+/// only its own device in `/dev`; with one device, the second waits until the first sandbox is gone.
+#[tokio::test]
+async fn devices_are_leased_to_one_sandbox_at_a_time() {
+    let test = "devices_are_leased_to_one_sandbox_at_a_time";
+    let Some((_devs, paths)) = stand_in_devices(test, &["gpu0", "gpu1"]) else {
+        return;
+    };
+    let two = paths.clone();
+    let Some(s) = Sandbox::with(test, |st| st.devices = two) else {
+        return;
+    };
+    let run = |hold: &str| {
+        s.start(
+            Backend::Command(shell_model(&device_script(hold), 1)),
+            json!({}),
+            Duration::from_secs(30),
+        )
+        .finish()
+    };
+    let (a, b) = tokio::join!(run("1"), run("1"));
+    let (a, b) = (held(&a), held(&b));
+    assert_eq!(a.2.len(), 1, "{a:?}");
+    assert_eq!(b.2.len(), 1, "{b:?}");
+    assert_ne!(a.2, b.2, "two sandboxes held the same device: {a:?} {b:?}");
+    // Both ran at once (two devices).
+    assert!(a.0 < b.1 && b.0 < a.1, "{a:?} {b:?}");
+    // A model without devices sees none.
+    let (none, _) = s
+        .command(
+            &["/bin/sh", "-c", &device_script("0")],
+            None,
+            json!({}),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(held(&none).2.is_empty(), "{none:?}");
+    // More devices than the server has: refused at start.
+    let too_many = s.runner.start(Job {
+        prediction_id: "test".into(),
+        backend: Backend::Command(shell_model("true", 3)),
+        input: json!({}),
+        deadline: Duration::from_secs(5),
+    });
+    assert!(
+        matches!(&too_many, Err(RunError::Unsupported(m)) if m.contains("needs 3 devices")),
+        "{too_many:?}"
+    );
+    s.assert_clean();
+    drop(s);
+
+    let one = vec![paths[0].clone()];
+    let Some(s) = Sandbox::with(test, |st| st.devices = one) else {
+        return;
+    };
+    let first = s.start(
+        Backend::Command(shell_model(&device_script("1"), 1)),
+        json!({}),
+        Duration::from_secs(30),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = s.start(
+        Backend::Command(shell_model(&device_script("0"), 1)),
+        json!({}),
+        Duration::from_secs(30),
+    );
+    let (a, b) = tokio::join!(first.finish(), second.finish());
+    let (a, b) = (held(&a), held(&b));
+    assert_eq!(
+        (a.2.clone(), b.2.clone()),
+        (vec!["gpu0".to_owned()], vec!["gpu0".to_owned()])
+    );
+    assert!(a.1 <= b.0, "the device was held twice at once: {a:?} {b:?}");
+    s.assert_clean();
+}
+
+/// A lease ends with its sandbox on cancel, deadline and failure; a job waiting for a device can be
+/// cancelled, and times out at its deadline.
+#[tokio::test]
+async fn device_leases_are_released_on_cancel_timeout_and_failure() {
+    let test = "device_leases_are_released_on_cancel_timeout_and_failure";
+    let Some((_devs, paths)) = stand_in_devices(test, &["gpu0"]) else {
+        return;
+    };
+    let Some(s) = Sandbox::with(test, |st| st.devices = paths) else {
+        return;
+    };
+    let start = |script: &str, deadline: u64| {
+        s.start(
+            Backend::Command(shell_model(script, 1)),
+            json!({}),
+            Duration::from_millis(deadline),
+        )
+    };
+    let quick = || async { start(&device_script("0"), 10_000).finish().await };
+    // Cancelled while running: the device is free again.
+    let h = start("echo '{\"progress\": 10}'; sleep 60", 60_000);
+    let mut p = h.progress();
+    tokio::time::timeout(Duration::from_secs(10), p.wait_for(|v| *v >= 10))
+        .await
+        .unwrap()
+        .unwrap();
+    // Meanwhile a second job waits; cancelling it ends it at once.
+    let waiting = start(&device_script("0"), 60_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    waiting.cancel();
+    assert_eq!(waiting.finish().await, Err(RunError::Cancelled));
+    assert!(t.elapsed() < Duration::from_millis(500));
+    // A waiting job whose deadline passes times out.
+    let out = start(&device_script("0"), 300).finish().await;
+    assert!(matches!(out, Err(RunError::TimedOut(_))), "{out:?}");
+    h.cancel();
+    assert_eq!(h.finish().await, Err(RunError::Cancelled));
+    assert_eq!(held(&quick().await).2, ["gpu0"]);
+    // Killed at its deadline, or failed: released too.
+    let out = start("sleep 60", 300).finish().await;
+    assert!(matches!(out, Err(RunError::TimedOut(_))), "{out:?}");
+    assert_eq!(held(&quick().await).2, ["gpu0"]);
+    let out = start("exit 4", 10_000).finish().await;
+    assert!(matches!(out, Err(RunError::Failed(_))), "{out:?}");
+    assert_eq!(held(&quick().await).2, ["gpu0"]);
+    s.assert_clean();
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use skygate_core::predictions::{
-    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, UsageRecord,
+    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunMetrics, UsageRecord,
 };
 use skygate_core::token::NewAccessToken;
 use skygate_core::totp::{TotpSecret, TotpState};
@@ -306,7 +306,7 @@ pub trait Store: Send + Sync + 'static {
         id: &PredictionId,
         token: &str,
         completion: &Completion,
-        predict_time_us: i64,
+        metrics: &RunMetrics,
         now: Timestamp,
         retention: std::time::Duration,
         usage: Option<&UsageRecord>,

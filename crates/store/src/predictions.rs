@@ -18,14 +18,15 @@ use skygate_core::Timestamp;
 /// Every column of `predictions`, as [`crate::rows::prediction`] reads them.
 pub(crate) const PRED_COLS: &str = "id, account_id, project_id, mode, model, status, stream, input, output, \
      error, webhook, progress, attempts, cancel_requested, created_at, started_at, completed_at, \
-     updated_at, predict_time_us, purge_at, data_removed";
+     updated_at, predict_time_us, purge_at, data_removed, sandbox_start_us, sandbox_run_us, sandbox_exit";
 
 macro_rules! pred_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, account_id, project_id, mode, model, status, stream, input, output, error, webhook, ",
             "progress, attempts, cancel_requested, created_at, started_at, completed_at, updated_at, ",
-            "predict_time_us, purge_at, data_removed FROM predictions ",
+            "predict_time_us, purge_at, data_removed, sandbox_start_us, sandbox_run_us, sandbox_exit ",
+            "FROM predictions ",
             $tail
         )
     };
@@ -104,7 +105,8 @@ pub(crate) const SELECT_SEAL_PLACE: &str = "SELECT account_id, shred_id FROM pre
 pub(crate) const COMPLETE: &str = "UPDATE predictions SET status = $1, output = $2, error = $3, \
      progress = CASE WHEN $1 = 'succeeded' THEN 100 ELSE progress END, \
      started_at = COALESCE(started_at, $4), completed_at = $4, updated_at = $4, purge_at = $5, \
-     predict_time_us = $6, lease_token = NULL, lease_until = NULL \
+     predict_time_us = $6, sandbox_start_us = $9, sandbox_run_us = $10, sandbox_exit = $11, \
+     lease_token = NULL, lease_until = NULL \
      WHERE id = $7 AND lease_token = $8 AND status IN ('starting', 'processing')";
 pub(crate) const SELECT_ACCOUNT_SHRED: &str = "SELECT shred_id FROM accounts WHERE id = $1";
 pub(crate) const INSERT_USAGE: &str = "INSERT INTO usage_records (prediction_id, account_id, at, record) \
@@ -417,7 +419,7 @@ macro_rules! prediction_methods {
                             "the prediction's stored data could not be read".into(),
                         );
                         if let Err(e) = <Self as $crate::Store>::complete_prediction(
-                            self, &id, &token, &failed, 0, now, std::time::Duration::ZERO, None,
+                            self, &id, &token, &failed, &skygate_core::predictions::RunMetrics::default(), now, std::time::Duration::ZERO, None,
                         )
                         .await {
                             tracing::error!(prediction = %id, error = %e, "could not fail an unreadable prediction");
@@ -489,7 +491,7 @@ macro_rules! prediction_methods {
             id: &skygate_core::predictions::PredictionId,
             token: &str,
             completion: &skygate_core::predictions::Completion,
-            predict_time_us: i64,
+            metrics: &skygate_core::predictions::RunMetrics,
             now: skygate_core::Timestamp,
             retention: std::time::Duration,
             usage: Option<&skygate_core::predictions::UsageRecord>,
@@ -548,9 +550,12 @@ macro_rules! prediction_methods {
                 .bind(error)
                 .bind(now.as_micros())
                 .bind(q::plus(now, retention))
-                .bind(predict_time_us)
+                .bind(metrics.predict_time_us)
                 .bind(id.as_str())
                 .bind(token)
+                .bind(metrics.sandbox.as_ref().map(|m| m.start_us))
+                .bind(metrics.sandbox.as_ref().map(|m| m.run_us))
+                .bind(metrics.sandbox.as_ref().map(|m| m.exit.as_str()))
                 .execute(&mut *tx)
                 .await?;
             if done.rows_affected() != 1 {

@@ -280,12 +280,12 @@ macro_rules! impl_store {
                 id: &skygate_core::predictions::PredictionId,
                 token: &str,
                 completion: &skygate_core::predictions::Completion,
-                predict_time_us: i64,
+                metrics: &skygate_core::predictions::RunMetrics,
                 now: skygate_core::Timestamp,
                 retention: std::time::Duration,
                 usage: Option<&skygate_core::predictions::UsageRecord>,
             ) -> $crate::Result<bool> {
-                <$store>::complete_prediction(self, id, token, completion, predict_time_us, now, retention, usage)
+                <$store>::complete_prediction(self, id, token, completion, metrics, now, retention, usage)
                     .await
             }
 

@@ -227,6 +227,18 @@ pub(crate) fn prediction(
         completed_at: opt_ts(r, t, "completed_at")?,
         updated_at: ts(r, t, "updated_at")?,
         predict_time_us: r.opt_int(t, "predict_time_us")?,
+        sandbox: match (
+            r.opt_int(t, "sandbox_start_us")?,
+            r.opt_int(t, "sandbox_run_us")?,
+            r.opt_text(t, "sandbox_exit")?,
+        ) {
+            (Some(start_us), Some(run_us), Some(exit)) => Some(skygate_core::predictions::SandboxMetrics {
+                start_us,
+                run_us,
+                exit,
+            }),
+            _ => None,
+        },
         purge_at: opt_ts(r, t, "purge_at")?,
         data_removed: small("data_removed")? != 0,
         id,

@@ -36,6 +36,7 @@ fn probe_model(cpu_seconds: Option<u64>) -> CommandModel {
         timeout: None,
         memory: None,
         cpu_seconds,
+        devices: 0,
     }
 }
 

@@ -36,8 +36,8 @@ pub struct SandboxReport {
     pub start_us: u64,
     /// Time the model ran (microseconds).
     pub run_us: u64,
-    /// How it ended: `exited 0`, `exited 3`, `killed by signal 9`, `deadline`, `cancelled`,
-    /// `protocol error`, `setup failed`.
+    /// How it ended: `exited 0`, `exited 3`, `killed by signal 9`, `cpu limit`, `file size limit`,
+    /// `deadline`, `cancelled`, `protocol error`, `setup failed`, `sandbox died`.
     pub exit: String,
 }
 
@@ -56,6 +56,8 @@ pub(crate) struct Run {
     pub job: JobDir,
     /// Held until the run is over (released on drop).
     pub _lease: Option<UidLease>,
+    /// The job's devices, released (like the uid) only once the sandbox is gone.
+    pub _devices: Option<super::devices::DeviceLease>,
     pub max_file: u64,
     /// The CPU-time limit in force (seconds).
     pub cpu_limit_s: u64,
@@ -74,7 +76,8 @@ struct Seen {
 pub(crate) async fn supervise(mut run: Run, side: JobSide) {
     let (result, rep) = drive(&mut run, &side).await;
     let prediction = std::mem::take(&mut run.prediction_id);
-    // The job directory (with the copied-out files) and the uid lease go before the result is published.
+    // The job directory (with the copied-out files), the uid and the device leases go before the result
+    // is published.
     drop(run);
     tracing::info!(
         prediction = %prediction,
@@ -219,6 +222,9 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
         );
     }
     rep.exit = match (code, signal) {
+        (_, Some(_)) if cpu_exceeded => "cpu limit".into(),
+        (_, Some(libc::SIGXCPU)) => "cpu limit".into(),
+        (_, Some(libc::SIGXFSZ)) => "file size limit".into(),
         (_, Some(s)) => format!("killed by signal {s}"),
         (Some(c), _) => format!("exited {c}"),
         _ => "unknown".into(),

@@ -11,6 +11,7 @@
 //! for development only and logs a warning on every prediction.
 
 pub mod check;
+pub mod devices;
 mod host;
 pub mod inside;
 mod jobs;
@@ -26,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use skygate_core::models::{Backend, CommandModel};
 
+pub use devices::{DeviceLease, DevicePool, LeaseWait};
 pub use host::SandboxReport;
 pub use jobs::{JobRoot, UidPool};
 pub use spec::{Bind, Limits, Payload, Spec, HELPER_COMMAND, PROBE_COMMAND};
 
-use crate::handle::pair;
+use crate::handle::{pair, JobSide, StopReason};
 use crate::{builtin, Job, RunError, RunHandle, Runner};
 
 /// Whether predictions are sandboxed.
@@ -59,21 +61,43 @@ pub struct SandboxSettings {
     pub limits: Limits,
     pub work_bytes: u64,
     pub out_bytes: u64,
+    /// Device nodes leased to models that ask for them (`sandbox.devices`), one sandbox at a time.
+    pub devices: Vec<PathBuf>,
+    /// How long a job waits for its devices before it fails (never past its deadline).
+    pub device_wait: Duration,
 }
 
 /// Runs every job in a sandbox (or, in [`SandboxMode::NoneUnsafe`], without one). Dropping it removes
 /// its (then empty) job root.
 #[derive(Debug)]
 pub struct SandboxRunner {
-    settings: Arc<SandboxSettings>,
+    inner: Arc<Inner>,
+}
+
+/// What every launch shares.
+#[derive(Debug)]
+struct Inner {
+    settings: SandboxSettings,
     jobs: JobRoot,
     uids: Option<UidPool>,
+    devices: DevicePool,
+}
+
+/// One sandbox to start.
+struct Launch {
+    prediction_id: String,
+    payload: Payload,
+    model: Option<CommandModel>,
+    extra_binds: Vec<Bind>,
+    request: Vec<u8>,
+    deadline: Duration,
 }
 
 impl SandboxRunner {
     /// Prepares the job root and sweeps what an earlier crash left there (outputs never outlive a
-    /// job). Fails when the job root cannot be made.
+    /// job). Fails when the job root cannot be made or a listed device is not a character device.
     pub fn new(settings: SandboxSettings) -> Result<SandboxRunner, String> {
+        devices::validate(&settings.devices)?;
         let jobs = JobRoot::open(settings.job_root.clone()).map_err(|e| {
             format!(
                 "sandbox.job_dir: cannot create {}: {e}",
@@ -97,6 +121,8 @@ impl SandboxRunner {
         } else {
             None
         };
+        let devices = DevicePool::new(settings.devices.clone(), settings.uid_locks.clone())
+            .map_err(|e| format!("cannot create the lease lock directory: {e}"))?;
         if settings.mode == SandboxMode::NoneUnsafe {
             tracing::warn!(
                 "sandbox.mode = \"none-unsafe\": predictions run WITHOUT ANY ISOLATION, with this server's \
@@ -104,18 +130,23 @@ impl SandboxRunner {
             );
         }
         Ok(SandboxRunner {
-            settings: Arc::new(settings),
-            jobs,
-            uids,
+            inner: Arc::new(Inner {
+                settings,
+                jobs,
+                uids,
+                devices,
+            }),
         })
     }
 
     pub fn settings(&self) -> &SandboxSettings {
-        &self.settings
+        &self.inner.settings
     }
 
-    /// Starts one sandbox for `payload`, with `model_dir` at `/model`. Exposed for `sandbox check`
-    /// and the benchmarks; predictions go through [`Runner::start`].
+    /// Starts one sandbox for `payload`, with the model's directory at `/model`. Exposed for `sandbox
+    /// check` and the benchmarks; predictions go through [`Runner::start`]. Returns at once: a model
+    /// that needs devices first waits for them (bounded by `sandbox.device_wait` and the deadline,
+    /// ended by a cancel), and a sandbox that cannot be built ends the handle with an error.
     pub fn start_payload(
         &self,
         prediction_id: String,
@@ -125,129 +156,205 @@ impl SandboxRunner {
         request: Vec<u8>,
         deadline: Duration,
     ) -> Result<RunHandle, RunError> {
-        let s = &self.settings;
-        let mut limits = s.limits;
-        let mut binds: Vec<Bind> = s
-            .ro_binds
-            .iter()
-            .map(|p| Bind {
-                src: p.clone(),
-                dst: p.clone(),
-            })
-            .chain(extra_binds)
-            .collect();
-        let mut deadline = deadline;
-        let mut hide = vec![(s.job_root.clone(), "/work")];
-        if let Some(m) = model {
-            if let Some(dir) = &m.dir {
-                binds.push(Bind {
-                    src: dir.clone(),
-                    dst: PathBuf::from("/model"),
-                });
-                hide.push((dir.clone(), "/model"));
-            }
-            limits.address_space = m.memory.unwrap_or(limits.address_space);
-            limits.cpu_seconds = m.cpu_seconds.unwrap_or(limits.cpu_seconds);
-            deadline = m.timeout.map_or(deadline, |t| t.min(deadline));
+        let wanted = model.map_or(0, |m| m.devices);
+        if usize::try_from(wanted).unwrap_or(usize::MAX) > self.inner.devices.len() {
+            return Err(RunError::Unsupported(format!(
+                "the model needs {wanted} devices but this server has {}",
+                self.inner.devices.len()
+            )));
         }
-        let unavailable = |e: String| {
-            tracing::error!(prediction = %prediction_id, error = %e, "the sandbox could not be prepared");
-            RunError::Failed(
-                "the sandbox could not be created, so the model was not run (see the server log)".into(),
-            )
-        };
-        let hint = u64::from(std::process::id()) ^ u64::from(nanos());
-        let lease = match &self.uids {
-            Some(pool) => Some(pool.lease(hint).map_err(unavailable)?),
-            None => None,
-        };
-        let owner = lease.as_ref().map(|l| l.uid);
-        let job = self
-            .jobs
-            .create(&format!("{}-{:08x}", short(&prediction_id), nanos()), owner)
-            .map_err(|e| unavailable(format!("cannot create a job directory: {e}")))?;
-        let sandboxed = s.mode == SandboxMode::Namespaces;
-        let nonce = format!(
-            "skygate-status-{:016x}{:08x}",
-            hint.rotate_left(17) ^ u64::from(nanos()),
-            nanos()
-        );
-        let mut cmd = if sandboxed {
-            let spec = Spec {
-                nonce: nonce.clone(),
-                parent_pid: std::process::id(),
-                root: job.root(),
-                outbox: job.outbox(),
-                helper: s.helper.clone(),
-                binds,
-                devices: Vec::new(),
-                work_bytes: s.work_bytes,
-                out_bytes: s.out_bytes,
-                limits,
-                deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
-                payload: payload.clone(),
-            };
-            let json = serde_json::to_string(&spec).map_err(|e| unavailable(e.to_string()))?;
-            let mut c = tokio::process::Command::new(&s.helper);
-            c.arg(HELPER_COMMAND).arg("outer").arg(json).env_clear();
-            if let Some(uid) = owner {
-                c.uid(uid).gid(uid);
-            }
-            c
-        } else {
-            tracing::warn!(prediction = %prediction_id, "running a model WITHOUT a sandbox (sandbox.mode = \"none-unsafe\")");
-            match &payload {
-                Payload::Command { argv } => {
-                    let (prog, args) = argv
-                        .split_first()
-                        .ok_or_else(|| unavailable("empty command".into()))?;
-                    let mut c = tokio::process::Command::new(prog);
-                    c.args(args)
-                        .current_dir(job.path())
-                        .env("SKYGATE_OUT_DIR", job.outbox())
-                        .env(
-                            "SKYGATE_MODEL_DIR",
-                            model.and_then(|m| m.dir.clone()).unwrap_or_default(),
-                        );
-                    c
-                }
-                Payload::Builtin { .. } => {
-                    return Err(unavailable("built-in models run in-process in this mode".into()))
-                }
-            }
-        };
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let spawned = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| unavailable(format!("cannot start the sandbox helper: {e}")))?;
-        let (handle, side) = pair();
-        let run = host::Run {
-            child,
-            request,
-            nonce: sandboxed.then_some(nonce),
-            deadline,
-            builtin: matches!(payload, Payload::Builtin { .. }),
+        let launch = Launch {
             prediction_id,
-            spawned,
-            hide,
-            job,
-            _lease: lease,
-            max_file: s.out_bytes,
-            cpu_limit_s: limits.cpu_seconds,
+            payload,
+            model: model.cloned(),
+            extra_binds,
+            request,
+            deadline,
         };
-        tokio::spawn(host::supervise(run, side));
+        let (handle, side) = pair();
+        tokio::spawn(launch_and_supervise(self.inner.clone(), launch, side));
         Ok(handle)
     }
+}
+
+/// Leases the job's devices (if any), starts its sandbox and supervises it to the end.
+async fn launch_and_supervise(inner: Arc<Inner>, mut launch: Launch, side: JobSide) {
+    let hint = u64::from(std::process::id()) ^ u64::from(nanos());
+    let wanted = launch.model.as_ref().map_or(0, |m| m.devices);
+    let asked = Instant::now();
+    let devices = if wanted == 0 {
+        None
+    } else {
+        let within = inner.settings.device_wait.min(launch.deadline);
+        match inner.devices.lease(wanted, hint, within, side.stopped()).await {
+            Ok(l) => Some(l),
+            Err(LeaseWait::Stopped) => {
+                let err = match side.stop_reason() {
+                    Some(StopReason::TimedOut) => RunError::TimedOut(launch.deadline),
+                    _ => RunError::Cancelled,
+                };
+                return side.finish(Err(err));
+            }
+            Err(LeaseWait::Busy { .. }) if within >= launch.deadline => {
+                side.time_out();
+                return side.finish(Err(RunError::TimedOut(launch.deadline)));
+            }
+            Err(LeaseWait::Busy { wanted, waited }) => {
+                tracing::warn!(prediction = %launch.prediction_id, wanted, waited_ms = waited.as_millis() as u64, "no device became free");
+                return side.finish(Err(RunError::Failed(format!(
+                    "the model needs {wanted} device(s) and none became free within {}s; try again",
+                    waited.as_secs()
+                ))));
+            }
+            Err(LeaseWait::Failed(e)) => {
+                tracing::error!(prediction = %launch.prediction_id, error = %e, "device lease failed");
+                return side.finish(Err(RunError::Failed(
+                    "the model's devices could not be leased (see the server log)".into(),
+                )));
+            }
+        }
+    };
+    launch.deadline = launch.deadline.saturating_sub(asked.elapsed());
+    match start_run(&inner, launch, hint, devices) {
+        Ok(run) => host::supervise(run, side).await,
+        Err(e) => side.finish(Err(e)),
+    }
+}
+
+/// Builds the command of one sandbox (the helper, or the bare model in `none-unsafe` mode) and
+/// starts it.
+fn start_run(
+    inner: &Inner,
+    launch: Launch,
+    hint: u64,
+    devices: Option<DeviceLease>,
+) -> Result<host::Run, RunError> {
+    let s = &inner.settings;
+    let Launch {
+        prediction_id,
+        payload,
+        model,
+        extra_binds,
+        request,
+        mut deadline,
+    } = launch;
+    let mut limits = s.limits;
+    let mut binds: Vec<Bind> = s
+        .ro_binds
+        .iter()
+        .map(|p| Bind {
+            src: p.clone(),
+            dst: p.clone(),
+        })
+        .chain(extra_binds)
+        .collect();
+    let mut hide = vec![(s.job_root.clone(), "/work")];
+    if let Some(m) = &model {
+        if let Some(dir) = &m.dir {
+            binds.push(Bind {
+                src: dir.clone(),
+                dst: PathBuf::from("/model"),
+            });
+            hide.push((dir.clone(), "/model"));
+        }
+        limits.address_space = m.memory.unwrap_or(limits.address_space);
+        limits.cpu_seconds = m.cpu_seconds.unwrap_or(limits.cpu_seconds);
+        deadline = m.timeout.map_or(deadline, |t| t.min(deadline));
+    }
+    let unavailable = |e: String| {
+        tracing::error!(prediction = %prediction_id, error = %e, "the sandbox could not be prepared");
+        RunError::Failed(
+            "the sandbox could not be created, so the model was not run (see the server log)".into(),
+        )
+    };
+    let lease = match &inner.uids {
+        Some(pool) => Some(pool.lease(hint).map_err(unavailable)?),
+        None => None,
+    };
+    let owner = lease.as_ref().map(|l| l.uid);
+    let job = inner
+        .jobs
+        .create(&format!("{}-{:08x}", short(&prediction_id), nanos()), owner)
+        .map_err(|e| unavailable(format!("cannot create a job directory: {e}")))?;
+    let sandboxed = s.mode == SandboxMode::Namespaces;
+    let nonce = format!(
+        "skygate-status-{:016x}{:08x}",
+        hint.rotate_left(17) ^ u64::from(nanos()),
+        nanos()
+    );
+    let mut cmd = if sandboxed {
+        let spec = Spec {
+            nonce: nonce.clone(),
+            parent_pid: std::process::id(),
+            root: job.root(),
+            outbox: job.outbox(),
+            helper: s.helper.clone(),
+            binds,
+            devices: devices.as_ref().map(|d| d.paths().to_vec()).unwrap_or_default(),
+            work_bytes: s.work_bytes,
+            out_bytes: s.out_bytes,
+            limits,
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            payload: payload.clone(),
+        };
+        let json = serde_json::to_string(&spec).map_err(|e| unavailable(e.to_string()))?;
+        let mut c = tokio::process::Command::new(&s.helper);
+        c.arg(HELPER_COMMAND).arg("outer").arg(json).env_clear();
+        if let Some(uid) = owner {
+            c.uid(uid).gid(uid);
+        }
+        c
+    } else {
+        tracing::warn!(prediction = %prediction_id, "running a model WITHOUT a sandbox (sandbox.mode = \"none-unsafe\")");
+        match &payload {
+            Payload::Command { argv } => {
+                let (prog, args) = argv
+                    .split_first()
+                    .ok_or_else(|| unavailable("empty command".into()))?;
+                let mut c = tokio::process::Command::new(prog);
+                c.args(args)
+                    .current_dir(job.path())
+                    .env("SKYGATE_OUT_DIR", job.outbox())
+                    .env(
+                        "SKYGATE_MODEL_DIR",
+                        model.as_ref().and_then(|m| m.dir.clone()).unwrap_or_default(),
+                    );
+                c
+            }
+            Payload::Builtin { .. } => {
+                return Err(unavailable("built-in models run in-process in this mode".into()))
+            }
+        }
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let spawned = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| unavailable(format!("cannot start the sandbox helper: {e}")))?;
+    Ok(host::Run {
+        child,
+        request,
+        nonce: sandboxed.then_some(nonce),
+        deadline,
+        builtin: matches!(payload, Payload::Builtin { .. }),
+        prediction_id,
+        spawned,
+        hide,
+        job,
+        _lease: lease,
+        _devices: devices,
+        max_file: s.out_bytes,
+        cpu_limit_s: limits.cpu_seconds,
+    })
 }
 
 impl Drop for SandboxRunner {
     fn drop(&mut self) {
         // Only succeeds when empty: a job still being torn down keeps it for the next start's sweep.
-        let _ = std::fs::remove_dir(self.jobs.path());
+        let _ = std::fs::remove_dir(self.inner.jobs.path());
     }
 }
 
@@ -272,7 +379,7 @@ impl Runner for SandboxRunner {
                 if !builtin::ids().any(|b| b == id) {
                     return Err(RunError::Unsupported(format!("no built-in model named {id:?}")));
                 }
-                if self.settings.mode == SandboxMode::NoneUnsafe {
+                if self.inner.settings.mode == SandboxMode::NoneUnsafe {
                     tracing::warn!(prediction = %job.prediction_id, "running a model WITHOUT a sandbox (sandbox.mode = \"none-unsafe\")");
                     return crate::BuiltinRunner.start(job);
                 }

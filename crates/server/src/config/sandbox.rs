@@ -1,6 +1,7 @@
 //! `[sandbox]`: how every prediction is isolated (see `skygate_runtime::sandbox`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use skygate_runtime::sandbox::Limits;
@@ -24,6 +25,12 @@ pub struct SandboxConfig {
     pub host_uids: u32,
     /// The `skygate` binary the sandbox re-executes; default: the running one.
     pub helper: Option<PathBuf>,
+    /// Device nodes (GPUs, …) leased to command models that ask for them (`devices = N`): each is
+    /// bound into one sandbox at a time, at `/dev/<name>`. Must be character devices.
+    pub devices: Vec<PathBuf>,
+    /// How long a prediction waits for its devices before it fails (never past its deadline).
+    #[serde(with = "humantime_serde")]
+    pub device_wait: Duration,
     /// Defaults for every model (command models may lower or raise `memory` and `cpu_seconds`).
     pub limits: SandboxLimits,
 }
@@ -56,6 +63,8 @@ impl Default for SandboxConfig {
             host_uid_base: 900_000,
             host_uids: 1024,
             helper: None,
+            devices: Vec::new(),
+            device_wait: Duration::from_secs(60),
             limits: SandboxLimits::default(),
         }
     }
@@ -104,6 +113,10 @@ impl SandboxConfig {
             return Err(
                 "sandbox.host_uid_base must be at least 1000 and sandbox.host_uids at least 1".into(),
             );
+        }
+        skygate_runtime::sandbox::devices::validate(&self.devices)?;
+        if self.device_wait.is_zero() {
+            return Err("sandbox.device_wait must be greater than 0".into());
         }
         let l = &self.limits;
         for (key, v, min) in [
@@ -157,6 +170,8 @@ impl SandboxConfig {
             },
             work_bytes: l.work_size.0,
             out_bytes: l.out_size.0,
+            devices: self.devices.clone(),
+            device_wait: self.device_wait,
         })
     }
 }

@@ -231,6 +231,9 @@ pub fn to_wire(
             progress: rec.progress,
             image_count: u32::try_from(image_count).unwrap_or(u32::MAX),
             asset_count: u32::try_from(files.len()).unwrap_or(u32::MAX),
+            sandbox_start_time: rec.sandbox.as_ref().map(|m| secs(m.start_us)),
+            sandbox_run_time: rec.sandbox.as_ref().map(|m| secs(m.run_us)),
+            sandbox_exit: rec.sandbox.as_ref().map(|m| m.exit.clone()),
         },
         metadata: PredictionMetadata {
             storage: Storage { files },

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skygate_core::models::ModelSpec;
 use skygate_core::predictions::{
-    object_key, object_prefix, Claimed, Completion, PredictionId, PredictionRecord, StoredFile, StoredOutput,
-    UsageRecord,
+    object_key, object_prefix, Claimed, Completion, PredictionId, PredictionRecord, RunMetrics,
+    SandboxMetrics, StoredFile, StoredOutput, UsageRecord,
 };
 use skygate_core::{AccountId, Mode, Timestamp};
 use skygate_crypto::Aad;
-use skygate_runtime::{Job, Output, OutputFile, RunError, Runner};
+use skygate_runtime::{Job, Output, OutputFile, RunError, Runner, SandboxReport};
 use skygate_store::LeaseCheck;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -100,7 +100,7 @@ pub async fn run_queue(
 
 /// What the supervision loop of one job ended with.
 enum Ended {
-    Finished(Result<Output, RunError>),
+    Finished(Result<Output, RunError>, Option<SandboxReport>),
     /// The lease is gone (reclaimed, purged, deleted): write nothing.
     Abandoned,
     /// The node is stopping: the job was stopped and goes back to the queue.
@@ -121,10 +121,13 @@ async fn run_one(
     let started = Instant::now();
     let spec = state.models().get(&record.model).cloned();
     let ended = match (&spec, record.input.clone()) {
-        (None, _) => Ended::Finished(Err(RunError::Failed(format!(
-            "the model {:?} is not served by this deployment",
-            record.model
-        )))),
+        (None, _) => Ended::Finished(
+            Err(RunError::Failed(format!(
+                "the model {:?} is not served by this deployment",
+                record.model
+            ))),
+            None,
+        ),
         // Purged while queued: the purge cancelled it, so the lease is already gone.
         (_, None) => Ended::Abandoned,
         (Some(spec), Some(input)) => {
@@ -135,12 +138,12 @@ async fn run_one(
                 deadline: q.job_timeout,
             };
             match runner.start(job) {
-                Err(e) => Ended::Finished(Err(e)),
+                Err(e) => Ended::Finished(Err(e), None),
                 Ok(handle) => supervise(&state, &id, &token, handle, &stop).await,
             }
         }
     };
-    let result = match ended {
+    let (result, report) = match ended {
         Ended::Abandoned => return,
         Ended::Released => {
             match state.store().release_lease(&id, &token, Timestamp::now()).await {
@@ -153,9 +156,13 @@ async fn run_one(
             }
             return;
         }
-        Ended::Finished(r) => r,
+        Ended::Finished(r, report) => (r, report),
     };
     let predict_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+    let metrics = RunMetrics {
+        predict_time_us: predict_us,
+        sandbox: report.as_ref().map(sandbox_metrics),
+    };
     let (completion, written) = match result {
         Ok(Output::Text(text)) => (Completion::Succeeded(StoredOutput::Text { text }), Vec::new()),
         Ok(Output::Files(files)) => match store_files(&state, &record, shred, files).await {
@@ -191,7 +198,7 @@ async fn run_one(
                 &id,
                 &token,
                 &completion,
-                predict_us,
+                &metrics,
                 Timestamp::now(),
                 retention,
                 usage.as_ref(),
@@ -217,14 +224,32 @@ async fn run_one(
     }
     state.hub().changed(&id);
     state.hub().deliveries_queued();
+    let sandbox = metrics.sandbox.as_ref();
     tracing::info!(
         prediction = %id,
         model = %record.model,
         status = completion.status().as_str(),
         predict_ms = predict_us / 1000,
+        sandbox_start_ms = sandbox.map(|m| m.start_us / 1000),
+        sandbox_run_ms = sandbox.map(|m| m.run_us / 1000),
+        sandbox_exit = sandbox.map(|m| m.exit.as_str()),
         recorded = done.unwrap_or(false),
         "prediction finished"
     );
+}
+
+/// What the record keeps of a sandbox report; a run without isolation says so in its exit reason.
+fn sandbox_metrics(r: &SandboxReport) -> SandboxMetrics {
+    let us = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    SandboxMetrics {
+        start_us: us(r.start_us),
+        run_us: us(r.run_us),
+        exit: if r.sandboxed {
+            r.exit.clone()
+        } else {
+            format!("{} (no sandbox)", r.exit)
+        },
+    }
 }
 
 /// Watches one running job: forwards progress, renews the lease, passes cancels on.
@@ -297,7 +322,8 @@ async fn supervise(
             }
         }
     }
-    Ended::Finished(handle.finish().await)
+    let (result, report) = handle.finish_with_report().await;
+    Ended::Finished(result, report)
 }
 
 /// Acts on one check-in with the store: a cancel asked for stops the job (`Ok(true)`); a lost lease

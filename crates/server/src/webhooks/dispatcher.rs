@@ -285,6 +285,9 @@ pub fn payload(state: &AppState, rec: &PredictionRecord, event: WebhookEvent) ->
         p.response = None;
         p.completed_at = None;
         p.metrics.predict_time = None;
+        p.metrics.sandbox_start_time = None;
+        p.metrics.sandbox_run_time = None;
+        p.metrics.sandbox_exit = None;
         p.metrics.total_time = None;
         p.metrics.image_count = 0;
         p.metrics.asset_count = 0;

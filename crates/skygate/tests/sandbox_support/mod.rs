@@ -45,6 +45,8 @@ pub fn settings(dir: &Path, mode: SandboxMode) -> SandboxSettings {
         },
         work_bytes: 32 << 20,
         out_bytes: 32 << 20,
+        devices: Vec::new(),
+        device_wait: Duration::from_secs(60),
     }
 }
 
@@ -97,6 +99,7 @@ impl Sandbox {
             timeout: None,
             memory: None,
             cpu_seconds: None,
+            devices: 0,
         };
         self.start(Backend::Command(m), input, deadline)
             .finish_with_report()
@@ -127,4 +130,58 @@ pub fn model_dir(files: &[(&str, u32, &str)]) -> tempfile::TempDir {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
     dir
+}
+
+/// A shell command model that asks for `devices` leased devices.
+pub fn shell_model(script: &str, devices: u32) -> CommandModel {
+    CommandModel {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        dir: None,
+        timeout: None,
+        memory: None,
+        cpu_seconds: None,
+        devices,
+    }
+}
+
+/// A world-traversable directory with `names` as stand-in device nodes: character devices with
+/// `/dev/null`'s numbers, mode 0666. `None` (skipped) when this process cannot make device nodes.
+pub fn stand_in_devices(test: &str, names: &[&str]) -> Option<(tempfile::TempDir, Vec<PathBuf>)> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::Builder::new()
+        .prefix("skygate-devs-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rdev = std::fs::metadata("/dev/null").unwrap().rdev();
+    // glibc's gnu_dev_major / gnu_dev_minor.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let mut paths = Vec::new();
+    for name in names {
+        let p = dir.path().join(name);
+        let made = std::process::Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(&p)
+            .args(["c", &major.to_string(), &minor.to_string()])
+            .output();
+        match made {
+            Ok(o) if o.status.success() => paths.push(p),
+            Ok(o) => {
+                skygate_testkit::skip(
+                    test,
+                    &format!(
+                        "cannot make stand-in device nodes (mknod: {})",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                skygate_testkit::skip(test, &format!("cannot run mknod: {e}"));
+                return None;
+            }
+        }
+    }
+    Some((dir, paths))
 }

@@ -538,6 +538,10 @@ const NOT_SENSITIVE: &[&str] = &[
     "predictions.predict_time_us",
     "predictions.purge_at",
     "predictions.data_removed",
+    // Timings and a short exit reason chosen by skygate (see the migration).
+    "predictions.sandbox_start_us",
+    "predictions.sandbox_run_us",
+    "predictions.sandbox_exit",
     "retention_windows.starts_at",
     "retention_windows.ends_at",
     "retention_windows.shred_id",

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use skygate_core::predictions::{
-    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunningCaps, StoredFile,
-    StoredOutput, UsageRecord,
+    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunMetrics, RunningCaps,
+    SandboxMetrics, StoredFile, StoredOutput, UsageRecord,
 };
 use skygate_core::{
     AccountId, KeyId, Mode, NewAccount, NewAuditEntry, NewProject, ProjectId, Tier, Timestamp,
@@ -185,6 +185,7 @@ pub async fn predictions_create_get_and_scope(db: Db) {
         completed_at: None,
         updated_at: new.created_at,
         predict_time_us: None,
+        sandbox: None,
         purge_at: None,
         data_removed: false,
     };
@@ -551,7 +552,7 @@ pub async fn claims_respect_running_caps(db: Db) {
             &done.record.id,
             &done.lease.token,
             &Completion::Failed("x".into()),
-            0,
+            &RunMetrics::model_time(0),
             at(102),
             Duration::from_secs(300),
             None,
@@ -796,7 +797,14 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &ok.id,
             &token(&ok.id),
             &Completion::Succeeded(files.clone()),
-            1_500_000,
+            &RunMetrics {
+                predict_time_us: 1_500_000,
+                sandbox: Some(SandboxMetrics {
+                    start_us: 4_321,
+                    run_us: 1_490_000,
+                    exit: "exited 0".into(),
+                }),
+            },
             at(20),
             RETENTION,
             Some(&u_ok),
@@ -814,6 +822,11 @@ pub async fn complete_prediction_outcomes(db: Db) {
     want.updated_at = at(20);
     want.purge_at = Some(at(320));
     want.predict_time_us = Some(1_500_000);
+    want.sandbox = Some(SandboxMetrics {
+        start_us: 4_321,
+        run_us: 1_490_000,
+        exit: "exited 0".into(),
+    });
     assert_eq!(done, want);
     // The lease is gone: the worker can write nothing more.
     assert_eq!(
@@ -832,7 +845,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &ok.id,
             &token(&ok.id),
             &Completion::Failed("second".into()),
-            1,
+            &RunMetrics::model_time(1),
             at(31),
             RETENTION,
             Some(&again),
@@ -849,7 +862,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &bad.id,
             &token(&bad.id),
             &Completion::Failed(msg.into()),
-            900,
+            &RunMetrics::model_time(900),
             at(21),
             RETENTION,
             Some(&u_bad),
@@ -864,6 +877,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
         (0, Some(at(21)), Some(at(21)))
     );
     assert_eq!((r.purge_at, r.predict_time_us), (Some(at(321)), Some(900)));
+    assert_eq!(r.sandbox, None, "a run without a sandbox report records none");
 
     // Cancelled by its worker, no usage.
     assert!(s
@@ -871,7 +885,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &stop.id,
             &token(&stop.id),
             &Completion::Cancelled,
-            0,
+            &RunMetrics::model_time(0),
             at(22),
             RETENTION,
             None
@@ -890,7 +904,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &stale.id,
             &"f".repeat(32),
             &Completion::Succeeded(StoredOutput::Text { text: "x".into() }),
-            1,
+            &RunMetrics::model_time(1),
             at(23),
             RETENTION,
             Some(&u_stale),
@@ -904,7 +918,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &PredictionId::generate().unwrap(),
             &token(&stale.id),
             &Completion::Cancelled,
-            1,
+            &RunMetrics::model_time(1),
             at(23),
             RETENTION,
             None,
@@ -922,7 +936,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &text.id,
             &token(&text.id),
             &Completion::Succeeded(out.clone()),
-            7,
+            &RunMetrics::model_time(7),
             at(24),
             RETENTION,
             Some(&u_text),
@@ -956,7 +970,7 @@ pub async fn complete_prediction_outcomes(db: Db) {
             &stale.id,
             &token(&stale.id),
             &Completion::Cancelled,
-            1,
+            &RunMetrics::model_time(1),
             at(25),
             RETENTION,
             None
@@ -1030,7 +1044,7 @@ pub async fn cancel_prediction_outcomes(db: Db) {
             &running.id,
             &c.lease.token,
             &Completion::Cancelled,
-            5,
+            &RunMetrics::model_time(5),
             at(33),
             RETENTION,
             None
@@ -1133,7 +1147,7 @@ pub async fn reclaim_expired_leases(db: Db) {
             &flaky.id,
             &c1.lease.token,
             &Completion::Succeeded(StoredOutput::Text { text: "late".into() }),
-            1,
+            &RunMetrics::model_time(1),
             at(72),
             RETENTION,
             None,
@@ -1241,7 +1255,7 @@ pub async fn retention_purges_due_predictions(db: Db) {
             &done.id,
             &token(0),
             &Completion::Succeeded(StoredOutput::Text { text: "out".into() }),
-            5,
+            &RunMetrics::model_time(5),
             at(20),
             RETENTION,
             None,
@@ -1253,7 +1267,7 @@ pub async fn retention_purges_due_predictions(db: Db) {
             &late.id,
             &token(1),
             &Completion::Failed("boom".into()),
-            5,
+            &RunMetrics::model_time(5),
             at(50),
             RETENTION,
             None
@@ -1341,7 +1355,7 @@ pub async fn retention_purges_due_predictions(db: Db) {
             &Completion::Succeeded(StoredOutput::Text {
                 text: "too late".into()
             }),
-            5,
+            &RunMetrics::model_time(5),
             at(62),
             RETENTION,
             None,
@@ -1538,7 +1552,7 @@ pub async fn erase_removes_predictions_and_usage(db: Db) {
                 &c.record.id,
                 &c.lease.token,
                 &Completion::Succeeded(StoredOutput::Text { text: "t".into() }),
-                1,
+                &RunMetrics::model_time(1),
                 at(20),
                 RETENTION,
                 Some(&u),
@@ -1654,7 +1668,15 @@ pub async fn rewrap_covers_prediction_columns(db: Db) {
         let u = usage_of(&c.record, how.status(), at(20), 1.0);
         let usage = (how != &Completion::Cancelled).then_some(&u);
         assert!(s
-            .complete_prediction(&c.record.id, &c.lease.token, how, 1, at(20), RETENTION, usage)
+            .complete_prediction(
+                &c.record.id,
+                &c.lease.token,
+                how,
+                &RunMetrics::model_time(1),
+                at(20),
+                RETENTION,
+                usage
+            )
             .await
             .unwrap());
     }
@@ -1739,7 +1761,7 @@ pub async fn sensitive_prediction_workload(s: &DynStore, project: &ProjectId, i:
                 &c.record.id,
                 &c.lease.token,
                 &how,
-                1,
+                &RunMetrics::model_time(1),
                 at(base + 20),
                 RETENTION,
                 Some(&u)

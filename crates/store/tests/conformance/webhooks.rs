@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use skygate_core::predictions::{
-    Claimed, Completion, NewPrediction, PredictionId, RunningCaps, StoredOutput,
+    Claimed, Completion, NewPrediction, PredictionId, RunMetrics, RunningCaps, StoredOutput,
 };
 use skygate_core::webhooks::{
     AttemptRecord, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryId, DeliveryState,
@@ -77,9 +77,17 @@ async fn the_delivery(s: &DynStore, p: &PredictionId, event: WebhookEvent) -> De
 }
 
 async fn finish(s: &DynStore, c: &Claimed, how: Completion, now: Timestamp) -> bool {
-    s.complete_prediction(&c.record.id, &c.lease.token, &how, 1, now, RETENTION, None)
-        .await
-        .unwrap()
+    s.complete_prediction(
+        &c.record.id,
+        &c.lease.token,
+        &how,
+        &RunMetrics::model_time(1),
+        now,
+        RETENTION,
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 fn succeeded() -> Completion {
@@ -272,7 +280,15 @@ pub async fn status_change_and_outbox_row_commit_together(db: Db) {
     assert_eq!(events(&s, &p).await, vec![(Started, at(10))]);
 
     assert!(!s
-        .complete_prediction(&p, "not-the-token", &succeeded(), 1, at(20), RETENTION, None)
+        .complete_prediction(
+            &p,
+            "not-the-token",
+            &succeeded(),
+            &RunMetrics::model_time(1),
+            at(20),
+            RETENTION,
+            None
+        )
         .await
         .unwrap());
     assert_eq!(get(&s, &p).await.status, PredictionStatus::Starting);
@@ -281,7 +297,15 @@ pub async fn status_change_and_outbox_row_commit_together(db: Db) {
     // The outbox is unavailable: the status change fails with it.
     db.outbox_down(true).await;
     assert!(s
-        .complete_prediction(&p, &c.lease.token, &succeeded(), 1, at(21), RETENTION, None)
+        .complete_prediction(
+            &p,
+            &c.lease.token,
+            &succeeded(),
+            &RunMetrics::model_time(1),
+            at(21),
+            RETENTION,
+            None
+        )
         .await
         .is_err());
     let q = make(&s, hooked(&a.project, at(30), ALL)).await;
