@@ -248,7 +248,7 @@ async fn sealed_sample(b: &Backend) -> Check {
         Ok::<_, skygate_store::StoreError>(opened)
     };
     match sample.await {
-        Ok(0) => Check::pass(name, "nothing sealed is stored yet"),
+        Ok(0) => Check::pass(name, "no projects with keys yet: nothing to sample"),
         Ok(n) => Check::pass(name, format!("{n} sealed record(s) opened and authenticated")),
         Err(e) => Check::fail(name, format!("a sealed value does not open: {e}")),
     }
