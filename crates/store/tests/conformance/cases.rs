@@ -6,6 +6,7 @@ use skygate_store::{DynStore, RevokeOutcome, StoreError};
 use crate::{Db, Raw};
 
 pub use crate::access::*;
+pub use crate::console::*;
 pub use crate::predictions::*;
 pub use crate::webhooks::*;
 
