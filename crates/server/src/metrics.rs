@@ -245,6 +245,24 @@ pub const ROUTES: &[&str] = &[
     "/v1/projects/{id}/keys",
     "/v1/keys/{id}",
     "/v1/audit",
+    "/console",
+    "/console/style.css",
+    "/console/login",
+    "/console/login/2fa",
+    "/console/logout",
+    "/console/setup",
+    "/console/security",
+    "/console/security/2fa/begin",
+    "/console/security/2fa/confirm",
+    "/console/security/2fa/disable",
+    "/console/security/2fa/regenerate",
+    "/console/keys",
+    "/console/keys/revoke",
+    "/console/tokens",
+    "/console/tokens/revoke",
+    "/console/sessions",
+    "/console/sessions/revoke",
+    "/console/audit",
 ];
 
 /// The API's route templates, as the router declares them: a request's path is counted under the one
@@ -255,6 +273,14 @@ pub fn route_of(path: &str) -> &'static str {
     let some = |s: Option<&str>| s.is_some_and(|s| !s.is_empty());
     if seg.next().is_some() {
         return "other";
+    }
+    if a == Some("console") {
+        // Console routes have no parameters: the path is the template.
+        return ROUTES
+            .iter()
+            .find(|r| r.starts_with("/console") && **r == path)
+            .copied()
+            .unwrap_or("other");
     }
     match (a, b, c, d, e) {
         (Some("healthz"), None, ..) => "/healthz",
