@@ -22,6 +22,9 @@ pub enum ConsoleError {
     /// No session, or it ended: GETs go to the login page, POSTs get a 401 page.
     #[error("your session has ended; log in again")]
     SessionEnded { method: Method },
+    /// A login halfway (password checked, second factor due): GETs go to the second step.
+    #[error("finish logging in with your second factor first")]
+    SecondFactorDue { method: Method },
     #[error("something went wrong on our side (error id {0}); try again")]
     Internal(uuid::Uuid),
 }
@@ -31,16 +34,7 @@ pub const WRONG_LOGIN: &str = "The email or password is wrong.";
 
 impl ConsoleError {
     pub fn internal(err: &(dyn std::error::Error + 'static)) -> Self {
-        let id = uuid::Uuid::new_v4();
-        let mut chain = err.to_string();
-        let mut src = err.source();
-        while let Some(s) = src {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            src = s.source();
-        }
-        tracing::error!(error_id = %id, error = %chain, "console internal error");
-        ConsoleError::Internal(id)
+        ConsoleError::Internal(crate::error::log_internal(err))
     }
 
     fn status(&self) -> StatusCode {
@@ -50,7 +44,9 @@ impl ConsoleError {
             ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ConsoleError::SessionEnded { .. } => StatusCode::UNAUTHORIZED,
+            ConsoleError::SessionEnded { .. } | ConsoleError::SecondFactorDue { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             ConsoleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +100,15 @@ impl From<SecondFactorError> for ConsoleError {
 
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
+        if let ConsoleError::SecondFactorDue { method } = &self {
+            if method == Method::GET || method == Method::HEAD {
+                return (
+                    StatusCode::SEE_OTHER,
+                    [(header::LOCATION, HeaderValue::from_static("/console/login/2fa"))],
+                )
+                    .into_response();
+            }
+        }
         if let ConsoleError::SessionEnded { method } = &self {
             let clear = HeaderValue::from_static(super::session::CLEAR_SESSION_COOKIE);
             if method == Method::GET || method == Method::HEAD {

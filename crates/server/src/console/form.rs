@@ -1,6 +1,8 @@
 //! A console form POST: the body (URL-encoded, at most [`MAX_FORM`] bytes), the Origin/Referer check
 //! against `server.public_url`, and the CSRF token check.
 
+use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
@@ -118,6 +120,20 @@ pub fn checked(
         ));
     }
     Ok(form)
+}
+
+/// Reads a POST's body (at most [`MAX_FORM`] bytes) and runs [`checked`] on it.
+pub async fn posted(
+    state: &AppState,
+    req: Request,
+    expected: Option<&str>,
+) -> Result<(Parts, Form), ConsoleError> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_FORM)
+        .await
+        .map_err(|_| ConsoleError::BadRequest("The form is too large or could not be read.".into()))?;
+    let form = checked(state, &parts.headers, &bytes, expected)?;
+    Ok((parts, form))
 }
 
 #[cfg(test)]

@@ -12,13 +12,12 @@ use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use skygate_core::ratelimit::Quota;
 use skygate_core::session::{SessionSecret, SessionStage};
 use skygate_core::{Account, KeyHasher, NewAuditEntry, SecretString, Timestamp};
 
 use super::error::WRONG_LOGIN;
-use super::form::{self, MAX_FORM};
+use super::form;
 use super::session::{self, ConsoleUser, PendingLogin, CLEAR_SESSION_COOKIE};
 use super::{html, pages, ConsoleError};
 use crate::credentials::Actor;
@@ -27,14 +26,6 @@ use crate::state::AppState;
 
 /// The per-email login failure window.
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
-
-pub(super) async fn read(req: Request) -> Result<(Parts, Bytes), ConsoleError> {
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_FORM)
-        .await
-        .map_err(|_| ConsoleError::BadRequest("The form is too large or could not be read.".into()))?;
-    Ok((parts, bytes))
-}
 
 pub(super) fn see_other(to: &'static str, cookie: Option<HeaderValue>) -> Response {
     let mut res = (
@@ -112,14 +103,9 @@ fn too_many(secs: u64, what: &str) -> ConsoleError {
 }
 
 pub async fn submit(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
     let now = Timestamp::now();
-    let form = form::checked(
-        &state,
-        &parts.headers,
-        &body,
-        session::pre_csrf(&state, &parts.headers).as_deref(),
-    )?;
+    let expected = session::pre_csrf(&state, req.headers());
+    let (parts, form) = form::posted(&state, req, expected.as_deref()).await?;
     let email = form.get("email").trim().to_lowercase();
     let password = form.raw("password");
     if email.is_empty() || password.is_empty() || email.len() > 320 {
@@ -221,14 +207,13 @@ pub async fn second_form(State(state): State<AppState>, req: Request) -> Result<
 }
 
 pub async fn second_submit(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
     let now = Timestamp::now();
-    let Some(pending) = PendingLogin::find(&state, &parts.headers, now).await? else {
+    let Some(pending) = PendingLogin::find(&state, req.headers(), now).await? else {
         return Err(ConsoleError::SessionEnded {
-            method: parts.method.clone(),
+            method: req.method().clone(),
         });
     };
-    let form = form::checked(&state, &parts.headers, &body, Some(&pending.csrf))?;
+    let (parts, form) = form::posted(&state, req, Some(&pending.csrf)).await?;
     let answer = form.required("code", "the code from your authenticator app or a recovery code")?;
     let actor = session::actor(
         pending.account.id.as_str(),
@@ -270,8 +255,7 @@ pub async fn logout(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    form::posted(&state, req, Some(&user.csrf)).await?;
     let store = state.store();
     store.delete_session(&user.account.id, &user.session.id).await?;
     store
@@ -325,14 +309,9 @@ pub async fn setup_form(State(state): State<AppState>, req: Request) -> Result<R
 }
 
 pub async fn setup_submit(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
     let now = Timestamp::now();
-    let form = form::checked(
-        &state,
-        &parts.headers,
-        &body,
-        session::pre_csrf(&state, &parts.headers).as_deref(),
-    )?;
+    let expected = session::pre_csrf(&state, req.headers());
+    let (parts, form) = form::posted(&state, req, expected.as_deref()).await?;
     let store = state.store();
     let Some((secret, account)) = link_account(&state, form.get("token"), now).await? else {
         let actor = session::actor("anonymous", &state, &parts.extensions, &parts.headers);

@@ -11,7 +11,6 @@ use axum::response::Response;
 use maud::{html, Markup};
 use skygate_core::{KeyId, Mode, ProjectId, Scope, Scopes, SessionId, TokenId};
 
-use super::login::read;
 use super::session::ConsoleUser;
 use super::{form, html, pages, ConsoleError};
 use crate::credentials;
@@ -46,8 +45,7 @@ pub async fn create_key(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let project: ProjectId = f.get("project").parse().map_err(|_| no_such("project"))?;
     let mode: Mode = f
         .get("mode")
@@ -84,8 +82,7 @@ pub async fn revoke_key(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let id: KeyId = f.get("key").parse().map_err(|_| no_such("key"))?;
     let key = state
         .store()
@@ -114,8 +111,7 @@ pub async fn create_token(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let mut list = Vec::new();
     for s in f.all("scope") {
         if !Scope::ALL.iter().any(|k| k.as_str() == s) {
@@ -164,8 +160,7 @@ pub async fn revoke_token(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let id: TokenId = f.get("token").parse().map_err(|_| no_such("token"))?;
     credentials::revoke_token(state.store(), &user.actor, &user.account.id, &id, user.now).await?;
     tokens_page(&state, &user, html! { p.notice { "The token is revoked." } }).await
@@ -184,8 +179,7 @@ pub async fn revoke_session(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let id: SessionId = f.get("session").parse().map_err(|_| no_such("session"))?;
     let store = state.store();
     if !store.delete_session(&user.account.id, &id).await? {

@@ -94,5 +94,8 @@ pub(crate) fn html(status: axum::http::StatusCode, body: maud::Markup) -> Respon
     );
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Not the API's `no-referrer`: under it browsers send `Origin: null` on form posts, which the
+    // Origin check must refuse. `same-origin` keeps the origin for our own forms and tells no one else.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     res
 }

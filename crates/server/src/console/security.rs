@@ -10,7 +10,7 @@ use qrcode::render::svg;
 use qrcode::QrCode;
 use skygate_core::session::SessionStage;
 
-use super::login::{read, see_other};
+use super::login::see_other;
 use super::session::ConsoleUser;
 use super::{form, html, pages, ConsoleError};
 use crate::second_factor;
@@ -78,8 +78,7 @@ pub async fn begin(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    form::posted(&state, req, Some(&user.csrf)).await?;
     let e = second_factor::begin(state.store(), &user.account, user.now).await?;
     let secret = e.secret.base32();
     let qr = pages::svg_data_uri(&qr_svg(&e.uri)?);
@@ -112,8 +111,7 @@ pub async fn confirm(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let code = f.required("code", "the code your app shows")?;
     let codes = second_factor::confirm(
         state.store(),
@@ -142,8 +140,7 @@ pub async fn disable(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let code = f.required("code", "a current code from your app")?;
     second_factor::disable(state.store(), &user.actor, &user.account, code, user.now).await?;
     let (cookie, csrf) = rotated(&state, &user).await?;
@@ -163,8 +160,7 @@ pub async fn regenerate(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (parts, body) = read(req).await?;
-    let f = form::checked(&state, &parts.headers, &body, Some(&user.csrf))?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
     let code = f.required("code", "a current code from your app")?;
     let codes = second_factor::regenerate_codes(
         state.store(),

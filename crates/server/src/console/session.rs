@@ -112,7 +112,9 @@ impl FromRequestParts<AppState> for ConsoleUser {
             return Err(ended());
         };
         if session.stage != SessionStage::Full {
-            return Err(ended());
+            return Err(ConsoleError::SecondFactorDue {
+                method: parts.method.clone(),
+            });
         }
         let Some(account) = state.store().account(&session.account).await? else {
             return Err(ended());
