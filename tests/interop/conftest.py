@@ -29,13 +29,16 @@ class Skygate:
         self.url = None
         self.ca = None
 
-    def cli(self, *args: str) -> str:
+    def cli_lines(self, *args: str) -> list:
         out = subprocess.run(
             [self.bin, "--data-dir", str(self.data), *args],
             capture_output=True, text=True, timeout=60, check=False,
         )
         assert out.returncode == 0, f"{args} failed: {out.stderr}"
-        return out.stdout.strip().splitlines()[-1]
+        return out.stdout.strip().splitlines()
+
+    def cli(self, *args: str) -> str:
+        return self.cli_lines(*args)[-1]
 
     def start(self) -> None:
         self.stderr = open(Path(self.tmp.name) / "server.stderr", "w")

@@ -102,6 +102,12 @@ prefixed_id!(
     "tok_",
     "access token"
 );
+prefixed_id!(
+    /// A console session's public id (shown in the sessions list; never the cookie's secret).
+    SessionId,
+    "ses_",
+    "session"
+);
 
 #[cfg(test)]
 mod tests {

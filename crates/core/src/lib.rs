@@ -12,6 +12,7 @@ pub mod predictions;
 pub mod ratelimit;
 pub mod records;
 pub mod secret;
+pub mod session;
 pub mod time;
 pub mod token;
 pub mod totp;
@@ -19,7 +20,7 @@ pub mod webhooks;
 
 pub use apikey::{ApiKey, KeyFormatError, KeyHasher, Pepper};
 pub use audit::{AuditEntry, NewAuditEntry};
-pub use ids::{AccountId, KeyId, ProjectId, TokenId};
+pub use ids::{AccountId, KeyId, ProjectId, SessionId, TokenId};
 pub use records::{
     Account, ApiKeyRecord, KeyAuthRecord, Mode, NewAccount, NewApiKey, NewProject, Project, Tier,
 };

@@ -424,12 +424,27 @@ pub struct AccountsConfig {
     /// until the account has two-factor authentication on. The operator CLI is not blocked, but warns
     /// and writes an audit entry.
     pub require_2fa_for_live_credentials: bool,
+    /// A console session ends after this long without a request.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// A console session ends this long after login, however active.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Password hashes (argon2id, ~19 MiB and tens of ms each) computed at once; more logins wait.
+    pub password_hash_concurrency: u32,
+    /// Failed console logins per account (by email, known or not) per 15 minutes; past it the email
+    /// is soft-locked (429) until the budget refills. Per address, `limits.auth_failures_per_minute`.
+    pub login_failures_per_account: u32,
 }
 
 impl Default for AccountsConfig {
     fn default() -> Self {
         AccountsConfig {
             require_2fa_for_live_credentials: true,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            session_lifetime: Duration::from_secs(12 * 3600),
+            password_hash_concurrency: 2,
+            login_failures_per_account: 10,
         }
     }
 }
@@ -793,6 +808,19 @@ impl Config {
         }
         if s.await_timeout >= s.request_timeout {
             return err("server.await_timeout must be shorter than server.request_timeout".into());
+        }
+        let a = &self.accounts;
+        if a.session_idle_timeout.is_zero() || a.session_idle_timeout > a.session_lifetime {
+            return err(
+                "accounts.session_idle_timeout must be greater than 0 and at most accounts.session_lifetime"
+                    .into(),
+            );
+        }
+        if a.password_hash_concurrency == 0 || a.password_hash_concurrency > 256 {
+            return err("accounts.password_hash_concurrency must be between 1 and 256".into());
+        }
+        if a.login_failures_per_account == 0 {
+            return err("accounts.login_failures_per_account must be greater than 0".into());
         }
         if s.max_headers == 0 || s.max_headers > 1000 {
             return err(format!(

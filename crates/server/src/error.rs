@@ -16,6 +16,21 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+/// Logs `err` with its whole source chain under a fresh opaque id, and returns the id (the only thing
+/// an answer may carry about it). Shared by the API's envelope and the console's pages.
+pub fn log_internal(err: &(dyn std::error::Error + 'static)) -> uuid::Uuid {
+    let error_id = uuid::Uuid::new_v4();
+    let mut chain = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    tracing::error!(%error_id, error = %chain, "internal error");
+    error_id
+}
+
 impl ApiError {
     pub fn new(id: ErrorId, message: impl Into<String>, details: impl Into<String>) -> Self {
         ApiError {
@@ -76,15 +91,7 @@ impl ApiError {
 
     /// Logs `err` with its chain under a fresh opaque id and returns a 500 that carries only the id.
     pub fn internal(err: &(dyn std::error::Error + 'static)) -> Self {
-        let error_id = uuid::Uuid::new_v4();
-        let mut chain = err.to_string();
-        let mut src = err.source();
-        while let Some(s) = src {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            src = s.source();
-        }
-        tracing::error!(%error_id, error = %chain, "internal error");
+        let error_id = log_internal(err);
         ApiError::new(
             ErrorId::InternalError,
             "Internal server error",

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod export;

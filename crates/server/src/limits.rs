@@ -304,6 +304,29 @@ impl RateLimits {
         Some(over_budget(&d))
     }
 
+    /// A failure budget of its own (`name`, per `key`, `quota`), such as the console's per-account login
+    /// budget: with `cost` 0 a look (refused when nothing is left), with 1 a failure counted (refused
+    /// when it was one too many). `Some(retry_after_secs)` when refused; `None` when allowed or when
+    /// limits are off.
+    pub async fn failure_budget(
+        &self,
+        name: &'static str,
+        key: &str,
+        quota: Quota,
+        cost: u32,
+    ) -> Option<u64> {
+        if !self.enabled {
+            return None;
+        }
+        let limits = [Limit::new(name, key, quota)];
+        let d = check_with_policy(self.limiter.as_ref(), &limits, cost, FailurePolicy::Open).await;
+        if cost == 0 {
+            return throttled_secs(&d, quota);
+        }
+        self.record(&d, &limits);
+        (!d.allowed).then(|| d.tripped().map_or(1, |t| t.retry_after_secs()).max(1))
+    }
+
     /// Limiter calls that failed (Redis unreachable or slow).
     pub fn failures(&self) -> u64 {
         self.limiter.failures()
@@ -352,16 +375,27 @@ impl AddrKey {
 
 /// A zero-cost look at a failed-authentication budget: `Some(429)` when nothing is left.
 fn throttled(d: &Decision, limit: u32) -> Option<ApiError> {
+    throttled_secs(
+        d,
+        Quota {
+            limit,
+            window: MINUTE,
+        },
+    )
+    .map(too_many_failures)
+}
+
+/// A zero-cost look at a failure budget: the seconds until one failure is allowed again when nothing is
+/// left.
+fn throttled_secs(d: &Decision, quota: Quota) -> Option<u64> {
     let v = d.headline()?;
     if v.remaining > 0 {
         return None;
     }
     // One failure is allowed again once the bucket is a full interval below its tolerance.
-    let interval = MINUTE.as_micros() as i64 / i64::from(limit.max(1));
-    let wait_us = v.reset_us - interval * i64::from(limit.saturating_sub(1));
-    Some(too_many_failures(
-        u64::try_from(wait_us.max(1)).unwrap_or(1).div_ceil(1_000_000),
-    ))
+    let interval = quota.window.as_micros() as i64 / i64::from(quota.limit.max(1));
+    let wait_us = v.reset_us - interval * i64::from(quota.limit.saturating_sub(1));
+    Some(u64::try_from(wait_us.max(1)).unwrap_or(1).div_ceil(1_000_000))
 }
 
 /// `Some(429)` when a failure was one too many.

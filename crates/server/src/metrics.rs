@@ -246,6 +246,24 @@ pub const ROUTES: &[&str] = &[
     "/v1/projects/{id}/keys",
     "/v1/keys/{id}",
     "/v1/audit",
+    "/console",
+    "/console/style.css",
+    "/console/login",
+    "/console/login/2fa",
+    "/console/logout",
+    "/console/setup",
+    "/console/security",
+    "/console/security/2fa/begin",
+    "/console/security/2fa/confirm",
+    "/console/security/2fa/disable",
+    "/console/security/2fa/regenerate",
+    "/console/keys",
+    "/console/keys/revoke",
+    "/console/tokens",
+    "/console/tokens/revoke",
+    "/console/sessions",
+    "/console/sessions/revoke",
+    "/console/audit",
 ];
 
 /// The API's route templates, as the router declares them: a request's path is counted under the one
@@ -256,6 +274,14 @@ pub fn route_of(path: &str) -> &'static str {
     let some = |s: Option<&str>| s.is_some_and(|s| !s.is_empty());
     if seg.next().is_some() {
         return "other";
+    }
+    if a == Some("console") {
+        // Console routes have no parameters: the path is the template.
+        return ROUTES
+            .iter()
+            .find(|r| r.starts_with("/console") && **r == path)
+            .copied()
+            .unwrap_or("other");
     }
     match (a, b, c, d, e) {
         (Some("healthz"), None, ..) => "/healthz",
@@ -366,6 +392,15 @@ mod tests {
             ("/v1/projects/proj_1/keys", "/v1/projects/{id}/keys"),
             ("/v1/keys/key_1", "/v1/keys/{id}"),
             ("/v1/audit", "/v1/audit"),
+            ("/console", "/console"),
+            ("/console/login/2fa", "/console/login/2fa"),
+            (
+                "/console/security/2fa/regenerate",
+                "/console/security/2fa/regenerate",
+            ),
+            ("/console/keys/revoke", "/console/keys/revoke"),
+            ("/console/nope", "other"),
+            ("/console/keys/", "other"),
             ("/v1/projects/proj_1", "other"),
             ("/", "other"),
             ("/v1", "other"),

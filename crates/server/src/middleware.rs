@@ -450,11 +450,12 @@ pub fn set_header(h: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     }
 }
 
+/// A handler's own error body: JSON (the envelope), or the console's HTML pages.
 fn is_json(res: &Response) -> bool {
     res.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"))
 }
 
 /// Envelope for framework-made errors, then the request id and the security headers.

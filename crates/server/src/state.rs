@@ -10,6 +10,7 @@ use skygate_store::DynStore;
 use crate::api::ModelCatalog;
 use crate::auth::Authenticator;
 use crate::config::{BodyLimits, Config};
+use crate::console::password::PasswordPool;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::predictions::{Hub, OutputSigner, Validators};
@@ -36,6 +37,7 @@ struct Inner {
     public_url: String,
     metrics: Option<Arc<Metrics>>,
     body_limits: BodyLimits,
+    console: PasswordPool,
 }
 
 /// What a state is built from; the rest (catalog, validators, change feed) is derived.
@@ -75,6 +77,7 @@ impl AppState {
         let catalog = ModelCatalog::new(&models)?;
         let body_limits = config.server.body_limits();
         let validators = Validators::new(&models)?;
+        let console = PasswordPool::new(config.accounts.password_hash_concurrency);
         Ok(AppState(Arc::new(Inner {
             config,
             store,
@@ -92,6 +95,7 @@ impl AppState {
             public_url,
             metrics,
             body_limits,
+            console,
         })))
     }
 
@@ -159,6 +163,11 @@ impl AppState {
     /// The body limit of each route (`server.body_limit` and `server.body_limits`).
     pub fn body_limits(&self) -> &BodyLimits {
         &self.0.body_limits
+    }
+
+    /// The console's bounded argon2id pool.
+    pub fn console(&self) -> &PasswordPool {
+        &self.0.console
     }
 
     /// This node's metrics (none unless `[metrics] listen` is set).

@@ -263,6 +263,7 @@ async fn live_credentials_need_two_factor_outside_the_operator_cli() {
     let on = AccountsConfig::default();
     let off = AccountsConfig {
         require_2fa_for_live_credentials: false,
+        ..AccountsConfig::default()
     };
     let bare = admin::create_account(&s, "bare@example.com", Tier::Free, at(T0))
         .await

@@ -200,7 +200,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AccountsCmd {
-    /// Create an account. Last stdout line: the account id.
+    /// Create an account. Prints its console setup link (single use, valid 24 hours) on stdout, then
+    /// the account id as the last stdout line.
     Create {
         #[arg(long)]
         email: String,
@@ -225,6 +226,13 @@ pub enum AccountsCmd {
         /// Write to this file (created 0600) instead of stdout.
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
+    },
+    /// Print a new single-use, 24-hour link that sets the account's console password (last stdout
+    /// line). Earlier unused links stop working; the password changes, and every console session ends,
+    /// only once the link is used. Audited.
+    ResetPassword {
+        /// Email or account id.
+        account: String,
     },
     /// Change an account's tier.
     SetTier {

@@ -291,14 +291,47 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 async fn accounts(config: &Config, cmd: AccountsCmd) -> anyhow::Result<()> {
-    let Backend { store, objects, .. } = open_backend(config).await?;
+    let Backend {
+        store,
+        objects,
+        hasher,
+        ..
+    } = open_backend(config).await?;
     let now = Timestamp::now();
+    let public_url = config.public_url(config.server.listen);
+    let link = |acct: skygate_core::Account, purpose| {
+        let (store, hasher, public_url) = (store.clone(), hasher.clone(), public_url.clone());
+        async move {
+            skygate_server::console::setup::issue_link(
+                &store,
+                hasher.as_ref(),
+                &public_url,
+                &acct,
+                purpose,
+                now,
+            )
+            .await
+        }
+    };
     match cmd {
         AccountsCmd::Create { email, tier } => {
             let tier: Tier = tier.parse().map_err(anyhow::Error::msg)?;
             let acct = admin::create_account(&store, &email, tier, now).await?;
             eprintln!("created account {} ({}, tier {})", acct.id, acct.email, acct.tier);
-            println!("{}", acct.id);
+            let id = acct.id.clone();
+            let url = link(acct, skygate_core::session::SetupPurpose::Setup).await?;
+            eprintln!("console setup link (single use, valid 24 hours):");
+            println!("{}", url.as_str());
+            println!("{id}");
+        }
+        AccountsCmd::ResetPassword { account } => {
+            let acct = admin::find_account(&store, &account).await?;
+            eprintln!(
+                "password reset link for {} (single use, valid 24 hours; the password changes when it is used):",
+                acct.id
+            );
+            let url = link(acct, skygate_core::session::SetupPurpose::Reset).await?;
+            println!("{}", url.as_str());
         }
         AccountsCmd::SetTier { account, tier } => {
             let tier: Tier = tier.parse().map_err(anyhow::Error::msg)?;

@@ -10,7 +10,7 @@ use skygate_testkit::binary::cli;
 mod common;
 use common::{bin, ok};
 
-/// A data dir whose chain has 7 entries: 2 key creations, a token creation, a tier change, a key
+/// A data dir whose chain has 8 entries: the account's console setup link, 2 key creations, a token creation, a tier change, a key
 /// revocation, a token revocation and a webhook-secret rotation. Returns the secrets made on the way.
 fn fresh(data: &Path) -> Vec<String> {
     let acct = ok(data, &["accounts", "create", "--email", "audit@example.com"]);
@@ -86,7 +86,7 @@ fn operator_actions_are_chained_and_exported_without_secrets() {
     let secrets = fresh(&data);
     let (ok_, out, _) = verify(&data);
     assert!(ok_);
-    assert!(out.starts_with("7 entries, head "), "{out}");
+    assert!(out.starts_with("8 entries, head "), "{out}");
 
     let out = cli(&bin(), &data, &["audit", "export"]).unwrap();
     assert!(out.status.success());
@@ -96,6 +96,7 @@ fn operator_actions_are_chained_and_exported_without_secrets() {
     assert_eq!(
         actions,
         [
+            "password.setup_link",
             "keys.create",
             "keys.create",
             "tokens.create",
@@ -113,15 +114,15 @@ fn operator_actions_are_chained_and_exported_without_secrets() {
     }
     // The live key was made without two-factor authentication: the override is on record.
     assert!(
-        lines[0]["detail"].as_str().unwrap().contains("policy override"),
+        lines[1]["detail"].as_str().unwrap().contains("policy override"),
         "{}",
-        lines[0]
+        lines[1]
     );
     assert!(
-        !lines[1]["detail"].as_str().unwrap().contains("policy override"),
+        !lines[2]["detail"].as_str().unwrap().contains("policy override"),
         "test keys are not live"
     );
-    assert!(lines[2]["detail"]
+    assert!(lines[3]["detail"]
         .as_str()
         .unwrap()
         .contains("scopes inference,audit.read"));
@@ -131,7 +132,7 @@ fn operator_actions_are_chained_and_exported_without_secrets() {
 
     // --since keeps the entries at or after the time; a bad time is one clear error.
     let all = cli(&bin(), &data, &["audit", "export", "--since", "2000-01-01"]).unwrap();
-    assert_eq!(String::from_utf8(all.stdout).unwrap().lines().count(), 7);
+    assert_eq!(String::from_utf8(all.stdout).unwrap().lines().count(), 8);
     let none = cli(
         &bin(),
         &data,

@@ -216,6 +216,17 @@ fn cli_errors_are_one_clear_line() {
     assert!(e.contains("no key"), "{e}");
     let out = ok(&data, &["accounts", "set-tier", "a@example.com", "business"]);
     assert!(out.starts_with("acct_"));
+    // A password reset link: single use, its token 64 hex characters; unknown accounts fail.
+    let link = ok(&data, &["accounts", "reset-password", "a@example.com"]);
+    let token = link
+        .strip_prefix("https://127.0.0.1:8443/console/setup?token=")
+        .unwrap_or_else(|| panic!("{link}"));
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{link}"
+    );
+    let e = fails(&data, &["accounts", "reset-password", "nobody@example.com"]);
+    assert!(e.contains("no account"), "{e}");
 }
 
 #[test]

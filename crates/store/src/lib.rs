@@ -8,6 +8,7 @@
 //! can forget it. Operator-level methods (used by the CLI on the host) say so in their docs.
 
 mod access;
+mod console;
 pub mod error;
 pub mod objects;
 pub mod postgres;
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 use skygate_core::predictions::{
     Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunMetrics, UsageRecord,
 };
+use skygate_core::session::{NewSession, PasswordRecord, SessionRecord, SetupPurpose};
 use skygate_core::token::NewAccessToken;
 use skygate_core::totp::{TotpSecret, TotpState};
 use skygate_core::webhooks::{
@@ -33,7 +35,8 @@ use skygate_core::webhooks::{
 };
 use skygate_core::{
     Account, AccountId, ApiKeyRecord, AuditEntry, KeyAuthRecord, KeyId, NewAccount, NewApiKey, NewAuditEntry,
-    NewProject, Project, ProjectId, SecretString, Tier, Timestamp, TokenAuthRecord, TokenId, TokenRecord,
+    NewProject, Project, ProjectId, SecretString, SessionId, Tier, Timestamp, TokenAuthRecord, TokenId,
+    TokenRecord,
 };
 
 pub use error::StoreError;
@@ -238,6 +241,44 @@ pub trait Store: Send + Sync + 'static {
     async fn disable_totp(&self, account: &AccountId) -> Result<bool>;
     /// Whether the account has a confirmed second factor.
     async fn two_factor_enabled(&self, account: &AccountId) -> Result<bool>;
+
+    // ── console: passwords, setup links, sessions (tenant: account) ───────────────────────────────
+
+    /// Stores a setup link (its keyed hash) for `account`, good until `expires_at`; earlier unused links
+    /// of the account stop working. Unknown account → `NotFound`.
+    async fn issue_setup_link(
+        &self,
+        account: &AccountId,
+        hash: &[u8; 32],
+        purpose: SetupPurpose,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<()>;
+    /// The account of an unused, unexpired link (it stays unused).
+    async fn setup_link_account(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<AccountId>>;
+    /// Uses the link once: sets the account's password to `phc` (at `now`) and ends its sessions, in
+    /// one transaction. `None` (nothing changes) if the link is unknown, used or expired.
+    async fn redeem_setup_link(
+        &self,
+        hash: &[u8; 32],
+        phc: &str,
+        now: Timestamp,
+    ) -> Result<Option<AccountId>>;
+    /// The account's password hash and its age; `None` before the first setup (or no such account).
+    async fn password(&self, account: &AccountId) -> Result<Option<PasswordRecord>>;
+    /// Unknown account → `NotFound`.
+    async fn create_session(&self, new: &NewSession) -> Result<()>;
+    /// Ends session `old` and starts `new` in one transaction (id rotation); false (nothing changes) if
+    /// `old` is gone already.
+    async fn replace_session(&self, old: &SessionId, new: &NewSession) -> Result<bool>;
+    /// The session whose cookie secret has this keyed hash (expired ones too: the caller checks).
+    async fn session_by_hash(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>>;
+    /// `last_seen_at = max(last_seen_at, now)`.
+    async fn touch_session(&self, id: &SessionId, now: Timestamp) -> Result<()>;
+    /// The account's sessions not past their absolute end, most recently seen first.
+    async fn list_sessions(&self, account: &AccountId, now: Timestamp) -> Result<Vec<SessionRecord>>;
+    /// Ends one of the account's sessions; false if there is none (another account's included).
+    async fn delete_session(&self, account: &AccountId, id: &SessionId) -> Result<bool>;
 
     // ── predictions (tenant: project) and the queue ──────────────────────────────────────────────────
 

@@ -153,6 +153,7 @@ macro_rules! impl_store {
             $crate::webhooks::webhook_methods!();
             $crate::access::access_methods!();
             $crate::second_factor::second_factor_methods!($db);
+            $crate::console::console_methods!($db);
 
             /// Appends one audit entry inside `tx`, which holds the write lock (see `begin_write`).
             async fn append_audit_in(
@@ -894,6 +895,86 @@ macro_rules! impl_store {
 
             async fn two_factor_enabled(&self, account: &skygate_core::AccountId) -> $crate::Result<bool> {
                 <$store>::two_factor_enabled(self, account).await
+            }
+
+            // ── console: `console::console_methods!`, forwarded.
+
+            async fn issue_setup_link(
+                &self,
+                account: &skygate_core::AccountId,
+                hash: &[u8; 32],
+                purpose: skygate_core::session::SetupPurpose,
+                now: skygate_core::Timestamp,
+                expires_at: skygate_core::Timestamp,
+            ) -> $crate::Result<()> {
+                <$store>::issue_setup_link(self, account, hash, purpose, now, expires_at).await
+            }
+
+            async fn setup_link_account(
+                &self,
+                hash: &[u8; 32],
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Option<skygate_core::AccountId>> {
+                <$store>::setup_link_account(self, hash, now).await
+            }
+
+            async fn redeem_setup_link(
+                &self,
+                hash: &[u8; 32],
+                phc: &str,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Option<skygate_core::AccountId>> {
+                <$store>::redeem_setup_link(self, hash, phc, now).await
+            }
+
+            async fn password(
+                &self,
+                account: &skygate_core::AccountId,
+            ) -> $crate::Result<Option<skygate_core::session::PasswordRecord>> {
+                <$store>::password(self, account).await
+            }
+
+            async fn create_session(&self, new: &skygate_core::session::NewSession) -> $crate::Result<()> {
+                <$store>::create_session(self, new).await
+            }
+
+            async fn replace_session(
+                &self,
+                old: &skygate_core::SessionId,
+                new: &skygate_core::session::NewSession,
+            ) -> $crate::Result<bool> {
+                <$store>::replace_session(self, old, new).await
+            }
+
+            async fn session_by_hash(
+                &self,
+                hash: &[u8; 32],
+            ) -> $crate::Result<Option<skygate_core::session::SessionRecord>> {
+                <$store>::session_by_hash(self, hash).await
+            }
+
+            async fn touch_session(
+                &self,
+                id: &skygate_core::SessionId,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<()> {
+                <$store>::touch_session(self, id, now).await
+            }
+
+            async fn list_sessions(
+                &self,
+                account: &skygate_core::AccountId,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<Vec<skygate_core::session::SessionRecord>> {
+                <$store>::list_sessions(self, account, now).await
+            }
+
+            async fn delete_session(
+                &self,
+                account: &skygate_core::AccountId,
+                id: &skygate_core::SessionId,
+            ) -> $crate::Result<bool> {
+                <$store>::delete_session(self, account, id).await
             }
 
             async fn audit_page(

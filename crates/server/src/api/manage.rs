@@ -213,14 +213,19 @@ pub async fn revoke_key(
     credentials::revoke_key(state.store(), &t.actor, &key, t.now)
         .await
         .map_err(admin_error)?;
+    announce_revocation(&state, &id).await;
+    Ok(Json(Success { success: true }))
+}
+
+/// After a key was revoked: this node's credential cache is dropped, and other nodes are told through
+/// Redis (else they may accept the key for up to the cache TTL). Shared by the console.
+pub(crate) async fn announce_revocation(state: &AppState, id: &KeyId) {
     state.auth().cache().clear();
-    // Other nodes drop their caches too (else they may accept the key for up to the cache TTL).
     if let Some(url) = &state.config().limits.redis_url {
         if let Err(e) = crate::revocation::publish(url, id.as_str()).await {
             tracing::warn!(error = %format!("{e:#}"), key = %id, "could not announce a revocation through Redis; other nodes drop it within auth.key_cache_ttl");
         }
     }
-    Ok(Json(Success { success: true }))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,7 @@ mod openapi_manage;
 pub mod outputs;
 pub mod predictions;
 
+pub(crate) use manage::announce_revocation;
 pub use models::ModelCatalog;
 
 use std::time::Duration;
@@ -27,11 +28,11 @@ use crate::config::BodyLimits;
 use crate::middleware::{self, EdgeLayer, EdgeSettings, FastAnswer, FastRoute, Front};
 use crate::state::AppState;
 
-/// The versioned API routes. Flat paths rather than a nested router: nesting costs a boxed service
+/// The versioned API routes and the console's. Flat paths rather than a nested router: nesting costs a boxed service
 /// clone per request, which showed up in the load benchmark's profile. A route with its own body limit
 /// (`server.body_limits`) carries it as a route layer, which the extractors then obey.
 fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
-    let routes: [(&str, MethodRouter<AppState>); _] = [
+    let api: [(&str, MethodRouter<AppState>); _] = [
         ("/v1/models", get(models::list)),
         ("/v1/models/{slug}", get(models::get)),
         ("/v1/model/{slug}", get(models::get)),
@@ -65,7 +66,8 @@ fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
         ("/v1/keys/{id}", axum::routing::delete(manage::revoke_key)),
         ("/v1/audit", get(manage::audit)),
     ];
-    routes.into_iter().fold(r, |r, (path, route)| {
+    let routes = api.into_iter().chain(crate::console::routes());
+    routes.fold(r, |r, (path, route)| {
         let own = limits.for_route(path);
         if own == limits.default {
             r.route(path, route)

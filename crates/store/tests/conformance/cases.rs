@@ -6,6 +6,7 @@ use skygate_store::{DynStore, RevokeOutcome, StoreError};
 use crate::{Db, Raw};
 
 pub use crate::access::*;
+pub use crate::console::*;
 pub use crate::predictions::*;
 pub use crate::webhooks::*;
 
@@ -505,6 +506,25 @@ const NOT_SENSITIVE: &[&str] = &[
     "recovery_codes.code_hash",
     "recovery_codes.created_at",
     "recovery_codes.used_at",
+    // The console: a salted argon2id PHC string (never the password), keyed hashes of link and
+    // session secrets, and a session's client address and user agent (as the audit log keeps them).
+    "accounts.password_hash",
+    "accounts.password_set_at",
+    "password_setup_links.token_hash",
+    "password_setup_links.account_id",
+    "password_setup_links.purpose",
+    "password_setup_links.created_at",
+    "password_setup_links.expires_at",
+    "password_setup_links.used_at",
+    "console_sessions.id",
+    "console_sessions.account_id",
+    "console_sessions.token_hash",
+    "console_sessions.stage",
+    "console_sessions.created_at",
+    "console_sessions.last_seen_at",
+    "console_sessions.expires_at",
+    "console_sessions.ip",
+    "console_sessions.user_agent",
     "access_tokens.id",
     "access_tokens.account_id",
     "access_tokens.scopes",

@@ -7,6 +7,7 @@
 
 mod access;
 mod cases;
+mod console;
 mod predictions;
 mod schema;
 mod webhooks;
@@ -196,6 +197,8 @@ conformance!(
     erase_removes_access_tokens,
     second_factor_enrol_confirm_and_replay,
     second_factor_failures_lock_and_recovery_codes_work_once,
+    setup_links_work_once_and_expire,
+    sessions_rotate_touch_list_and_end,
 );
 
 /// Both migration trees reach the same tables, columns (with nullability) and named indexes. SQLite's
