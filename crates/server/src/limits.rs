@@ -180,7 +180,7 @@ impl RateLimits {
             return (None, Ok(()));
         }
         let requests = self.requests(auth);
-        let limits = [Limit::new("requests", auth.key_id().as_str(), requests)];
+        let limits = [Limit::new("requests", auth.credential(), requests)];
         let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_read).await;
         self.decide(&d, auth.tier(), requests, &limits)
     }
@@ -193,7 +193,7 @@ impl RateLimits {
         }
         let local = self.local.as_ref()?;
         let requests = self.requests(auth);
-        let limits = [Limit::new("requests", auth.key_id().as_str(), requests)];
+        let limits = [Limit::new("requests", auth.credential(), requests)];
         Some(self.decide(&local.check_sync(&limits, 1), auth.tier(), requests, &limits))
     }
 
@@ -210,7 +210,7 @@ impl RateLimits {
         );
         let requests = self.requests(auth);
         let mut limits = vec![
-            Limit::new("requests", auth.key_id().as_str(), requests),
+            Limit::new("requests", auth.credential(), requests),
             Limit::new(
                 "predictions",
                 &creates,

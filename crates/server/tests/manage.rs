@@ -268,3 +268,93 @@ async fn management_api_scopes_tenancy_policy_and_revocation() {
     assert_eq!(call(&srv, Method::GET, "/v1/account", &tok, None).await, junk);
     srv.stop().await.unwrap();
 }
+
+/// An access token with the `inference` scope calls the predictions API for its account's projects:
+/// the only project by default, another named in `x-skytells-project`; never another account's, never
+/// without the scope, and not after its revocation.
+#[tokio::test]
+async fn inference_tokens_call_the_predictions_api_for_their_accounts_projects() {
+    let srv = TestServer::start().await.unwrap();
+    let now = Timestamp::now();
+    let acct = admin::create_account(&srv.store, "infer@example.com", Tier::Pro, now)
+        .await
+        .unwrap();
+    let tok = token(&srv, &acct, "inference").await;
+    let narrow = token(&srv, &acct, "projects.read").await;
+    let create = |t: &str, project: Option<&str>| {
+        let mut req = srv
+            .client()
+            .post(srv.url("/v1/predictions"))
+            .header("authorization", format!("Bearer {t}"))
+            .json(&json!({"model": "echo", "input": {"prompt": "hi"}, "await": true}));
+        if let Some(p) = project {
+            req = req.header("x-skytells-project", p);
+        }
+        async move { read(req.send().await.unwrap()).await }
+    };
+    // No project yet.
+    assert_error(&create(&tok, None).await, 403, "FORBIDDEN");
+    let first = admin::create_project(&srv.store, acct.id.as_str(), "first", now)
+        .await
+        .unwrap();
+    let (s, p) = create(&tok, None).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        (p["status"].as_str(), p["output"].as_str()),
+        (Some("succeeded"), Some("hi"))
+    );
+    // The prediction belongs to the project: its live API key sees it; the token reads it back too.
+    let key = srv
+        .key_in(&acct.id, &first.id, skygate_core::Mode::Live, None)
+        .await
+        .unwrap();
+    let path = format!("/v1/predictions/{}", p["id"].as_str().unwrap());
+    let (s, seen) = call(&srv, Method::GET, &path, &key.key, None).await;
+    assert_eq!((s.as_u16(), &seen["id"]), (200, &p["id"]), "{seen}");
+    let (s, _) = call(&srv, Method::GET, &path, &tok, None).await;
+    assert_eq!(s, 200);
+    // Rate headers are kept for the token as for a key.
+    let r = srv
+        .client()
+        .get(srv.url("/v1/models"))
+        .header("authorization", format!("Bearer {tok}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .headers()
+        .contains_key("x-skytells-ratelimit-remaining-requests"));
+
+    // Without the scope: 403 naming it.
+    let r = create(&narrow, None).await;
+    assert_error(&r, 403, "FORBIDDEN");
+    assert!(
+        r.1["error"]["details"].as_str().unwrap().contains("inference"),
+        "{}",
+        r.1
+    );
+
+    // Two projects: the header is needed, and picks one of the account's own.
+    let second = admin::create_project(&srv.store, acct.id.as_str(), "second", now)
+        .await
+        .unwrap();
+    assert_error(&create(&tok, None).await, 422, "VALIDATION_ERROR");
+    let (s, p2) = create(&tok, Some(second.id.as_str())).await;
+    assert_eq!(s, 200, "{p2}");
+    let path2 = format!("/v1/predictions/{}", p2["id"].as_str().unwrap());
+    assert_eq!(call(&srv, Method::GET, &path2, &key.key, None).await.0, 404);
+    let other = srv.new_key(skygate_core::Mode::Live).await.unwrap();
+    for bad in [other.project.as_str(), "proj_nope", ""] {
+        assert_error(&create(&tok, Some(bad)).await, 403, "FORBIDDEN");
+    }
+
+    // Revoked: refused on the next request with the one 401 body.
+    for t in srv.store.list_access_tokens(&acct.id).await.unwrap() {
+        admin::revoke_token(&srv.store, "infer@example.com", t.id.as_str(), Timestamp::now())
+            .await
+            .unwrap();
+    }
+    assert_error(&create(&tok, Some(first.id.as_str())).await, 401, "UNAUTHORIZED");
+    srv.stop().await.unwrap();
+}

@@ -225,10 +225,49 @@ fn timed(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Duration {
     start.elapsed()
 }
 
-async fn crash_matrix(data: &Path, env: &[(&str, &str)]) {
+/// SoftHSM2's file store rewrites its token metadata (`token.object`: label, PIN blobs, flags) in place,
+/// truncate then write, on every successful `C_Login`. A SIGKILL landing inside that write leaves the
+/// token unreadable (`C_GetTokenInfo` answers `CKR_GENERAL_ERROR` for good): a limitation of SoftHSM's
+/// file backend (Debian builds it without the transactional SQLite one), not of skygate, whose keys are
+/// separate objects. So the crash matrix on a token keeps a copy of that metadata file and puts it back
+/// only when a kill has cut it short; key objects are never touched.
+struct TokenMetadata {
+    path: PathBuf,
+    copy: Vec<u8>,
+    repairs: usize,
+}
+
+impl TokenMetadata {
+    fn snapshot(tokens: &Path) -> Self {
+        let dir = std::fs::read_dir(tokens)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.join("token.object").exists())
+            .expect("an initialised SoftHSM2 token directory");
+        let path = dir.join("token.object");
+        let copy = std::fs::read(&path).unwrap();
+        Self {
+            path,
+            copy,
+            repairs: 0,
+        }
+    }
+
+    fn repair_if_cut_short(&mut self) {
+        let now = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if now < self.copy.len() as u64 {
+            std::fs::write(&self.path, &self.copy).unwrap();
+            self.repairs += 1;
+        }
+    }
+}
+
+/// `tokens`: the SoftHSM2 token directory when the keys are on a token.
+async fn crash_matrix(data: &Path, env: &[(&str, &str)], tokens: Option<&Path>) {
     let cfg = config(data, env);
     let ids = populate(&cfg, 150, "crash").await;
     all_readable(&cfg, &ids).await;
+    let mut metadata = tokens.map(TokenMetadata::snapshot);
     // Kill points are drawn over each command's measured run time, so most kills land mid-run.
     let t_rotate = timed(data, env, &["keyring", "rotate"]);
     let t_rewrap = timed(data, env, &["keyring", "rewrap", "--force"]);
@@ -244,11 +283,16 @@ async fn crash_matrix(data: &Path, env: &[(&str, &str)]) {
         if kill_midway(data, env, args, within, &mut rng) {
             kills += 1;
         }
+        if let Some(m) = metadata.as_mut() {
+            m.repair_if_cut_short();
+        }
         // After every kill, every value is readable by a fresh process.
         all_readable(&cfg, &ids).await;
     }
     eprintln!(
-        "{kills} of 12 keyring commands were killed mid-run (rotate {t_rotate:?}, rewrap {t_rewrap:?})"
+        "{kills} of 12 keyring commands were killed mid-run (rotate {t_rotate:?}, rewrap {t_rewrap:?}); \
+         SoftHSM2 token metadata cut short by a kill and put back: {}",
+        metadata.as_ref().map_or(0, |m| m.repairs)
     );
     assert!(
         kills >= 3,
@@ -296,7 +340,7 @@ async fn rotate_rewrap_retire_through_the_cli_on_pkcs11() {
     // Nothing key-like is kept in the data dir with an HSM: no keyring, no master key.
     assert!(!data.join("keyring").exists() && !data.join("master.key").exists());
     // And a crash at any point of rotate, rewrap or retire loses nothing here either.
-    crash_matrix(&data, &env).await;
+    crash_matrix(&data, &env, Some(&tmp.path().join("tokens"))).await;
 }
 
 async fn rotation_flow(data: &Path, env: &[(&str, &str)], provider: &str) {
@@ -355,7 +399,7 @@ async fn rotation_flow(data: &Path, env: &[(&str, &str)], provider: &str) {
 async fn sigkill_during_keyring_commands_loses_nothing_sqlite() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    crash_matrix(&data, &[("SKYGATE_KEYRING__REWRAP_BATCH", "5")]).await;
+    crash_matrix(&data, &[("SKYGATE_KEYRING__REWRAP_BATCH", "5")], None).await;
 }
 
 #[tokio::test]
@@ -372,7 +416,7 @@ async fn sigkill_during_keyring_commands_loses_nothing_postgres() {
             ("SKYGATE_KEYRING__REWRAP_BATCH", "5"),
             ("SKYGATE_DATABASE_URL", url.as_str()),
         ];
-        crash_matrix(&tmp.path().join("data"), &env).await
+        crash_matrix(&tmp.path().join("data"), &env, None).await
     })
     .await;
 }

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use nix::fcntl::{open, openat, OFlag};
+use nix::fcntl::{open, openat, Flock, FlockArg, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -148,6 +148,11 @@ fn outer_steps(spec: &Spec, started: Instant) -> Result<Status, String> {
     // its last steps, which it passes as ambient capabilities, then drops with everything else.
     keep_for_inner()?;
 
+    // A lifeline for the inner stage: this process holds an exclusive lock on the outbox until it
+    // dies. The inner stage sets its parent-death signal first, then checks the lock: a kill that
+    // lands between its start and that signal (a cancel during setup) is seen there, and it exits.
+    let _lifeline =
+        lifeline(&spec.outbox, FlockArg::LockExclusive).map_err(|e| format!("lock the job outbox: {e}"))?;
     // The inner stage is this binary again; it becomes pid 1 of the new pid namespace.
     let mut inner = spec.clone();
     inner.nonce.clear();
@@ -396,11 +401,28 @@ fn copy_one(dir: &nix::dir::Dir, outbox: &OwnedFd, name: &str) -> Result<(), Str
     Ok(())
 }
 
+/// The outer stage's lock on the job outbox (a fresh descriptor, closed on exec).
+fn lifeline(outbox: &Path, how: FlockArg) -> Result<Flock<OwnedFd>, nix::Error> {
+    let fd = open(
+        outbox,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Flock::lock(fd, how).map_err(|(_, e)| e)
+}
+
 fn inner(spec: &Spec) -> Result<ExitCode, String> {
     step(
         "parent-death signal",
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
     )?;
+    // The outer stage holds this lock while it lives: taking it means the outer stage died before the
+    // parent-death signal was set, so nobody would kill this process any more.
+    match lifeline(&spec.outbox, FlockArg::LockExclusiveNonblock) {
+        Err(nix::Error::EWOULDBLOCK) => {}
+        Ok(_) => return Err("the sandbox's launcher is gone".into()),
+        Err(e) => return Err(format!("check the launcher: {e}")),
+    }
     let proc_dir = spec.root.join("proc");
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     step(

@@ -178,7 +178,7 @@ pub(super) fn list_cached(
     let auth = match lookup {
         CacheLookup::Decided(Ok(auth)) => auth,
         CacheLookup::Decided(Err(e)) => return Some(FastAnswer::Response(e.into_response())),
-        CacheLookup::Miss { .. } => return None,
+        CacheLookup::Miss { .. } | CacheLookup::Token => return None,
     };
     // With Redis the limit check awaits: the routed path does it.
     let (rate, verdict) = state.limits().check_request_now(&auth)?;

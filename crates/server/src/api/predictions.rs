@@ -163,7 +163,7 @@ pub async fn create(
     let new = NewPrediction {
         id,
         project: auth.project().clone(),
-        key: Some(auth.key_id().clone()),
+        key: auth.key_id().cloned(),
         mode: auth.mode(),
         model: spec.slug.clone(),
         stream: body.stream.unwrap_or(false),

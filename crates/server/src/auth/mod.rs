@@ -17,7 +17,9 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use skygate_core::{AccountId, ApiKey, KeyAuthRecord, KeyHasher, KeyId, Mode, ProjectId, Tier, Timestamp};
+use skygate_core::{
+    AccountId, ApiKey, KeyAuthRecord, KeyHasher, KeyId, Mode, ProjectId, Tier, Timestamp, TokenId,
+};
 use skygate_store::DynStore;
 use subtle::ConstantTimeEq;
 
@@ -27,31 +29,79 @@ pub use usage::UsageLog;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The authenticated caller of an API request (shares the cached record: no copies per request).
+/// The authenticated caller of a predictions API request: an API key (the cached record is shared, no
+/// copies per request) or an access token with the `inference` scope acting for one of its account's
+/// projects (see [`token::inference_caller`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyAuth {
-    record: Arc<KeyAuthRecord>,
+    caller: Caller,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    Key(Arc<KeyAuthRecord>),
+    Token(Arc<TokenCaller>),
+}
+
+/// An access token's identity for one request (tokens are not cached: revocation holds at once).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TokenCaller {
+    pub token: TokenId,
+    pub project: ProjectId,
+    pub account: AccountId,
+    pub tier: Tier,
 }
 
 impl ApiKeyAuth {
-    pub fn key_id(&self) -> &KeyId {
-        &self.record.key_id
+    pub(crate) fn of_token(caller: TokenCaller) -> Self {
+        ApiKeyAuth {
+            caller: Caller::Token(Arc::new(caller)),
+        }
+    }
+
+    /// The API key, when the caller is one (`None` for an access token).
+    pub fn key_id(&self) -> Option<&KeyId> {
+        match &self.caller {
+            Caller::Key(r) => Some(&r.key_id),
+            Caller::Token(_) => None,
+        }
+    }
+
+    /// The credential's id (`key_…` or `tok_…`): what the per-credential request limit is kept under.
+    pub fn credential(&self) -> &str {
+        match &self.caller {
+            Caller::Key(r) => r.key_id.as_str(),
+            Caller::Token(t) => t.token.as_str(),
+        }
     }
 
     pub fn project(&self) -> &ProjectId {
-        &self.record.project
+        match &self.caller {
+            Caller::Key(r) => &r.project,
+            Caller::Token(t) => &t.project,
+        }
     }
 
     pub fn account(&self) -> &AccountId {
-        &self.record.account
+        match &self.caller {
+            Caller::Key(r) => &r.account,
+            Caller::Token(t) => &t.account,
+        }
     }
 
+    /// Access tokens are live credentials (creating one needs two-factor authentication by policy).
     pub fn mode(&self) -> Mode {
-        self.record.mode
+        match &self.caller {
+            Caller::Key(r) => r.mode,
+            Caller::Token(_) => Mode::Live,
+        }
     }
 
     pub fn tier(&self) -> Tier {
-        self.record.tier
+        match &self.caller {
+            Caller::Key(r) => r.tier,
+            Caller::Token(t) => t.tier,
+        }
     }
 }
 
@@ -79,6 +129,9 @@ impl FromRequestParts<AppState> for CreateAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let now = Timestamp::now();
         let presented = presented_credential(&parts.headers);
+        if presented.is_some_and(is_access_token) {
+            return token::inference_caller(state, parts, now).await.map(CreateAuth);
+        }
         let check = state.auth().authenticate(presented, now);
         let (auth, _) = within_failure_budget(state, parts, check).await?;
         Ok(CreateAuth(auth))
@@ -112,6 +165,11 @@ pub(crate) async fn within_failure_budget<T>(
     }
 }
 
+/// Whether presented bytes claim to be an access token (`sk_pat_…`) rather than an API key.
+pub fn is_access_token(presented: &[u8]) -> bool {
+    presented.starts_with(skygate_core::token::TOKEN_PREFIX.as_bytes())
+}
+
 /// The credential bytes: `x-api-key` if present (the SDK's header), else `Authorization: Bearer …`.
 pub fn presented_credential(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(v) = headers.get("x-api-key") {
@@ -135,6 +193,8 @@ pub enum CacheLookup {
     Decided(Result<ApiKeyAuth, ApiError>),
     /// Not cached (or stale): ask the store.
     Miss { hash: [u8; 32] },
+    /// An access token: never cached, decided on the routed path.
+    Token,
 }
 
 impl Authenticator {
@@ -165,7 +225,8 @@ impl Authenticator {
         &self.cache
     }
 
-    /// Checks a presented credential. Every failure is [`ApiError::unauthorized`].
+    /// Checks a presented API key (access tokens go through [`token::inference_caller`]). Every failure
+    /// is [`ApiError::unauthorized`].
     pub async fn authenticate(
         &self,
         presented: Option<&[u8]>,
@@ -173,6 +234,7 @@ impl Authenticator {
     ) -> Result<ApiKeyAuth, ApiError> {
         match self.check_cached(presented, now) {
             CacheLookup::Decided(r) => r,
+            CacheLookup::Token => Err(ApiError::unauthorized()),
             CacheLookup::Miss { hash } => {
                 let found = self
                     .store
@@ -189,6 +251,9 @@ impl Authenticator {
     /// The in-memory part of the check: hash, format, and a cached record if there is a fresh one.
     pub fn check_cached(&self, presented: Option<&[u8]>, now: Timestamp) -> CacheLookup {
         let raw = presented.unwrap_or_default();
+        if is_access_token(raw) {
+            return CacheLookup::Token;
+        }
         // Hash first, whatever the input, so the work done does not depend on which check fails.
         let hash = self.hasher.hash(raw);
         let well_formed = std::str::from_utf8(raw)
@@ -214,7 +279,9 @@ impl Authenticator {
         match found {
             Some(r) if ok => {
                 self.usage.record(&r.key_id, now);
-                Ok(ApiKeyAuth { record: r.clone() })
+                Ok(ApiKeyAuth {
+                    caller: Caller::Key(r.clone()),
+                })
             }
             _ => Err(ApiError::unauthorized()),
         }

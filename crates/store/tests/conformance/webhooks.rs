@@ -309,12 +309,15 @@ pub async fn status_change_and_outbox_row_commit_together(db: Db) {
         .await
         .is_err());
     let q = make(&s, hooked(&a.project, at(30), ALL)).await;
+    // The claim goes first: a failed write's rollback may still be on its way when the next statement
+    // runs on another connection, and PostgreSQL's claim skips rows locked meanwhile (SKIP LOCKED) where
+    // the other writes wait for them.
     assert!(s
-        .cancel_prediction(&a.project, &q, at(31), RETENTION)
+        .claim_predictions(at(31), LEASE, 10, &RunningCaps::NONE)
         .await
         .is_err());
     assert!(s
-        .claim_predictions(at(32), LEASE, 10, &RunningCaps::NONE)
+        .cancel_prediction(&a.project, &q, at(32), RETENTION)
         .await
         .is_err());
     assert!(s.purge_prediction(&q, at(33)).await.is_err());
