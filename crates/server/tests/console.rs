@@ -195,6 +195,18 @@ async fn actions(srv: &TestServer, acct: &Account) -> Vec<String> {
         .collect()
 }
 
+/// The `console.refused` entries of the whole log: (actor, target, detail, ip).
+async fn refusals(srv: &TestServer) -> Vec<(String, String, String, String)> {
+    srv.store
+        .audit_page(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.entry.action == "console.refused")
+        .map(|e| (e.entry.actor, e.entry.target, e.entry.detail, e.entry.ip))
+        .collect()
+}
+
 fn code_now(secret: &skygate_core::totp::TotpSecret, offset_steps: i64) -> String {
     let secs = Timestamp::now().as_unix_seconds() + offset_steps * 30;
     secret.code_at(u64::try_from(secs).unwrap(), 6).to_string()
@@ -267,6 +279,20 @@ async fn setup_link_password_policy_and_reuse() {
     send(&mut b, wrong, Some(&origin))
         .await
         .expect(403, "security token is missing or wrong");
+    // Each refusal is audited, anonymously (no session yet), with the client's address.
+    let seen = refusals(&srv).await;
+    let want = [
+        "no Origin or Referer",
+        "foreign Origin",
+        "CSRF token missing or wrong",
+    ];
+    assert_eq!(seen.len(), want.len(), "{seen:?}");
+    for ((who, target, detail, ip), want) in seen.iter().zip(want) {
+        assert_eq!(
+            (who.as_str(), target.as_str(), detail.as_str(), ip.as_str()),
+            ("anonymous", "POST /console/setup", want, "127.0.0.1")
+        );
+    }
     // The policy.
     send(&mut b, as_ref(&set("short-pw", "short-pw")), Some(&origin))
         .await
@@ -388,6 +414,13 @@ async fn login_second_factor_sessions_and_policy() {
     b.post_from("/console/security/2fa/begin", &[("csrf", &csrf)], None)
         .await
         .expect(403, "Origin");
+    // Audited for the session's account (it shows on the account's own audit page too).
+    let acts = actions(&srv, &acct).await;
+    assert_eq!(
+        acts.iter().filter(|a| *a == "console.refused").count(),
+        2,
+        "{acts:?}"
+    );
 
     // Live key before 2FA: refused with the hint; a test key is fine and shown once.
     let pid = project.id.to_string();
@@ -602,6 +635,12 @@ async fn brute_force_locks_expired_sessions_end_and_codes_run_out() {
         .await
         .expect(401, "session has ended");
     assert_eq!(c.get("/console/security").await.location(), "/console/login");
+    let acts = actions(&srv, &acct2).await;
+    assert_eq!(
+        acts.iter().filter(|a| *a == "session.expired").count(),
+        1,
+        "{acts:?}"
+    );
     assert!(srv
         .store
         .list_sessions(&acct2.id, Timestamp::now())
@@ -656,5 +695,37 @@ async fn brute_force_locks_expired_sessions_end_and_codes_run_out() {
     )
     .await
     .expect(429, "locked until");
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_form_floods_meet_the_address_throttle_not_the_audit_log() {
+    let srv = TestServer::start_with(|c| c.limits.auth_failures_per_minute = 3)
+        .await
+        .unwrap();
+    let mut b = Browser::new(&srv);
+    let csrf = b.csrf_of("/console/login").await;
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("email", "a@example.com"),
+        ("password", "whatever-it-is"),
+    ];
+    for _ in 0..3 {
+        b.post_from("/console/login", &fields, Some("https://evil.example"))
+            .await
+            .expect(403, "Origin header is not this console");
+    }
+    for _ in 0..3 {
+        let p = b
+            .post_from("/console/login", &fields, Some("https://evil.example"))
+            .await;
+        p.expect(429, "Too many refused requests from this address");
+        assert!(p.headers.get("retry-after").is_some());
+    }
+    // The budget is the API's failed-authentication one: the same address's logins wait too.
+    b.login("a@example.com", "whatever-it-is")
+        .await
+        .expect(429, "Too many failed logins from this address");
+    assert_eq!(refusals(&srv).await.len(), 3);
     srv.stop().await.unwrap();
 }

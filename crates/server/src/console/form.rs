@@ -1,10 +1,10 @@
 //! A console form POST: the body (URL-encoded, at most [`MAX_FORM`] bytes), the Origin/Referer check
-//! against `server.public_url`, and the CSRF token check.
+//! against `server.public_url`, and the CSRF token check; refusals are audited and throttled.
 
 use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use bytes::Bytes;
+use skygate_core::{AccountId, NewAuditEntry, Timestamp};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -78,16 +78,49 @@ fn own_origin(public_url: &str) -> &str {
     &public_url[..public_url.len() - rest.len() + host_len]
 }
 
+/// Why a POST was refused as possibly cross-site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An `Origin` header that is not this console's.
+    ForeignOrigin,
+    /// Neither an `Origin` nor a `Referer` of this console.
+    NoOrigin,
+    /// The form's CSRF token is missing or does not match the session's.
+    Token,
+}
+
+impl Refusal {
+    /// The page's message.
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::ForeignOrigin => "Cross-site request refused: the Origin header is not this console's.",
+            Refusal::NoOrigin => {
+                "Cross-site request refused: the request has no Origin or Referer header of this console."
+            }
+            Refusal::Token => {
+                "The form's security token is missing or wrong (the page may be stale): reload it and try again."
+            }
+        }
+    }
+
+    /// The audit entry's detail.
+    fn detail(self) -> &'static str {
+        match self {
+            Refusal::ForeignOrigin => "foreign Origin",
+            Refusal::NoOrigin => "no Origin or Referer",
+            Refusal::Token => "CSRF token missing or wrong",
+        }
+    }
+}
+
 /// Refuses a POST whose `Origin` is not ours, or that has no `Origin` and no `Referer` of ours.
-pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ConsoleError> {
+pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
     let ours = own_origin(state.public_url());
     if let Some(origin) = headers.get(header::ORIGIN) {
         if origin.as_bytes() == ours.as_bytes() {
             return Ok(());
         }
-        return Err(ConsoleError::Forbidden(
-            "Cross-site request refused: the Origin header is not this console's.".into(),
-        ));
+        return Err(Refusal::ForeignOrigin);
     }
     let referer_ok = headers
         .get(header::REFERER)
@@ -96,44 +129,78 @@ pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Console
     if referer_ok {
         return Ok(());
     }
-    Err(ConsoleError::Forbidden(
-        "Cross-site request refused: the request has no Origin or Referer header of this console.".into(),
-    ))
+    Err(Refusal::NoOrigin)
 }
 
-/// A POST's form after the Origin check and the CSRF check against `expected` (the token of the
-/// session, or pre-session, the request came with).
-pub fn checked(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-    expected: Option<&str>,
-) -> Result<Form, ConsoleError> {
+/// The Origin check and the CSRF check of `form` against `expected` (the token of the session, or
+/// pre-session, the request came with).
+fn check(state: &AppState, headers: &HeaderMap, form: &Form, expected: Option<&str>) -> Result<(), Refusal> {
     check_origin(state, headers)?;
-    let form = Form::parse(body)?;
     let given = form.get(CSRF_FIELD);
     let ok = expected.is_some_and(|e| !given.is_empty() && bool::from(e.as_bytes().ct_eq(given.as_bytes())));
-    if !ok {
-        return Err(ConsoleError::Forbidden(
-            "The form's security token is missing or wrong (the page may be stale): reload it and try again."
-                .into(),
-        ));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::Token)
     }
-    Ok(form)
 }
 
-/// Reads a POST's body (at most [`MAX_FORM`] bytes) and runs [`checked`] on it.
+/// Reads a POST's body (at most [`MAX_FORM`] bytes) and checks its Origin and CSRF token (see
+/// [`check`]). `account` is the session's, if the form is posted in one (for the audit entry).
+///
+/// A refusal is audited (`console.refused`, naming the account when known, with the client's address
+/// and user agent) and counts as a failed authentication of the client address, so a flood of forged
+/// forms meets the per-address throttle (429, no further audit entries) instead of filling the log.
 pub async fn posted(
     state: &AppState,
     req: Request,
     expected: Option<&str>,
+    account: Option<&AccountId>,
 ) -> Result<(Parts, Form), ConsoleError> {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_FORM)
         .await
         .map_err(|_| ConsoleError::BadRequest("The form is too large or could not be read.".into()))?;
-    let form = checked(state, &parts.headers, &bytes, expected)?;
-    Ok((parts, form))
+    let form = Form::parse(&bytes)?;
+    match check(state, &parts.headers, &form, expected) {
+        Ok(()) => Ok((parts, form)),
+        Err(r) => Err(refused(state, &parts, account, r).await),
+    }
+}
+
+async fn refused(state: &AppState, parts: &Parts, account: Option<&AccountId>, r: Refusal) -> ConsoleError {
+    let client = crate::screen::client_of_parts(state, &parts.extensions, &parts.headers);
+    let limits = state.limits();
+    if let Some(ip) = client {
+        if let Some(e) = limits.auth_throttled(ip).await {
+            return throttled(e.retry_after);
+        }
+    }
+    let who = account.map_or("anonymous", AccountId::as_str);
+    let actor = super::session::actor(who, state, &parts.extensions, &parts.headers);
+    let target = format!("{} {}", parts.method, parts.uri.path());
+    let mut entry = NewAuditEntry::new(Timestamp::now(), actor.who, "console.refused", target, r.detail())
+        .from_client(actor.ip, &actor.user_agent);
+    if let Some(a) = account {
+        entry = entry.for_account(a.as_str());
+    }
+    if let Err(e) = state.store().append_audit(&entry).await {
+        return ConsoleError::from(e);
+    }
+    if let Some(ip) = client {
+        if let Some(e) = limits.auth_failed(ip).await {
+            return throttled(e.retry_after);
+        }
+    }
+    ConsoleError::Forbidden(r.message().into())
+}
+
+fn throttled(retry_after: Option<u64>) -> ConsoleError {
+    let secs = retry_after.unwrap_or(60);
+    ConsoleError::TooMany {
+        message: format!("Too many refused requests from this address: try again in {secs} seconds."),
+        retry_after: secs,
+    }
 }
 
 #[cfg(test)]

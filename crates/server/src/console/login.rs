@@ -105,7 +105,7 @@ fn too_many(secs: u64, what: &str) -> ConsoleError {
 pub async fn submit(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
     let now = Timestamp::now();
     let expected = session::pre_csrf(&state, req.headers());
-    let (parts, form) = form::posted(&state, req, expected.as_deref()).await?;
+    let (parts, form) = form::posted(&state, req, expected.as_deref(), None).await?;
     let email = form.get("email").trim().to_lowercase();
     let password = form.raw("password");
     if email.is_empty() || password.is_empty() || email.len() > 320 {
@@ -200,7 +200,7 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> Result<Respo
 
 pub async fn second_form(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
     let (parts, _) = req.into_parts();
-    match PendingLogin::find(&state, &parts.headers, Timestamp::now()).await? {
+    match PendingLogin::find(&state, &parts.headers, &parts.extensions, Timestamp::now()).await? {
         Some(p) => Ok(html(StatusCode::OK, pages::second_factor(&p.csrf))),
         None => Ok(see_other("/console/login", None)),
     }
@@ -208,12 +208,12 @@ pub async fn second_form(State(state): State<AppState>, req: Request) -> Result<
 
 pub async fn second_submit(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
     let now = Timestamp::now();
-    let Some(pending) = PendingLogin::find(&state, req.headers(), now).await? else {
+    let Some(pending) = PendingLogin::find(&state, req.headers(), req.extensions(), now).await? else {
         return Err(ConsoleError::SessionEnded {
             method: req.method().clone(),
         });
     };
-    let (parts, form) = form::posted(&state, req, Some(&pending.csrf)).await?;
+    let (parts, form) = form::posted(&state, req, Some(&pending.csrf), Some(&pending.account.id)).await?;
     let answer = form.required("code", "the code from your authenticator app or a recovery code")?;
     let actor = session::actor(
         pending.account.id.as_str(),
@@ -255,7 +255,7 @@ pub async fn logout(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    form::posted(&state, req, Some(&user.csrf)).await?;
+    form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let store = state.store();
     store.delete_session(&user.account.id, &user.session.id).await?;
     store
@@ -311,7 +311,7 @@ pub async fn setup_form(State(state): State<AppState>, req: Request) -> Result<R
 pub async fn setup_submit(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {
     let now = Timestamp::now();
     let expected = session::pre_csrf(&state, req.headers());
-    let (parts, form) = form::posted(&state, req, expected.as_deref()).await?;
+    let (parts, form) = form::posted(&state, req, expected.as_deref(), None).await?;
     let store = state.store();
     let Some((secret, account)) = link_account(&state, form.get("token"), now).await? else {
         let actor = session::actor("anonymous", &state, &parts.extensions, &parts.headers);

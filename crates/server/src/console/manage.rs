@@ -45,7 +45,7 @@ pub async fn create_key(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let project: ProjectId = f.get("project").parse().map_err(|_| no_such("project"))?;
     let mode: Mode = f
         .get("mode")
@@ -82,7 +82,7 @@ pub async fn revoke_key(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let id: KeyId = f.get("key").parse().map_err(|_| no_such("key"))?;
     let key = state
         .store()
@@ -111,7 +111,7 @@ pub async fn create_token(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let mut list = Vec::new();
     for s in f.all("scope") {
         if !Scope::ALL.iter().any(|k| k.as_str() == s) {
@@ -160,7 +160,7 @@ pub async fn revoke_token(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let id: TokenId = f.get("token").parse().map_err(|_| no_such("token"))?;
     credentials::revoke_token(state.store(), &user.actor, &user.account.id, &id, user.now).await?;
     tokens_page(&state, &user, html! { p.notice { "The token is revoked." } }).await
@@ -179,7 +179,7 @@ pub async fn revoke_session(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let id: SessionId = f.get("session").parse().map_err(|_| no_such("session"))?;
     let store = state.store();
     if !store.delete_session(&user.account.id, &id).await? {

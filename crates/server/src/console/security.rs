@@ -78,7 +78,7 @@ pub async fn begin(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    form::posted(&state, req, Some(&user.csrf)).await?;
+    form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let e = second_factor::begin(state.store(), &user.account, user.now).await?;
     let secret = e.secret.base32();
     let qr = pages::svg_data_uri(&qr_svg(&e.uri)?);
@@ -111,7 +111,7 @@ pub async fn confirm(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let code = f.required("code", "the code your app shows")?;
     let codes = second_factor::confirm(
         state.store(),
@@ -140,7 +140,7 @@ pub async fn disable(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let code = f.required("code", "a current code from your app")?;
     second_factor::disable(state.store(), &user.actor, &user.account, code, user.now).await?;
     let (cookie, csrf) = rotated(&state, &user).await?;
@@ -160,7 +160,7 @@ pub async fn regenerate(
     user: ConsoleUser,
     req: Request,
 ) -> Result<Response, ConsoleError> {
-    let (_, f) = form::posted(&state, req, Some(&user.csrf)).await?;
+    let (_, f) = form::posted(&state, req, Some(&user.csrf), Some(&user.account.id)).await?;
     let code = f.required("code", "a current code from your app")?;
     let codes = second_factor::regenerate_codes(
         state.store(),

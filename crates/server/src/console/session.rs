@@ -10,7 +10,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use skygate_core::session::{NewSession, SessionRecord, SessionSecret, SessionStage};
-use skygate_core::{Account, KeyHasher, SessionId, Timestamp};
+use skygate_core::{Account, KeyHasher, NewAuditEntry, SessionId, Timestamp};
 
 use super::ConsoleError;
 use crate::credentials::{Actor, Channel};
@@ -68,10 +68,12 @@ pub fn actor(who: &str, state: &AppState, parts_ext: &axum::http::Extensions, he
     }
 }
 
-/// A session found by its cookie, still live at `now` (expired ones are deleted).
+/// A session found by its cookie, still live at `now`. An expired one is deleted, and its end is
+/// audited (`session.expired`, once: the row is gone afterwards).
 async fn live_session(
     state: &AppState,
     headers: &HeaderMap,
+    ext: &axum::http::Extensions,
     now: Timestamp,
 ) -> Result<Option<(SessionSecret, SessionRecord)>, ConsoleError> {
     let Some(secret) = cookie(headers, SESSION_COOKIE) else {
@@ -82,8 +84,20 @@ async fn live_session(
     let Some(rec) = store.session_by_hash(&hash).await? else {
         return Ok(None);
     };
-    if !rec.live_at(now, state.config().accounts.session_idle_timeout) {
-        store.delete_session(&rec.account, &rec.id).await?;
+    let accounts = &state.config().accounts;
+    if !rec.live_at(now, accounts.session_idle_timeout) {
+        if store.delete_session(&rec.account, &rec.id).await? {
+            let why = if now >= rec.expires_at {
+                "absolute lifetime reached"
+            } else {
+                "idle timeout"
+            };
+            let a = actor(rec.account.as_str(), state, ext, headers);
+            let entry = NewAuditEntry::new(now, a.who, "session.expired", rec.id.as_str(), why)
+                .for_account(rec.account.as_str())
+                .from_client(a.ip, &a.user_agent);
+            store.append_audit(&entry).await?;
+        }
         return Ok(None);
     }
     Ok(Some((secret, rec)))
@@ -108,7 +122,8 @@ impl FromRequestParts<AppState> for ConsoleUser {
         let ended = || ConsoleError::SessionEnded {
             method: parts.method.clone(),
         };
-        let Some((secret, session)) = live_session(state, &parts.headers, now).await? else {
+        let Some((secret, session)) = live_session(state, &parts.headers, &parts.extensions, now).await?
+        else {
             return Err(ended());
         };
         if session.stage != SessionStage::Full {
@@ -144,9 +159,10 @@ impl PendingLogin {
     pub async fn find(
         state: &AppState,
         headers: &HeaderMap,
+        ext: &axum::http::Extensions,
         now: Timestamp,
     ) -> Result<Option<Self>, ConsoleError> {
-        let Some((secret, session)) = live_session(state, headers, now).await? else {
+        let Some((secret, session)) = live_session(state, headers, ext, now).await? else {
             return Ok(None);
         };
         if session.stage != SessionStage::SecondFactor {
