@@ -22,14 +22,7 @@ acct=$($bin --data-dir "$data" accounts create --email load@example.com 2>/dev/n
 proj=$($bin --data-dir "$data" projects create --account "$acct" --name load 2>/dev/null | tail -1)
 key=$($bin --data-dir "$data" keys create --project "$proj" 2>/dev/null | tail -1)
 
-wait_url() { # file -> url
-  for _ in $(seq 1 200); do
-    url=$(grep -o 'https://[0-9.:]*' "$1" | head -1 || true)
-    [[ -n "$url" ]] && { echo "$url"; return; }
-    sleep 0.05
-  done
-  echo "server did not start" >&2; exit 1
-}
+source scripts/common.sh
 SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/sg.out" 2>"$tmp/sg.err" &
 sg=$(wait_url "$tmp/sg.out")
 # The same server with rate limits off, for the limits on/off ratio.

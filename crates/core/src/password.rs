@@ -79,6 +79,9 @@ pub enum HashError {
     Random,
     #[error("password hashing failed: {0}")]
     Argon(String),
+    /// The hashing threads are gone (or the task ended without an answer).
+    #[error("the password hashing threads are unavailable")]
+    Unavailable,
 }
 
 /// argon2id with the fixed parameters, and the dummy hash for unknown accounts.

@@ -430,7 +430,8 @@ pub struct AccountsConfig {
     /// A console session ends this long after login, however active.
     #[serde(with = "humantime_serde")]
     pub session_lifetime: Duration,
-    /// Password hashes (argon2id, ~19 MiB and tens of ms each) computed at once; more logins wait.
+    /// Password hashes (argon2id, ~19 MiB and tens of ms each) computed at once, on threads of the lowest
+    /// CPU priority; up to 32 more logins per thread wait, then 429.
     pub password_hash_concurrency: u32,
     /// Failed console logins per account (by email, known or not) per 15 minutes; past it the email
     /// is soft-locked (429) until the budget refills. Per address, `limits.auth_failures_per_minute`.

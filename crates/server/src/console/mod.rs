@@ -12,7 +12,7 @@
 //! - every page carries a CSP without inline scripts or styles (the stylesheet is `/console/style.css`);
 //! - login answers the same (same body, one argon2id verification either way) for an unknown email and
 //!   a wrong password, and is throttled per address and per email ([`login`]);
-//! - password hashing runs on a bounded blocking pool ([`password::PasswordPool`]);
+//! - password hashing runs on a bounded pool of low-priority threads ([`password::PasswordPool`]);
 //! - everything security-relevant is audited; no secret is logged or shown twice.
 
 mod error;
