@@ -3,7 +3,8 @@
 #   1. every Rust test in the workspace (unit, store conformance on SQLite and — when
 #      SKYGATE_TEST_DATABASE_URL is set — PostgreSQL, end-to-end tests of the real binary over TLS);
 #   2. the interop tests in tests/interop with real peers (the official Skytells Python SDK) in a venv,
-#      which also provides moto's S3 server for the object-store tests of step 1.
+#      which also provides moto's S3 server for the object-store tests of step 1, and Cog in a venv of
+#      its own (tests/cog/requirements.txt) for the Cog backend tests.
 # A test whose component is missing prints "SKIPPED <test>: <why>", unless SKYGATE_TEST_REQUIRE_ALL=1,
 # which turns every such skip into a failure (CI sets it).
 set -euo pipefail
@@ -31,6 +32,25 @@ fi
 if [[ $have_venv == 1 ]]; then
   # The S3 tests start this on a free loopback port (see skygate_testkit::moto).
   export SKYGATE_TEST_MOTO_SERVER="${SKYGATE_TEST_MOTO_SERVER:-$(realpath "$venv")/bin/moto_server}"
+  # The Cog backend tests run Cog's server inside the sandbox from a venv of the Python under /usr
+  # (the sandbox binds /usr, not wherever python3 lives), installed by the test venv's pip.
+  cog_venv="${SKYGATE_COG_VENV:-.venv-cog}"
+  cog_stamp="$cog_venv/.requirements.sha256"
+  cog_want="$(sha256sum tests/cog/requirements.txt | cut -d' ' -f1)"
+  if [[ ! -x "$cog_venv/bin/python" || "$(cat "$cog_stamp" 2>/dev/null)" != "$cog_want" ]]; then
+    rm -rf "$cog_venv"
+    if /usr/bin/python3 -m venv --without-pip "$cog_venv" \
+       && "$venv/bin/pip" --python "$cog_venv/bin/python" install -q --disable-pip-version-check \
+            -r tests/cog/requirements.txt; then
+      echo "$cog_want" > "$cog_stamp"
+    else
+      if require_all; then echo "FAILED: could not set up the Cog venv and SKYGATE_TEST_REQUIRE_ALL is set" >&2; exit 1; fi
+      echo "SKIPPED Cog peers: could not create a venv with tests/cog/requirements.txt"
+    fi
+  fi
+  if [[ -f "$cog_stamp" ]]; then
+    export SKYGATE_TEST_COG_VENV="${SKYGATE_TEST_COG_VENV:-$(realpath "$cog_venv")}"
+  fi
 fi
 
 echo "== building (one build shared by every stage)"

@@ -15,9 +15,27 @@ pub enum Backend {
     Builtin(String),
     /// Any executable, run in a sandbox with its directory at `/model`.
     Command(CommandModel),
-    /// A Cog HTTP model server started from this directory.
-    Cog(String),
+    /// A Cog predictor, served by a real Cog HTTP server inside the sandbox.
+    Cog(CogModel),
 }
+
+/// A `cog` model: Cog's HTTP server (`python -m cog.server.http`) runs inside the sandbox with the
+/// predictor's directory at `/model`; the helper in the sandbox relays one prediction to it over the
+/// sandbox's own loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CogModel {
+    /// The sandbox: `argv` starts the server (the Python with Cog installed, `-m cog.server.http`),
+    /// `dir` is the predictor's directory, the limits and devices as for a command model.
+    pub run: CommandModel,
+    /// Cog's predictor reference, `file.py:ClassName` (the `predict` key of `cog.yaml`).
+    pub predictor: String,
+    /// A virtualenv with Cog installed, bound read-only at [`COG_VENV`] (its interpreter then starts
+    /// the server).
+    pub venv: Option<std::path::PathBuf>,
+}
+
+/// Where a Cog model's virtualenv appears inside its sandbox.
+pub const COG_VENV: &str = "/venv";
 
 /// A `command` model: what runs and its own limits (unset: the `[sandbox]` defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +52,20 @@ pub struct CommandModel {
     pub cpu_seconds: Option<u64>,
     /// How many of the server's leased devices (`sandbox.devices`) each run gets.
     pub devices: u32,
+}
+
+impl CommandModel {
+    /// `argv` with the `[sandbox]` defaults: no directory, limits or devices of its own.
+    pub fn new(argv: impl IntoIterator<Item = impl Into<String>>) -> CommandModel {
+        CommandModel {
+            argv: argv.into_iter().map(Into::into).collect(),
+            dir: None,
+            timeout: None,
+            memory: None,
+            cpu_seconds: None,
+            devices: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

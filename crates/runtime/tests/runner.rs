@@ -215,16 +215,14 @@ async fn unknown_builtins_and_other_backends_are_unsupported() {
         matches!(r, Err(RunError::Unsupported(ref m)) if m.contains("gradient")),
         "{r:?}"
     );
+    let command = skygate_core::models::CommandModel::new(["/bin/true"]);
     for backend in [
-        Backend::Command(skygate_core::models::CommandModel {
-            argv: vec!["/bin/true".into()],
-            dir: None,
-            timeout: None,
-            memory: None,
-            cpu_seconds: None,
-            devices: 0,
+        Backend::Command(command.clone()),
+        Backend::Cog(skygate_core::models::CogModel {
+            run: command,
+            predictor: "predict.py:Predictor".into(),
+            venv: None,
         }),
-        Backend::Cog("/srv/cog".into()),
     ] {
         let r = BuiltinRunner.start(Job {
             prediction_id: "x".into(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
-use skygate_core::models::{self, Backend, CommandModel, ModelSpec};
+use skygate_core::models::{self, Backend, CogModel, CommandModel, ModelSpec};
 
 mod sandbox;
 pub use sandbox::{SandboxConfig, SandboxLimits};
@@ -473,8 +473,14 @@ pub struct ModelConfig {
     pub devices: Option<u32>,
     /// The input schema read from a JSON file instead of `input_schema`.
     pub input_schema_file: Option<PathBuf>,
-    /// For `cog`: the predictor's directory.
-    pub cog_dir: Option<String>,
+    /// For `cog`: a virtualenv with Cog installed (made from a Python under `/usr`), bound read-only
+    /// at `/venv`; its `bin/python` then runs the server.
+    pub venv: Option<PathBuf>,
+    /// For `cog`: the Python with Cog installed, resolved inside the sandbox (default `/venv/bin/python`
+    /// with `venv`, else `python3`).
+    pub python: Option<String>,
+    /// For `cog`: the predictor reference (default: the `predict` key of `dir/cog.yaml`).
+    pub predictor: Option<String>,
     pub name: Option<String>,
     #[serde(default)]
     pub description: String,
@@ -1004,9 +1010,81 @@ impl Config {
     }
 }
 
+/// The `predict` key of a Cog predictor's `cog.yaml` (a top-level `predict: "file.py:Class"` line;
+/// anything more elaborate is given as `predictor` instead).
+fn cog_predictor(dir: &Path) -> Result<String, String> {
+    let file = dir.join("cog.yaml");
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        format!(
+            "backend \"cog\": cannot read {} ({e}); give predictor = \"predict.py:Predictor\"",
+            file.display()
+        )
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("predict:"))
+        .map(|v| {
+            let v = v.split(" #").next().unwrap_or(v).trim();
+            v.trim_matches(|c| c == '"' || c == '\'').to_owned()
+        })
+        .ok_or_else(|| {
+            format!(
+                "backend \"cog\": {} has no top-level predict key; give predictor = \"predict.py:Predictor\"",
+                file.display()
+            )
+        })
+}
+
+/// `path/to/file.py:ClassName`: a relative Python file inside the predictor's directory and a name.
+fn is_predictor_ref(r: &str) -> bool {
+    let Some((file, class)) = r.rsplit_once(':') else {
+        return false;
+    };
+    let file_ok = file.ends_with(".py")
+        && !file.starts_with('/')
+        && file.split('/').all(|c| !c.is_empty() && c != "..")
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+    let class_ok = class
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && class.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    file_ok && class_ok
+}
+
 const MODEL_TYPES: [&str; 7] = ["image", "video", "audio", "music", "text", "code", "multimodal"];
 
 impl ModelConfig {
+    /// The sandbox of a `command` or `cog` model: `argv`, its directory and its own limits.
+    fn sandboxed(&self, argv: Vec<String>) -> Result<CommandModel, String> {
+        if let Some(d) = &self.dir {
+            if !d.is_absolute() || !d.is_dir() {
+                return Err(format!(
+                    "dir must be an existing absolute directory, got {}",
+                    d.display()
+                ));
+            }
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err("timeout must be greater than 0".into());
+        }
+        if self.memory.is_some_and(|m| m.0 < 16 << 20) {
+            return Err("memory must be at least 16MiB".into());
+        }
+        if self.cpu_seconds == Some(0) {
+            return Err("cpu_seconds must be at least 1".into());
+        }
+        Ok(CommandModel {
+            argv,
+            dir: self.dir.clone(),
+            timeout: self.timeout,
+            memory: self.memory.map(|m| m.0),
+            cpu_seconds: self.cpu_seconds,
+            devices: self.devices.unwrap_or(0),
+        })
+    }
+
     fn to_spec(&self, slug: &str) -> Result<ModelSpec, String> {
         if !models::is_valid_slug(slug) {
             return Err(
@@ -1026,38 +1104,50 @@ impl ModelConfig {
             }
             "command" => match &self.command {
                 Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {
-                    if let Some(d) = &self.dir {
-                        if !d.is_absolute() || !d.is_dir() {
-                            return Err(format!(
-                                "dir must be an existing absolute directory, got {}",
-                                d.display()
-                            ));
-                        }
-                    }
-                    if self.timeout.is_some_and(|t| t.is_zero()) {
-                        return Err("timeout must be greater than 0".into());
-                    }
-                    if self.memory.is_some_and(|m| m.0 < 16 << 20) {
-                        return Err("memory must be at least 16MiB".into());
-                    }
-                    if self.cpu_seconds == Some(0) {
-                        return Err("cpu_seconds must be at least 1".into());
-                    }
-                    Backend::Command(CommandModel {
-                        argv: argv.clone(),
-                        dir: self.dir.clone(),
-                        timeout: self.timeout,
-                        memory: self.memory.map(|m| m.0),
-                        cpu_seconds: self.cpu_seconds,
-                        devices: self.devices.unwrap_or(0),
-                    })
+                    Backend::Command(self.sandboxed(argv.clone())?)
                 }
                 _ => return Err("backend \"command\" needs command = [\"/path/to/exe\", …]".into()),
             },
-            "cog" => match &self.cog_dir {
-                Some(d) if !d.is_empty() => Backend::Cog(d.clone()),
-                _ => return Err("backend \"cog\" needs cog_dir = \"/path/to/predictor\"".into()),
-            },
+            "cog" => {
+                if self.command.is_some() {
+                    return Err("backend \"cog\" starts Cog's own server: give python, not command".into());
+                }
+                let Some(dir) = &self.dir else {
+                    return Err(
+                        "backend \"cog\" needs dir = \"/path/to/predictor\" (holding cog.yaml)".into(),
+                    );
+                };
+                let predictor = match &self.predictor {
+                    Some(p) => p.clone(),
+                    None => cog_predictor(dir)?,
+                };
+                if !is_predictor_ref(&predictor) {
+                    return Err(format!(
+                        "predictor must look like \"predict.py:Predictor\", got {predictor:?}"
+                    ));
+                }
+                if let Some(v) = &self.venv {
+                    if !v.is_absolute() || !v.join("bin/python").exists() {
+                        return Err(format!(
+                            "venv must be the absolute path of a virtualenv (with bin/python), got {}",
+                            v.display()
+                        ));
+                    }
+                }
+                let python = self.python.clone().unwrap_or_else(|| match &self.venv {
+                    Some(_) => format!("{}/bin/python", models::COG_VENV),
+                    None => "python3".into(),
+                });
+                if python.is_empty() {
+                    return Err("python must name the interpreter with Cog installed".into());
+                }
+                let argv = [python.as_str(), "-m", "cog.server.http", "--host", "127.0.0.1"];
+                Backend::Cog(CogModel {
+                    run: self.sandboxed(argv.map(String::from).to_vec())?,
+                    predictor,
+                    venv: self.venv.clone(),
+                })
+            }
             other => {
                 return Err(format!(
                     "unknown backend {other:?} (expected builtin, command or cog)"
@@ -1298,7 +1388,9 @@ mod tests {
             cpu_seconds: None,
             devices: None,
             input_schema_file: None,
-            cog_dir: None,
+            venv: None,
+            python: None,
+            predictor: None,
             name: None,
             description: String::new(),
             kind: "text".into(),
@@ -1314,7 +1406,56 @@ mod tests {
             m("builtin").to_spec("echo").unwrap().input_schema["required"][0],
             "prompt"
         );
-        assert!(m("cog").to_spec("x").is_err());
+        // Cog: needs a directory with cog.yaml (or an explicit predictor), never a command.
+        assert!(m("cog").to_spec("x").unwrap_err().contains("python, not command"));
+        let cog = |dir: Option<&Path>, predictor: Option<&str>| ModelConfig {
+            command: None,
+            dir: dir.map(Path::to_owned),
+            predictor: predictor.map(String::from),
+            ..m("cog")
+        };
+        assert!(cog(None, None).to_spec("x").unwrap_err().contains("needs dir"));
+        let d = tempfile::tempdir().unwrap();
+        assert!(cog(Some(d.path()), None)
+            .to_spec("x")
+            .unwrap_err()
+            .contains("cog.yaml"));
+        std::fs::write(
+            d.path().join("cog.yaml"),
+            "build:\n  python_version: \"3.11\"\npredict: \"predict.py:Predictor\"  # the entry point\n",
+        )
+        .unwrap();
+        let Backend::Cog(c) = cog(Some(d.path()), None).to_spec("x").unwrap().backend else {
+            panic!("not a cog model")
+        };
+        assert_eq!(c.predictor, "predict.py:Predictor");
+        assert_eq!(
+            c.run.argv,
+            ["python3", "-m", "cog.server.http", "--host", "127.0.0.1"]
+        );
+        assert_eq!(c.run.dir.as_deref(), Some(d.path()));
+        for bad in ["predict.py", "/etc/x.py:P", "../x.py:P", "x.py:1P", "x.sh:P"] {
+            assert!(cog(Some(d.path()), Some(bad)).to_spec("x").is_err(), "{bad}");
+        }
+        assert!(cog(Some(d.path()), Some("src/run.py:Runner"))
+            .to_spec("x")
+            .is_ok());
+        // A virtualenv is checked, and its interpreter runs the server.
+        let with_venv = |v: &Path| ModelConfig {
+            venv: Some(v.to_owned()),
+            ..cog(Some(d.path()), None)
+        };
+        assert!(with_venv(d.path())
+            .to_spec("x")
+            .unwrap_err()
+            .contains("virtualenv"));
+        std::fs::create_dir_all(d.path().join("env/bin")).unwrap();
+        std::fs::write(d.path().join("env/bin/python"), "").unwrap();
+        let Backend::Cog(c) = with_venv(&d.path().join("env")).to_spec("x").unwrap().backend else {
+            panic!("not a cog model")
+        };
+        assert_eq!(c.run.argv[0], "/venv/bin/python");
+        assert_eq!(c.venv, Some(d.path().join("env")));
         assert!(m("docker").to_spec("x").is_err());
     }
 }

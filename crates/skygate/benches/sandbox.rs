@@ -70,14 +70,7 @@ fn summary(name: &str, mut d: Vec<Duration>) {
 }
 
 async fn bin_true(runner: &SandboxRunner) -> (Duration, Option<u64>) {
-    let m = CommandModel {
-        argv: vec!["/bin/true".into()],
-        dir: None,
-        timeout: None,
-        memory: None,
-        cpu_seconds: None,
-        devices: 0,
-    };
+    let m = CommandModel::new(["/bin/true"]);
     let t = Instant::now();
     let h = runner
         .start(Job {

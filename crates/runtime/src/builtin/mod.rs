@@ -63,12 +63,11 @@ impl Runner for BuiltinRunner {
     fn start(&self, job: Job) -> Result<RunHandle, RunError> {
         let id = match &job.backend {
             Backend::Builtin(id) => id,
-            Backend::Command(_) => {
+            Backend::Command(_) | Backend::Cog(_) => {
                 return Err(RunError::Unsupported(
-                    "command models run only in the sandbox runner".into(),
+                    "command and Cog models run only in the sandbox runner".into(),
                 ))
             }
-            Backend::Cog(_) => return Err(RunError::Unsupported("Cog models are not supported yet".into())),
         };
         let model = lookup(id).ok_or_else(|| unsupported(id))?;
         let input = job.input;

@@ -31,12 +31,8 @@ const PROBE_AT: &str = "/model/skygate";
 
 fn probe_model(cpu_seconds: Option<u64>) -> CommandModel {
     CommandModel {
-        argv: vec![PROBE_AT.into(), PROBE_COMMAND.into()],
-        dir: None,
-        timeout: None,
-        memory: None,
         cpu_seconds,
-        devices: 0,
+        ..CommandModel::new([PROBE_AT, PROBE_COMMAND])
     }
 }
 

@@ -132,6 +132,11 @@ fn outer_steps(spec: &Spec, started: Instant) -> Result<Status, String> {
         fs::write("/proc/self/gid_map", format!("{INSIDE_ID} {gid} 1\n")),
     )?;
     step("hostname", sethostname("sandbox"))?;
+    // Only the Cog relay needs a working loopback (to reach the server it starts inside); the
+    // namespace has no other interface either way.
+    if matches!(spec.payload, Payload::Cog { .. }) {
+        super::cog::loopback_up()?;
+    }
     step(
         "private mounts",
         mount(
@@ -491,11 +496,12 @@ fn inner(spec: &Spec) -> Result<ExitCode, String> {
             eprintln!("cannot start the model's command {prog:?}: {err}");
             Ok(ExitCode::from(127))
         }
+        Payload::Cog { argv, predictor } => Ok(super::cog::serve(argv, predictor)),
     }
 }
 
 /// The whole environment a command model gets.
-fn model_env() -> [(&'static str, &'static str); 8] {
+pub(super) fn model_env() -> [(&'static str, &'static str); 8] {
     [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("HOME", "/work"),

@@ -11,6 +11,7 @@
 //! for development only and logs a warning on every prediction.
 
 pub mod check;
+mod cog;
 pub mod devices;
 mod host;
 pub mod inside;
@@ -324,6 +325,11 @@ fn start_run(
             Payload::Builtin { .. } => {
                 return Err(unavailable("built-in models run in-process in this mode".into()))
             }
+            Payload::Cog { .. } => {
+                return Err(RunError::Unsupported(
+                    "Cog models run only in a sandbox (sandbox.mode = \"namespaces\")".into(),
+                ))
+            }
         }
     };
     cmd.stdin(Stdio::piped())
@@ -404,7 +410,24 @@ impl Runner for SandboxRunner {
                     job.deadline,
                 )
             }
-            Backend::Cog(_) => Err(RunError::Unsupported("Cog models are not supported yet".into())),
+            Backend::Cog(m) => {
+                let payload = Payload::Cog {
+                    argv: m.run.argv.clone(),
+                    predictor: m.predictor.clone(),
+                };
+                let venv = m.venv.iter().map(|v| Bind {
+                    src: v.clone(),
+                    dst: PathBuf::from(skygate_core::models::COG_VENV),
+                });
+                self.start_payload(
+                    job.prediction_id,
+                    payload,
+                    Some(&m.run),
+                    venv.collect(),
+                    request,
+                    job.deadline,
+                )
+            }
         }
     }
 }

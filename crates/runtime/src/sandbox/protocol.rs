@@ -112,7 +112,7 @@ pub fn mime_type(name: &str, head: &[u8]) -> &'static str {
 }
 
 /// The largest request a built-in model accepts on stdin.
-const MAX_REQUEST: u64 = 16 * 1024 * 1024;
+pub(super) const MAX_REQUEST: u64 = 16 * 1024 * 1024;
 
 /// Progress lines on stdout.
 struct StdoutControl;

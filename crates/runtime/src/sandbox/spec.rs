@@ -72,6 +72,9 @@ pub enum Payload {
     Builtin { id: String },
     /// Any executable, `argv[0]` resolved inside the sandbox, started in `/work`.
     Command { argv: Vec<String> },
+    /// A Cog HTTP server started by `argv` in `/model` for `predictor`; the helper relays the job to
+    /// it over the sandbox's own loopback and speaks the command protocol for it.
+    Cog { argv: Vec<String>, predictor: String },
 }
 
 /// The last line the outer stage writes on stderr: `<nonce> <json>`.

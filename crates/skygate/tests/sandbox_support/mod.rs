@@ -94,12 +94,8 @@ impl Sandbox {
         deadline: Duration,
     ) -> (Result<Output, RunError>, Option<SandboxReport>) {
         let m = CommandModel {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
             dir: dir.map(Path::to_owned),
-            timeout: None,
-            memory: None,
-            cpu_seconds: None,
-            devices: 0,
+            ..CommandModel::new(argv.iter().copied())
         };
         self.start(Backend::Command(m), input, deadline)
             .finish_with_report()
@@ -135,12 +131,8 @@ pub fn model_dir(files: &[(&str, u32, &str)]) -> tempfile::TempDir {
 /// A shell command model that asks for `devices` leased devices.
 pub fn shell_model(script: &str, devices: u32) -> CommandModel {
     CommandModel {
-        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        dir: None,
-        timeout: None,
-        memory: None,
-        cpu_seconds: None,
         devices,
+        ..CommandModel::new(["/bin/sh", "-c", script])
     }
 }
 
