@@ -15,7 +15,7 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 cargo build --release -q -p skygate --bin skygate
 target_dir="${CARGO_TARGET_DIR:-target}"
 bin="$target_dir/release/skygate"
-tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 cat >"$tmp/probe.lua" <<'LUA'
 -- A light, fixed pace: each connection waits 10 ms before its next request, so the probe itself never

@@ -6,6 +6,10 @@
 //!    sequential predictions against an in-process server with the sandbox, and against one with
 //!    `sandbox.mode = "none-unsafe"`, interleaved in blocks so both see the same machine.
 //!
+//! 3. with `SKYGATE_BENCH_COG_VENV` (a virtualenv with `cog`, as scripts/test.sh makes in `.venv-cog`):
+//!    one Cog prediction of `tests/cog/probe` in a fresh sandbox (server start, setup, `POST
+//!    /predictions`), beside the same Cog server started, asked and stopped without a sandbox.
+//!
 //! Run: `cargo bench -p skygate --bench sandbox` (or `cargo test -p skygate --bench sandbox`, with
 //! `SKYGATE_BENCH_HELPER=target/release/skygate`). Loopback only; bounded (well under a minute).
 
@@ -157,6 +161,106 @@ async fn e2e_bench() {
     open.stop().await.unwrap();
 }
 
+const COG_RUNS: usize = 20;
+
+/// The test predictor and the venv with Cog, if `SKYGATE_BENCH_COG_VENV` is set.
+fn cog_setup() -> Option<(PathBuf, PathBuf)> {
+    let venv = PathBuf::from(std::env::var_os("SKYGATE_BENCH_COG_VENV")?);
+    let probe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/cog/probe");
+    Some((venv, probe.canonicalize().unwrap()))
+}
+
+/// One Cog prediction with the server started bare: spawn, poll the health check, predict, kill.
+async fn bare_cog(venv: &std::path::Path, probe: &std::path::Path, port: u16) -> Duration {
+    let t = Instant::now();
+    let path = format!("{}:/usr/bin:/bin", venv.join("bin").display());
+    let mut child = tokio::process::Command::new(venv.join("bin/python"))
+        .args(["-m", "cog.server.http", "--host", "127.0.0.1"])
+        .current_dir(probe)
+        .env("PATH", path)
+        .env("PORT", port.to_string())
+        .env("COG_PREDICT_TYPE_STUB", "predict.py:Runner")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    loop {
+        let ready = match client.get(format!("{base}/health-check")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default().contains("\"READY\""),
+            Err(_) => false,
+        };
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: serde_json::Value = client
+        .post(format!("{base}/predictions"))
+        .json(&json!({"id": "bench", "input": {"prompt": "bench"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["output"], "hello bench", "{v}");
+    let took = t.elapsed();
+    child.kill().await.unwrap();
+    took
+}
+
+async fn cog_bench() {
+    let Some((venv, probe)) = cog_setup() else {
+        println!("Cog: skipped (set SKYGATE_BENCH_COG_VENV to a virtualenv with cog)");
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("skygate-bench-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let runner = SandboxRunner::new(settings(dir.path(), SandboxMode::Namespaces)).unwrap();
+    let model = skygate_core::models::CogModel {
+        run: CommandModel {
+            dir: Some(probe.clone()),
+            ..CommandModel::new(["/venv/bin/python", "-m", "cog.server.http", "--host", "127.0.0.1"])
+        },
+        predictor: "predict.py:Runner".into(),
+        venv: Some(venv.clone()),
+    };
+    let boxed = || async {
+        let t = Instant::now();
+        let h = runner
+            .start(Job {
+                prediction_id: "bench".into(),
+                backend: Backend::Cog(model.clone()),
+                input: json!({"prompt": "bench"}),
+                deadline: Duration::from_secs(60),
+            })
+            .unwrap();
+        let out = h.finish().await;
+        assert_eq!(out, Ok(skygate_runtime::Output::Text("hello bench".into())));
+        t.elapsed()
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    boxed().await;
+    bare_cog(&venv, &probe, port).await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..COG_RUNS {
+        with.push(boxed().await);
+        without.push(bare_cog(&venv, &probe, port).await);
+    }
+    summary("Cog prediction, fresh sandbox (start to result)", with);
+    summary("Cog prediction, bare server (start to result)", without);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special: both run it once.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -166,5 +270,6 @@ fn main() {
     rt.block_on(async {
         start_bench().await;
         e2e_bench().await;
+        cog_bench().await;
     });
 }

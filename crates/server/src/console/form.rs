@@ -4,7 +4,7 @@
 use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use skygate_core::{AccountId, NewAuditEntry, Timestamp};
+use skygate_core::{AccountId, Timestamp};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -179,11 +179,14 @@ async fn refused(state: &AppState, parts: &Parts, account: Option<&AccountId>, r
     let who = account.map_or("anonymous", AccountId::as_str);
     let actor = super::session::actor(who, state, &parts.extensions, &parts.headers);
     let target = format!("{} {}", parts.method, parts.uri.path());
-    let mut entry = NewAuditEntry::new(Timestamp::now(), actor.who, "console.refused", target, r.detail())
-        .from_client(actor.ip, &actor.user_agent);
-    if let Some(a) = account {
-        entry = entry.for_account(a.as_str());
-    }
+    let entry = super::session::audit_entry(
+        Timestamp::now(),
+        &actor,
+        "console.refused",
+        &target,
+        r.detail(),
+        account.map(AccountId::as_str),
+    );
     if let Err(e) = state.store().append_audit(&entry).await {
         return ConsoleError::from(e);
     }

@@ -59,13 +59,8 @@ fn audit(
     account: Option<&Account>,
     detail: &str,
 ) -> NewAuditEntry {
-    let target = account.map_or("unknown account", |a| a.id.as_str());
-    let e = NewAuditEntry::new(now, actor.who.clone(), action, target, detail)
-        .from_client(actor.ip.clone(), &actor.user_agent);
-    match account {
-        Some(a) => e.for_account(a.id.as_str()),
-        None => e,
-    }
+    let id = account.map(|a| a.id.as_str());
+    session::audit_entry(now, actor, action, id.unwrap_or("unknown account"), detail, id)
 }
 
 pub async fn form(State(state): State<AppState>, req: Request) -> Result<Response, ConsoleError> {

@@ -1,9 +1,10 @@
 //! The bounded password pool for argon2id: `accounts.password_hash_concurrency` dedicated threads, run
-//! at the lowest CPU priority (nice 19), behind a bounded queue. At most that many hashes (each ~19 MiB
+//! at the lowest CPU priority (the `SCHED_IDLE` policy, and nice 19), behind a bounded queue. At most that many hashes (each ~19 MiB
 //! and tens of ms of one core) run at once; the kernel gives every other thread (the API's workers)
 //! the CPU first, so a login flood slows logins, not the other routes; and with [`QUEUE_PER_THREAD`]
-//! logins per thread already waiting, the next is answered at once with 429 (`Retry-After: 1`) rather
-//! than left to time out. Dedicated threads also keep the hash memory to one malloc arena each (on
+//! logins per thread already waiting, the next waits at most a second for room and is then answered 429
+//! (`Retry-After: 1`) rather than left to time out (a flood that retries at once is so paced by the
+//! hashing threads, instead of spinning the API's workers on cheap 429s). Dedicated threads also keep the hash memory to one malloc arena each (on
 //! Tokio's blocking pool every new thread would keep its own). The hasher (and its dummy hash for
 //! unknown accounts) is built on first use.
 
@@ -19,6 +20,9 @@ use super::ConsoleError;
 /// Hashes that may wait per thread (at ~30 ms each, a full queue drains in about a second).
 pub const QUEUE_PER_THREAD: usize = 32;
 
+/// How long a login waits for room in a full queue before it is answered 429.
+const FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The nice value of the hashing threads (the lowest priority).
 const NICE: i32 = 19;
 
@@ -30,6 +34,8 @@ pub struct PasswordPool {
     tasks: SyncSender<Task>,
     /// Tasks sent and not yet taken by a thread.
     waiting: Arc<AtomicUsize>,
+    /// Signalled each time a thread takes a task (room in the queue).
+    room: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for PasswordPool {
@@ -49,17 +55,19 @@ impl PasswordPool {
         let (tasks, rx) = sync_channel::<Task>(size * QUEUE_PER_THREAD);
         let rx = Arc::new(Mutex::new(rx));
         let waiting = Arc::new(AtomicUsize::new(0));
+        let room = Arc::new(tokio::sync::Notify::new());
         let hasher = Arc::new(OnceLock::new());
         for i in 0..size {
             let (rx, waiting, hasher) = (rx.clone(), waiting.clone(), hasher.clone());
+            let room = room.clone();
             let started = std::thread::Builder::new()
                 .name(format!("skygate-password-{i}"))
-                .spawn(move || worker(&rx, &waiting, &hasher));
+                .spawn(move || worker(&rx, &waiting, &room, &hasher));
             if let Err(e) = started {
                 tracing::error!(error = %e, "cannot start a password hashing thread");
             }
         }
-        PasswordPool { tasks, waiting }
+        PasswordPool { tasks, waiting, room }
     }
 
     async fn run<T: Send + 'static>(
@@ -77,18 +85,30 @@ impl PasswordPool {
             });
         });
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        match self.tasks.try_send(task) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                return Err(ConsoleError::TooMany {
-                    message: "Too many logins are waiting right now: try again in a second.".into(),
-                    retry_after: 1,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                return Err(ConsoleError::internal(&HashError::Unavailable));
+        // A full queue holds the request for up to FULL_WAIT, taking the first room that frees up:
+        // a flood that retries at once is paced by the hashing threads instead of spinning on 429s.
+        let until = tokio::time::Instant::now() + FULL_WAIT;
+        let mut task = task;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.tasks.try_send(task) {
+                Ok(()) => break,
+                Err(TrySendError::Full(t)) => {
+                    task = t;
+                    if tokio::time::timeout_at(until, room).await.is_err() {
+                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                        return Err(ConsoleError::TooMany {
+                            message: "Too many logins are waiting right now: try again in a second.".into(),
+                            retry_after: 1,
+                        });
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Err(ConsoleError::internal(&HashError::Unavailable));
+                }
             }
         }
         let done = rx
@@ -111,8 +131,21 @@ impl PasswordPool {
 
 /// One hashing thread: lowers its own priority, then runs tasks until the pool is dropped. A panic in
 /// a task ends that task (its request gets an internal error), not the thread.
-fn worker(rx: &Mutex<Receiver<Task>>, waiting: &AtomicUsize, hasher: &OnceLock<Hasher>) {
-    // On Linux the nice value is per thread: this one only.
+fn worker(
+    rx: &Mutex<Receiver<Task>>,
+    waiting: &AtomicUsize,
+    room: &tokio::sync::Notify,
+    hasher: &OnceLock<Hasher>,
+) {
+    // SCHED_IDLE: the kernel runs this thread only when no normal thread wants the core, and a waking
+    // API worker preempts it at once (nice 19 alone still leaves it a share of each core and makes the
+    // worker wait for its slice). Both are per thread on Linux: this one only.
+    use thread_priority::unix::{set_thread_priority_and_policy, thread_native_id};
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        tracing::warn!(error = ?e, "cannot give the password hashing thread the idle scheduling policy");
+    }
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
         tracing::warn!(error = %e, "cannot lower the password hashing thread's priority");
     }
@@ -123,6 +156,7 @@ fn worker(rx: &Mutex<Receiver<Task>>, waiting: &AtomicUsize, hasher: &OnceLock<H
         };
         let Ok(task) = task else { return };
         waiting.fetch_sub(1, Ordering::Relaxed);
+        room.notify_one();
         let h = hasher.get_or_init(PasswordHasher::new);
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(h)));
     }
@@ -136,7 +170,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_is_answered_at_once_and_drains() {
+    async fn a_full_queue_is_answered_429_after_a_second_and_drains() {
         let pool = PasswordPool::new(1);
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let gate = Arc::new(Mutex::new(gate));
@@ -161,11 +195,21 @@ mod tests {
             assert!(tokio::time::Instant::now() < until, "the queue never filled");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let asked = std::time::Instant::now();
         match pool.run(|_| Ok(())).await {
             Err(ConsoleError::TooMany { retry_after: 1, .. }) => {}
             other => panic!("a full queue answered {other:?}"),
         }
+        assert!(asked.elapsed() >= FULL_WAIT, "answered before the wait was over");
+        // Room that frees up during the wait is taken: one more task is admitted behind the gate
+        // once a queued one starts.
+        let late = {
+            let p = pool.clone();
+            tokio::spawn(async move { p.run(|_| Ok(())).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
         drop(release);
+        late.await.unwrap().unwrap();
         for h in held {
             h.await.unwrap().unwrap();
         }
@@ -181,6 +225,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(nice, NICE);
+        let policy = pool
+            .run(|_| Ok(thread_priority::unix::thread_schedule_policy().ok()))
+            .await
+            .unwrap();
+        assert_eq!(
+            policy,
+            Some(thread_priority::ThreadSchedulePolicy::Normal(
+                thread_priority::NormalThreadSchedulePolicy::Idle
+            ))
+        );
         // A task that panics ends with an internal error; the thread lives on.
         assert!(matches!(
             pool.run(|_| -> Result<(), HashError> { panic!("boom") }).await,

@@ -50,6 +50,23 @@ pub fn csrf_token(hasher: &dyn KeyHasher, secret: &SessionSecret) -> String {
     hasher.hash(&input).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An audit entry by `actor` (with the client's address and user agent), tied to `account` if known.
+pub fn audit_entry(
+    now: Timestamp,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+    account: Option<&str>,
+) -> NewAuditEntry {
+    let e = NewAuditEntry::new(now, actor.who.clone(), action, target, detail)
+        .from_client(actor.ip.clone(), &actor.user_agent);
+    match account {
+        Some(a) => e.for_account(a),
+        None => e,
+    }
+}
+
 /// Who is asking from where, for audit entries.
 pub fn actor(who: &str, state: &AppState, parts_ext: &axum::http::Extensions, headers: &HeaderMap) -> Actor {
     let ip = crate::screen::client_of_parts(state, parts_ext, headers)
