@@ -22,7 +22,7 @@ pub enum Backend {
 /// A `cog` model: Cog's HTTP server (`python -m cog.server.http`) runs inside the sandbox with the
 /// predictor's directory at `/model`; the helper in the sandbox relays one prediction to it over the
 /// sandbox's own loopback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CogModel {
     /// The sandbox: `argv` starts the server (the Python with Cog installed, `-m cog.server.http`),
     /// `dir` is the predictor's directory, the limits and devices as for a command model.
@@ -32,13 +32,16 @@ pub struct CogModel {
     /// A virtualenv with Cog installed, bound read-only at [`COG_VENV`] (its interpreter then starts
     /// the server).
     pub venv: Option<std::path::PathBuf>,
+    /// `reuse = "tenant"`: one warm sandbox per (model, account), destroyed after this idle time.
+    /// `None`: a fresh sandbox for every prediction.
+    pub warm_idle: Option<std::time::Duration>,
 }
 
 /// Where a Cog model's virtualenv appears inside its sandbox.
 pub const COG_VENV: &str = "/venv";
 
 /// A `command` model: what runs and its own limits (unset: the `[sandbox]` defaults).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CommandModel {
     /// `argv[0]` is resolved inside the sandbox (e.g. `python3`, `/model/run.sh`).
     pub argv: Vec<String>,

@@ -36,6 +36,9 @@ pub struct Job {
     /// Wall-clock budget counted from [`Runner::start`]; past it the job is stopped and ends
     /// [`RunError::TimedOut`].
     pub deadline: Duration,
+    /// The account the prediction belongs to: warm sandboxes (`reuse = "tenant"`) are kept per
+    /// account and never shared across accounts (`None`: never reused).
+    pub tenant: Option<String>,
 }
 
 /// One file a model produced.

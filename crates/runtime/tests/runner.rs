@@ -16,6 +16,7 @@ fn job(id: &str, input: Value, deadline: Duration) -> Job {
         backend: Backend::Builtin(id.into()),
         input,
         deadline,
+        tenant: None,
     }
 }
 
@@ -222,6 +223,7 @@ async fn unknown_builtins_and_other_backends_are_unsupported() {
             run: command,
             predictor: "predict.py:Predictor".into(),
             venv: None,
+            warm_idle: None,
         }),
     ] {
         let r = BuiltinRunner.start(Job {
@@ -229,6 +231,7 @@ async fn unknown_builtins_and_other_backends_are_unsupported() {
             backend,
             input: json!({}),
             deadline: LONG,
+            tenant: None,
         });
         assert!(matches!(r, Err(RunError::Unsupported(_))), "{r:?}");
     }

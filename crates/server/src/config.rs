@@ -481,6 +481,12 @@ pub struct ModelConfig {
     pub python: Option<String>,
     /// For `cog`: the predictor reference (default: the `predict` key of `dir/cog.yaml`).
     pub predictor: Option<String>,
+    /// For `cog`: `none` (default: a fresh sandbox per prediction) or `tenant` (one warm sandbox per
+    /// account, never shared across accounts).
+    pub reuse: Option<String>,
+    /// For `cog` with `reuse = "tenant"`: how long an unused warm sandbox lives (default 60 s).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
     pub name: Option<String>,
     #[serde(default)]
     pub description: String,
@@ -1146,6 +1152,24 @@ impl ModelConfig {
                     run: self.sandboxed(argv.map(String::from).to_vec())?,
                     predictor,
                     venv: self.venv.clone(),
+                    warm_idle: match self.reuse.as_deref() {
+                        None | Some("none") if self.idle_timeout.is_none() => None,
+                        None | Some("none") => {
+                            return Err("idle_timeout needs reuse = \"tenant\"".into())
+                        }
+                        Some("tenant") if self.devices.unwrap_or(0) > 0 => {
+                            return Err("reuse = \"tenant\" cannot be combined with devices (a warm sandbox would hold them while idle)".into())
+                        }
+                        Some("tenant") => match self.idle_timeout {
+                            Some(t) if t.is_zero() => {
+                                return Err("idle_timeout must be greater than 0".into())
+                            }
+                            t => Some(t.unwrap_or(Duration::from_secs(60))),
+                        },
+                        Some(other) => {
+                            return Err(format!("reuse must be \"none\" or \"tenant\", got {other:?}"))
+                        }
+                    },
                 })
             }
             other => {
@@ -1391,6 +1415,8 @@ mod tests {
             venv: None,
             python: None,
             predictor: None,
+            reuse: None,
+            idle_timeout: None,
             name: None,
             description: String::new(),
             kind: "text".into(),
@@ -1456,6 +1482,21 @@ mod tests {
         };
         assert_eq!(c.run.argv[0], "/venv/bin/python");
         assert_eq!(c.venv, Some(d.path().join("env")));
+        assert_eq!(c.warm_idle, None);
+        let reuse = |r: &str, idle: Option<u64>| ModelConfig {
+            reuse: Some(r.into()),
+            idle_timeout: idle.map(Duration::from_secs),
+            ..cog(Some(d.path()), None)
+        };
+        let warm = |m: ModelConfig| match m.to_spec("x").unwrap().backend {
+            Backend::Cog(c) => c.warm_idle,
+            _ => panic!("not a cog model"),
+        };
+        assert_eq!(warm(reuse("tenant", None)), Some(Duration::from_secs(60)));
+        assert_eq!(warm(reuse("tenant", Some(5))), Some(Duration::from_secs(5)));
+        assert!(reuse("tenant", Some(0)).to_spec("x").is_err());
+        assert!(reuse("none", Some(5)).to_spec("x").is_err());
+        assert!(reuse("shared", None).to_spec("x").unwrap_err().contains("tenant"));
         assert!(m("docker").to_spec("x").is_err());
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! 3. with `SKYGATE_BENCH_COG_VENV` (a virtualenv with `cog`, as scripts/test.sh makes in `.venv-cog`):
 //!    one Cog prediction of `tests/cog/probe` in a fresh sandbox (server start, setup, `POST
-//!    /predictions`), beside the same Cog server started, asked and stopped without a sandbox.
+//!    /predictions`), beside the same Cog server started, asked and stopped without a sandbox, and
+//!    then the same prediction in a warm sandbox (`reuse = "tenant"`, after the first).
 //!
 //! Run: `cargo bench -p skygate --bench sandbox` (or `cargo test -p skygate --bench sandbox`, with
 //! `SKYGATE_BENCH_HELPER=target/release/skygate`). Loopback only; bounded (well under a minute).
@@ -82,6 +83,7 @@ async fn bin_true(runner: &SandboxRunner) -> (Duration, Option<u64>) {
             backend: Backend::Command(m),
             input: json!({}),
             deadline: Duration::from_secs(10),
+            tenant: None,
         })
         .unwrap();
     let (r, rep) = h.finish_with_report().await;
@@ -230,6 +232,7 @@ async fn cog_bench() {
         },
         predictor: "predict.py:Runner".into(),
         venv: Some(venv.clone()),
+        warm_idle: None,
     };
     let boxed = || async {
         let t = Instant::now();
@@ -239,6 +242,7 @@ async fn cog_bench() {
                 backend: Backend::Cog(model.clone()),
                 input: json!({"prompt": "bench"}),
                 deadline: Duration::from_secs(60),
+                tenant: None,
             })
             .unwrap();
         let out = h.finish().await;
@@ -259,6 +263,32 @@ async fn cog_bench() {
     }
     summary("Cog prediction, fresh sandbox (start to result)", with);
     summary("Cog prediction, bare server (start to result)", without);
+    // reuse = "tenant": the same account's predictions after the first go to its warm sandbox.
+    let warm = skygate_core::models::CogModel {
+        warm_idle: Some(Duration::from_secs(60)),
+        ..model.clone()
+    };
+    let mut reused = Vec::new();
+    for i in 0..=COG_RUNS {
+        let t = Instant::now();
+        let h = runner
+            .start(Job {
+                prediction_id: "bench".into(),
+                backend: Backend::Cog(warm.clone()),
+                input: json!({"prompt": "bench"}),
+                deadline: Duration::from_secs(60),
+                tenant: Some("acct_bench".into()),
+            })
+            .unwrap();
+        assert_eq!(
+            h.finish().await,
+            Ok(skygate_runtime::Output::Text("hello bench".into()))
+        );
+        if i > 0 {
+            reused.push(t.elapsed());
+        }
+    }
+    summary("Cog prediction, warm sandbox (reuse = tenant)", reused);
 }
 
 fn main() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skygate_core::models::{Backend, CogModel, CommandModel};
-use skygate_runtime::{Output, RunError, SandboxReport};
+use skygate_runtime::{Output, RunError, Runner, SandboxReport};
 use skygate_testkit::binary::BinaryServer;
 
 use common::{bin, setup, status_of, Api};
@@ -73,6 +73,7 @@ fn cog_model(venv: &Path, dir: &Path) -> CogModel {
         },
         predictor: "predict.py:Runner".into(),
         venv: Some(venv.to_owned()),
+        warm_idle: None,
     }
 }
 
@@ -155,17 +156,116 @@ async fn cog_predictors_run_in_the_sandbox_without_network() {
     assert_no_cog_left();
 }
 
-/// No Cog server outlives its sandbox.
+/// No Cog server outlives its sandbox (a killed sandbox may take a moment to go).
 fn assert_no_cog_left() {
-    let mut left = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("cog.server.http") || cmdline.contains("coglet.server") {
-            left.push(cmdline);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("cog.server.http") || cmdline.contains("coglet.server") {
+                left.push(cmdline);
+            }
         }
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "Cog processes left running: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(left.is_empty(), "Cog processes left running: {left:?}");
+}
+
+/// `reuse = "tenant"`: an account's next prediction gets its warm sandbox (the same server), another
+/// account never does; a failed prediction keeps it, a deadline destroys it, and so do the idle
+/// timeout and dropping the runner.
+#[tokio::test]
+async fn warm_sandboxes_are_kept_per_account_and_reaped() {
+    let test = "warm_sandboxes_are_kept_per_account_and_reaped";
+    let Some(venv) = cog_venv(test) else {
+        return;
+    };
+    let Some(s) = Sandbox::new(test) else {
+        return;
+    };
+    let dir = predictor(false);
+    let model = CogModel {
+        warm_idle: Some(Duration::from_secs(4)),
+        ..cog_model(&venv, dir.path())
+    };
+    let run_for = |tenant: &str, input: Value, deadline: Duration| {
+        let h = s
+            .runner
+            .start(skygate_runtime::Job {
+                prediction_id: "warm".into(),
+                backend: Backend::Cog(model.clone()),
+                input,
+                deadline,
+                tenant: Some(tenant.into()),
+            })
+            .unwrap();
+        h.finish_with_report()
+    };
+    let long = Duration::from_secs(60);
+    let id_of = |out: Result<Output, RunError>| match out {
+        Ok(Output::Text(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    let (out, rep) = run_for("acct_a", json!({"mode": "id"}), long).await;
+    let first = id_of(out);
+    let rep = rep.unwrap();
+    assert!(rep.exit == "answered (started)" && rep.start_us > 0, "{rep:?}");
+    let (out, rep) = run_for("acct_a", json!({"mode": "id"}), long).await;
+    assert_eq!(
+        id_of(out),
+        first,
+        "the account's second prediction reuses its sandbox"
+    );
+    let rep = rep.unwrap();
+    assert!(rep.exit == "answered (warm)" && rep.start_us == 0, "{rep:?}");
+    let (out, _) = run_for("acct_b", json!({"mode": "id"}), long).await;
+    assert_ne!(id_of(out), first, "another account never gets it");
+    assert_eq!(s.runner.warm_idle(), 2);
+
+    // Files come back inline from a warm sandbox; a failed prediction leaves it in use.
+    let (out, _) = run_for("acct_a", json!({"prompt": "warm", "mode": "file"}), long).await;
+    match out {
+        Ok(Output::Files(f)) => assert_eq!(
+            (f[0].name.as_str(), f[0].bytes.as_slice()),
+            ("output-0.txt", &b"hello warm"[..])
+        ),
+        other => panic!("{other:?}"),
+    }
+    let (out, _) = run_for("acct_a", json!({"mode": "fail"}), long).await;
+    assert!(
+        matches!(&out, Err(RunError::Failed(m)) if m.contains("asked to fail")),
+        "{out:?}"
+    );
+    let (out, _) = run_for("acct_a", json!({"mode": "id"}), long).await;
+    assert_eq!(id_of(out), first);
+
+    // A deadline destroys it: the next prediction starts a new server.
+    let (out, rep) = run_for("acct_a", json!({"mode": "sleep"}), Duration::from_secs(3)).await;
+    assert!(matches!(out, Err(RunError::TimedOut(_))), "{out:?}");
+    assert_eq!(rep.unwrap().exit, "deadline");
+    let (out, _) = run_for("acct_a", json!({"mode": "id"}), long).await;
+    let second = id_of(out);
+    assert_ne!(second, first);
+
+    // The idle timeout ends both accounts' sandboxes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(s.runner.warm_idle(), 0);
+    assert_no_cog_left();
+
+    // Dropping the runner ends the warm sandboxes it kept.
+    let (out, _) = run_for("acct_c", json!({"mode": "id"}), long).await;
+    id_of(out);
+    assert_eq!(s.runner.warm_idle(), 1);
+    drop(s);
+    assert_no_cog_left();
 }
 
 /// `backend = "cog"` in the config, through the predictions API of the real binary.
@@ -183,7 +283,9 @@ async fn cog_models_serve_the_predictions_api() {
     let data = tmp.path().join("data");
     let toml = format!(
         "[models.cog-probe]\nbackend = \"cog\"\ntype = \"text\"\ndir = {dir:?}\nvenv = {venv:?}\n\
-         timeout = \"60s\"\ninput_schema = {{ type = \"object\" }}\n",
+         timeout = \"60s\"\ninput_schema = {{ type = \"object\" }}\n\
+         [models.cog-warm]\nbackend = \"cog\"\ntype = \"text\"\ndir = {dir:?}\nvenv = {venv:?}\n\
+         reuse = \"tenant\"\nidle_timeout = \"30s\"\ninput_schema = {{ type = \"object\" }}\n",
         dir = dir.path().display().to_string(),
         venv = venv.display().to_string(),
     );
@@ -217,5 +319,16 @@ async fn cog_models_serve_the_predictions_api() {
         failed["error"].as_str().unwrap_or("").contains("asked to fail"),
         "{failed}"
     );
+
+    // reuse = "tenant": the account's second prediction is answered by the same warm server.
+    let a = api
+        .post(json!({"model": "cog-warm", "input": {"mode": "id"}, "await": true}))
+        .await;
+    let b = api
+        .post(json!({"model": "cog-warm", "input": {"mode": "id"}, "await": true}))
+        .await;
+    assert_eq!(status_of(&b), "succeeded", "{b}");
+    assert_eq!(a["output"], b["output"], "{a} {b}");
+    assert_eq!(b["metrics"]["sandbox_exit"], "answered (warm)", "{b}");
     drop(srv);
 }

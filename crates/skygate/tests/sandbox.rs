@@ -448,6 +448,7 @@ async fn devices_are_leased_to_one_sandbox_at_a_time() {
         backend: Backend::Command(shell_model("true", 3)),
         input: json!({}),
         deadline: Duration::from_secs(5),
+        tenant: None,
     });
     assert!(
         matches!(&too_many, Err(RunError::Unsupported(m)) if m.contains("needs 3 devices")),

@@ -1,7 +1,7 @@
 """A tiny Cog predictor for skygate's tests (pure Python, no weights).
 
 mode "text" greets, "file" returns a file (Cog sends it as a data URL), "fail" raises, "sleep" never
-answers, and "network" reports what the sandbox lets it reach. The network probes connect only to loopback addresses: inside
+answers, "id" names this server's start (the same in a reused sandbox), and "network" reports what the sandbox lets it reach. The network probes connect only to loopback addresses: inside
 the sandbox they must fail; if the sandbox failed open they touch only this machine's own services.
 """
 
@@ -35,11 +35,14 @@ def default_route() -> bool:
 class Runner(BaseRunner):
     def setup(self) -> None:
         self.greeting = "hello"
+        self.started = f"{os.getpid()}-{time.time_ns()}"
 
     def run(self, prompt: str = "world", mode: str = "text") -> Any:
         print(f"mode {mode}")
         if mode == "fail":
             raise ValueError("asked to fail")
+        if mode == "id":
+            return self.started
         if mode == "sleep":
             time.sleep(600)
         if mode == "file":

@@ -82,13 +82,24 @@ pub(super) fn loopback_up() -> Result<(), String> {
     }
 }
 
-/// Runs one Cog prediction: the request from stdin, messages to stdout, files to `/out`.
-pub(super) fn serve(argv: &[String], predictor: &str) -> ExitCode {
-    let request = match super::inside::read_request(super::protocol::MAX_REQUEST)
-        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| "the request is not JSON".to_owned()))
-    {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
+/// Runs Cog predictions: one request from stdin to EOF (messages to stdout, files to `/out`), or with
+/// `warm` one request line after another, each answered by its messages (files inline) and a
+/// `{"done": …}` line.
+pub(super) fn serve(argv: &[String], predictor: &str, warm: bool) -> ExitCode {
+    let request = if warm {
+        // The predictor runs as this uid: without this it could open /proc/1/fd/1 and write protocol
+        // lines of its own between requests.
+        if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+            return fail(&format!("cannot protect the Cog relay: {e}"));
+        }
+        Value::Null
+    } else {
+        match super::inside::read_request(super::protocol::MAX_REQUEST).and_then(|b| {
+            serde_json::from_slice::<Value>(&b).map_err(|_| "the request is not JSON".to_owned())
+        }) {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        }
     };
     let mut server = match start_server(argv, predictor) {
         Ok(c) => c,
@@ -102,7 +113,11 @@ pub(super) fn serve(argv: &[String], predictor: &str) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the Cog relay: {e}")),
     };
-    match rt.block_on(relay(&mut server, &request)) {
+    if warm {
+        rt.block_on(serve_warm(&mut server));
+        return ExitCode::SUCCESS;
+    }
+    match rt.block_on(relay(&mut server, &request, Sink::OutDir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Ended::Failed(e)) => fail(&e),
         // The server's own output (on stderr) says why; the host shows its last lines.
@@ -164,17 +179,85 @@ fn start_server(argv: &[String], predictor: &str) -> Result<Child, String> {
         .map_err(|e| format!("cannot start the Cog server {prog:?}: {e}"))
 }
 
-async fn relay(server: &mut Child, request: &Value) -> Result<(), Ended> {
+/// The warm loop: waits for the server once, then answers request lines until stdin ends. After a
+/// setup failure or a dead server it answers `{"done": "stop"}` and ends (the host discards it).
+async fn serve_warm(server: &mut Child) {
+    use std::io::BufRead;
+    let ready = wait_ready(server).await;
+    let mut lines = std::io::stdin().lock();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let outcome = match (&ready, serde_json::from_str::<Value>(&line)) {
+            (Err(e), _) => Err(e.describe()),
+            (Ok(()), Err(_)) => Err(Ended::Failed("the request is not JSON".into())),
+            (Ok(()), Ok(request)) => predict(&request, Sink::Inline).await,
+        };
+        let alive = matches!(server.try_wait(), Ok(None));
+        match outcome {
+            Ok(()) => {}
+            Err(Ended::Failed(e)) => emit(&json!({ "error": e })),
+            Err(Ended::ServerExited(s)) => emit(&json!({ "error": format!("the Cog server exited ({s})") })),
+        }
+        let keep = ready.is_ok() && alive;
+        emit(&json!({ "done": if keep { "ok" } else { "stop" } }));
+        if !keep {
+            return;
+        }
+    }
+}
+
+impl Ended {
+    /// The same ending again (a setup failure answers every request of a warm sandbox alike).
+    fn describe(&self) -> Ended {
+        match self {
+            Ended::Failed(e) => Ended::Failed(e.clone()),
+            Ended::ServerExited(s) => Ended::ServerExited(*s),
+        }
+    }
+}
+
+/// Where file outputs go.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// Into `/out`, copied out when the sandbox ends.
+    OutDir,
+    /// On stdout as `{"file": {"name", "data"}}` lines (a warm sandbox does not end per prediction).
+    Inline,
+}
+
+async fn relay(server: &mut Child, request: &Value, sink: Sink) -> Result<(), Ended> {
     wait_ready(server).await?;
+    predict(request, sink).await
+}
+
+/// One `POST /predictions`, mapped onto the protocol.
+async fn predict(request: &Value, sink: Sink) -> Result<(), Ended> {
     let body = json!({
         "id": request.get("id").cloned().unwrap_or(Value::Null),
         "input": request.get("input").cloned().unwrap_or_else(|| json!({})),
     });
-    let (status, reply) = call(Method::POST, "/predictions", Some(body.to_string()))
-        .await
-        .map_err(|e| Ended::Failed(format!("the Cog server did not answer the prediction: {e}")))?;
-    let reply: Value = serde_json::from_slice(&reply)
-        .map_err(|_| Ended::Failed(format!("the Cog server answered {status} without JSON")))?;
+    let (status, reply) = loop {
+        let (status, reply) = call(Method::POST, "/predictions", Some(body.to_string()))
+            .await
+            .map_err(|e| Ended::Failed(format!("the Cog server did not answer the prediction: {e}")))?;
+        let reply: Value = serde_json::from_slice(&reply)
+            .map_err(|_| Ended::Failed(format!("the Cog server answered {status} without JSON")))?;
+        // Cog frees its prediction slot a moment after it answers: in a warm sandbox the next
+        // request can arrive first and is refused as "at capacity" (the host's deadline bounds this).
+        let busy = matches!(status, StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE)
+            || reply["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("At capacity"));
+        if !busy {
+            break (status, reply);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     if status == StatusCode::UNPROCESSABLE_ENTITY {
         return Err(Ended::Failed(format!(
             "the input is not valid for this model: {}",
@@ -196,7 +279,7 @@ async fn relay(server: &mut Child, request: &Value) -> Result<(), Ended> {
     match reply.get("status").and_then(Value::as_str) {
         Some("succeeded") => {
             let output = reply.get("output").cloned().unwrap_or(Value::Null);
-            write_output(output).map_err(Ended::Failed)
+            write_output(output, sink).map_err(Ended::Failed)
         }
         Some("failed") => Err(Ended::Failed(error())),
         Some("canceled") => Err(Ended::Failed("the prediction was canceled".into())),
@@ -296,7 +379,7 @@ fn validation_detail(reply: &Value) -> String {
 }
 
 /// A file output (a data URL, or a list of them) goes to `/out`; anything else is the output line.
-fn write_output(output: Value) -> Result<(), String> {
+fn write_output(output: Value, sink: Sink) -> Result<(), String> {
     let files: Option<Vec<(String, Vec<u8>)>> = match &output {
         Value::String(s) => data_url(s).map(|f| vec![f]),
         Value::Array(items) if !items.is_empty() => {
@@ -310,8 +393,15 @@ fn write_output(output: Value) -> Result<(), String> {
     };
     let out = std::path::Path::new("/out");
     for (i, (ext, bytes)) in files.iter().enumerate() {
-        std::fs::write(out.join(format!("output-{i}.{ext}")), bytes)
-            .map_err(|e| format!("could not write an output file: {e}"))?;
+        let name = format!("output-{i}.{ext}");
+        match sink {
+            Sink::OutDir => std::fs::write(out.join(&name), bytes)
+                .map_err(|e| format!("could not write an output file: {e}"))?,
+            Sink::Inline => {
+                let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+                emit(&json!({ "file": { "name": name, "data": data } }));
+            }
+        }
     }
     Ok(())
 }

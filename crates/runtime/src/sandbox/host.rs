@@ -103,7 +103,7 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
     });
     let (tx, mut rx) = mpsc::channel::<Result<Message, String>>(64);
     if let Some(out) = run.child.stdout.take() {
-        tokio::spawn(read_stdout(out, tx));
+        tokio::spawn(read_lines(out, tx, protocol::parse_line, MAX_LINE, MAX_STDOUT));
     }
     let stderr = run.child.stderr.take().map(|e| tokio::spawn(read_tail(e)));
     let deadline = tokio::time::sleep(run.deadline);
@@ -289,7 +289,15 @@ fn take(seen: &mut Seen, msg: Message, side: &JobSide, prediction: &str) {
     }
 }
 
-async fn read_stdout(out: tokio::process::ChildStdout, tx: mpsc::Sender<Result<Message, String>>) {
+/// Reads protocol lines from stdout into `tx` with `parse`, at most `max_line` bytes a line and
+/// `max_total` in all; the first error ends it.
+pub(crate) async fn read_lines<T>(
+    out: tokio::process::ChildStdout,
+    tx: mpsc::Sender<Result<T, String>>,
+    parse: fn(&[u8]) -> Result<Option<T>, String>,
+    max_line: usize,
+    max_total: usize,
+) {
     let mut r = BufReader::with_capacity(64 * 1024, out);
     let mut line = Vec::new();
     let mut total = 0usize;
@@ -304,19 +312,22 @@ async fn read_stdout(out: tokio::process::ChildStdout, tx: mpsc::Sender<Result<M
         };
         let n = chunk.len();
         total += n;
-        if line.len() + n > MAX_LINE || total > MAX_STDOUT {
-            let e = if total > MAX_STDOUT {
-                "the model wrote more than 64 MiB on stdout"
+        if line.len() + n > max_line || total > max_total {
+            let e = if total > max_total {
+                format!("the model wrote more than {} MiB on stdout", max_total >> 20)
             } else {
-                "the model wrote a line longer than 8 MiB on stdout"
+                format!(
+                    "the model wrote a line longer than {} MiB on stdout",
+                    max_line >> 20
+                )
             };
-            let _ = tx.send(Err(e.into())).await;
+            let _ = tx.send(Err(e)).await;
             return;
         }
         line.extend_from_slice(chunk);
         r.consume(n);
         if done {
-            match protocol::parse_line(&line) {
+            match parse(&line) {
                 Ok(Some(m)) => {
                     if tx.send(Ok(m)).await.is_err() {
                         return;
@@ -333,13 +344,13 @@ async fn read_stdout(out: tokio::process::ChildStdout, tx: mpsc::Sender<Result<M
     }
     if !line.is_empty() {
         let _ = tx
-            .send(protocol::parse_line(&line).and_then(|m| m.ok_or_else(String::new)))
+            .send(parse(&line).and_then(|m| m.ok_or_else(String::new)))
             .await;
     }
 }
 
 /// Reads a pipe to its end, keeping the last [`STDERR_TAIL`] bytes.
-async fn read_tail(mut e: tokio::process::ChildStderr) -> Vec<u8> {
+pub(crate) async fn read_tail(mut e: tokio::process::ChildStderr) -> Vec<u8> {
     let mut tail = Vec::with_capacity(STDERR_TAIL * 2);
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n) = e.read(&mut buf).await {
@@ -355,7 +366,7 @@ async fn read_tail(mut e: tokio::process::ChildStderr) -> Vec<u8> {
 }
 
 /// Splits the helper's status line (the last line starting with `nonce`) from the model's stderr.
-fn split_status(tail: &[u8], nonce: Option<&str>) -> (Option<Status>, Vec<u8>) {
+pub(crate) fn split_status(tail: &[u8], nonce: Option<&str>) -> (Option<Status>, Vec<u8>) {
     let Some(nonce) = nonce else {
         return (None, tail.to_vec());
     };

@@ -496,7 +496,11 @@ fn inner(spec: &Spec) -> Result<ExitCode, String> {
             eprintln!("cannot start the model's command {prog:?}: {err}");
             Ok(ExitCode::from(127))
         }
-        Payload::Cog { argv, predictor } => Ok(super::cog::serve(argv, predictor)),
+        Payload::Cog {
+            argv,
+            predictor,
+            warm,
+        } => Ok(super::cog::serve(argv, predictor, *warm)),
     }
 }
 

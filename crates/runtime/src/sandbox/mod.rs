@@ -20,6 +20,7 @@ pub mod probe;
 pub mod protocol;
 pub mod seccomp;
 pub mod spec;
+mod warm;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -82,6 +83,8 @@ struct Inner {
     jobs: JobRoot,
     uids: Option<UidPool>,
     devices: DevicePool,
+    /// Idle warm Cog sandboxes (`reuse = "tenant"`).
+    warm: warm::Pool,
 }
 
 /// One sandbox to start.
@@ -136,12 +139,18 @@ impl SandboxRunner {
                 jobs,
                 uids,
                 devices,
+                warm: warm::Pool::default(),
             }),
         })
     }
 
     pub fn settings(&self) -> &SandboxSettings {
         &self.inner.settings
+    }
+
+    /// How many warm Cog sandboxes are idle right now.
+    pub fn warm_idle(&self) -> usize {
+        self.inner.warm.idle()
     }
 
     /// Starts one sandbox for `payload`, with the model's directory at `/model`. Exposed for `sandbox
@@ -414,11 +423,38 @@ impl Runner for SandboxRunner {
                 let payload = Payload::Cog {
                     argv: m.run.argv.clone(),
                     predictor: m.predictor.clone(),
+                    warm: false,
                 };
                 let venv = m.venv.iter().map(|v| Bind {
                     src: v.clone(),
                     dst: PathBuf::from(skygate_core::models::COG_VENV),
                 });
+                let sandboxed = self.inner.settings.mode == SandboxMode::Namespaces;
+                if let (Some(idle), Some(tenant), true) = (m.warm_idle, &job.tenant, sandboxed) {
+                    if m.run.devices > 0 {
+                        return Err(RunError::Unsupported(
+                            "a warm Cog sandbox cannot lease devices".into(),
+                        ));
+                    }
+                    let launch = Launch {
+                        prediction_id: job.prediction_id,
+                        payload,
+                        model: Some(m.run.clone()),
+                        extra_binds: venv.collect(),
+                        request,
+                        deadline: job.deadline,
+                    };
+                    let (handle, side) = pair();
+                    tokio::spawn(warm::run(
+                        self.inner.clone(),
+                        m.clone(),
+                        tenant.clone(),
+                        idle,
+                        launch,
+                        side,
+                    ));
+                    return Ok(handle);
+                }
                 self.start_payload(
                     job.prediction_id,
                     payload,

@@ -74,7 +74,13 @@ pub enum Payload {
     Command { argv: Vec<String> },
     /// A Cog HTTP server started by `argv` in `/model` for `predictor`; the helper relays the job to
     /// it over the sandbox's own loopback and speaks the command protocol for it.
-    Cog { argv: Vec<String>, predictor: String },
+    Cog {
+        argv: Vec<String>,
+        predictor: String,
+        /// Serve one request line after another (a warm sandbox) instead of one request to EOF.
+        #[serde(default)]
+        warm: bool,
+    },
 }
 
 /// The last line the outer stage writes on stderr: `<nonce> <json>`.

@@ -136,6 +136,7 @@ async fn run_one(
                 backend: spec.backend.clone(),
                 input,
                 deadline: q.job_timeout,
+                tenant: Some(record.account.to_string()),
             };
             match runner.start(job) {
                 Err(e) => Ended::Finished(Err(e), None),

@@ -76,6 +76,7 @@ impl Sandbox {
                 backend,
                 input,
                 deadline,
+                tenant: None,
             })
             .unwrap()
     }
