@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skygate_core::models::{Backend, CogModel, CommandModel};
-use skygate_runtime::{Output, RunError, Runner, SandboxReport};
+use skygate_runtime::{Output, RunError, SandboxReport};
 use skygate_testkit::binary::BinaryServer;
 
 use common::{bin, setup, status_of, Api};
@@ -197,17 +197,8 @@ async fn warm_sandboxes_are_kept_per_account_and_reaped() {
         ..cog_model(&venv, dir.path())
     };
     let run_for = |tenant: &str, input: Value, deadline: Duration| {
-        let h = s
-            .runner
-            .start(skygate_runtime::Job {
-                prediction_id: "warm".into(),
-                backend: Backend::Cog(model.clone()),
-                input,
-                deadline,
-                tenant: Some(tenant.into()),
-            })
-            .unwrap();
-        h.finish_with_report()
+        s.start_for(Some(tenant), Backend::Cog(model.clone()), input, deadline)
+            .finish_with_report()
     };
     let long = Duration::from_secs(60);
     let id_of = |out: Result<Output, RunError>| match out {

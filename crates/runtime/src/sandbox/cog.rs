@@ -140,6 +140,7 @@ fn emit(v: &Value) {
 }
 
 /// How a relay that did not succeed ended.
+#[derive(Clone)]
 enum Ended {
     /// A clear, user-facing error.
     Failed(String),
@@ -193,7 +194,7 @@ async fn serve_warm(server: &mut Child) {
             Ok(_) => {}
         }
         let outcome = match (&ready, serde_json::from_str::<Value>(&line)) {
-            (Err(e), _) => Err(e.describe()),
+            (Err(e), _) => Err(e.clone()),
             (Ok(()), Err(_)) => Err(Ended::Failed("the request is not JSON".into())),
             (Ok(()), Ok(request)) => predict(&request, Sink::Inline).await,
         };
@@ -207,16 +208,6 @@ async fn serve_warm(server: &mut Child) {
         emit(&json!({ "done": if keep { "ok" } else { "stop" } }));
         if !keep {
             return;
-        }
-    }
-}
-
-impl Ended {
-    /// The same ending again (a setup failure answers every request of a warm sandbox alike).
-    fn describe(&self) -> Ended {
-        match self {
-            Ended::Failed(e) => Ended::Failed(e.clone()),
-            Ended::ServerExited(s) => Ended::ServerExited(*s),
         }
     }
 }
@@ -314,7 +305,7 @@ async fn wait_ready(server: &mut Child) -> Result<(), Ended> {
                     };
                     return Err(Ended::Failed(format!(
                         "the Cog predictor's setup {what}: {}",
-                        tail(logs, SETUP_TAIL)
+                        super::host::last_lines(logs.as_bytes(), SETUP_TAIL)
                     )));
                 }
                 _ => {}
@@ -375,7 +366,7 @@ fn validation_detail(reply: &Value) -> String {
         .get("error")
         .and_then(Value::as_str)
         .map_or_else(|| reply.to_string(), str::to_owned);
-    tail(&text, SETUP_TAIL)
+    super::host::last_lines(text.as_bytes(), SETUP_TAIL)
 }
 
 /// A file output (a data URL, or a list of them) goes to `/out`; anything else is the output line.
@@ -435,16 +426,6 @@ fn extension(mime: &str) -> &'static str {
     }
 }
 
-/// The last `max` bytes of `text`, from a character boundary, trimmed.
-fn tail(text: &str, max: usize) -> String {
-    let text = text.trim();
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].trim().to_owned()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -472,11 +453,5 @@ mod tests {
         let r = json!({"detail": [{"loc": ["body", "input", "n"], "msg": "Input should be less than 5"}]});
         assert_eq!(validation_detail(&r), "body.input.n: Input should be less than 5");
         assert_eq!(validation_detail(&json!({"error": "bad n"})), "bad n");
-    }
-
-    #[test]
-    fn tails_cut_on_char_boundaries() {
-        assert_eq!(tail("  ééé  ", 3), "é");
-        assert_eq!(tail("abc", 10), "abc");
     }
 }

@@ -63,13 +63,40 @@ pub(crate) struct Run {
     pub cpu_limit_s: u64,
 }
 
+/// What the user sees when a sandbox could not be built (the reason goes to the server log).
+pub(crate) const UNAVAILABLE: &str =
+    "the sandbox could not be created, so the model was not run (see the server log)";
+
 /// What stdout carried.
 #[derive(Default)]
-struct Seen {
-    output: Option<serde_json::Value>,
-    error: Option<String>,
+pub(crate) struct Seen {
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
     protocol: Option<String>,
     logs: usize,
+}
+
+/// The helper reported that it could not build the sandbox: logged, and the user's error.
+pub(crate) fn setup_failed(prediction: &str, error: &str) -> RunError {
+    tracing::error!(prediction = %prediction, error = %error, "the sandbox could not be created");
+    RunError::Failed(UNAVAILABLE.into())
+}
+
+/// A run's output: its files if it wrote any, else its last `{"output"}` (a string as the text, other
+/// JSON as JSON text); `missing` says what happened when there is neither.
+pub(crate) fn output_of(
+    files: Vec<OutputFile>,
+    output: Option<serde_json::Value>,
+    missing: &str,
+) -> Result<Output, RunError> {
+    if !files.is_empty() {
+        return Ok(Output::Files(files));
+    }
+    match output {
+        Some(serde_json::Value::String(s)) => Ok(Output::Text(s)),
+        Some(v) => Ok(Output::Text(v.to_string())),
+        None => Err(RunError::Failed(missing.into())),
+    }
 }
 
 /// Supervises `run` to its end and publishes the result on `side`; the report goes to `report`.
@@ -206,13 +233,7 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
     }
     if let Some(Status::SetupFailed { error }) = &status {
         rep.exit = "setup failed".into();
-        tracing::error!(prediction = %run.prediction_id, error = %error, "the sandbox could not be created");
-        return (
-            Err(RunError::Failed(
-                "the sandbox could not be created, so the model was not run (see the server log)".into(),
-            )),
-            rep,
-        );
+        return (Err(setup_failed(&run.prediction_id, error)), rep);
     }
     if run.nonce.is_some() && status.is_none() {
         rep.exit = "sandbox died".into();
@@ -252,18 +273,8 @@ async fn drive(run: &mut Run, side: &JobSide) -> (Result<Output, RunError>, Sand
         Ok(f) => f,
         Err(e) => return (Err(RunError::Failed(e)), rep),
     };
-    let result = if !files.is_empty() {
-        Ok(Output::Files(files))
-    } else {
-        match seen.output.take() {
-            Some(serde_json::Value::String(s)) => Ok(Output::Text(s)),
-            Some(v) => Ok(Output::Text(v.to_string())),
-            None => Err(RunError::Failed(
-                "the model exited without an output (no {\"output\": …} line and no files in /out)".into(),
-            )),
-        }
-    };
-    (result, rep)
+    let missing = "the model exited without an output (no {\"output\": …} line and no files in /out)";
+    (output_of(files, seen.output.take(), missing), rep)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -273,7 +284,7 @@ fn micros(d: Duration) -> u64 {
 /// How many log lines are passed to the server log per run.
 const MAX_LOG_LINES: usize = 200;
 
-fn take(seen: &mut Seen, msg: Message, side: &JobSide, prediction: &str) {
+pub(crate) fn take(seen: &mut Seen, msg: Message, side: &JobSide, prediction: &str) {
     match msg {
         // 100 comes with the final status.
         Message::Progress(p) => side.progress(p.min(99)),
@@ -383,7 +394,7 @@ pub(crate) fn split_status(tail: &[u8], nonce: Option<&str>) -> (Option<Status>,
 }
 
 /// The last lines of `bytes` within `max` bytes, trimmed.
-fn last_lines(bytes: &[u8], max: usize) -> String {
+pub(crate) fn last_lines(bytes: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim_end();
     let mut start = text.len().saturating_sub(max);

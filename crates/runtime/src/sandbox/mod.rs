@@ -273,9 +273,7 @@ fn start_run(
     }
     let unavailable = |e: String| {
         tracing::error!(prediction = %prediction_id, error = %e, "the sandbox could not be prepared");
-        RunError::Failed(
-            "the sandbox could not be created, so the model was not run (see the server log)".into(),
-        )
+        RunError::Failed(host::UNAVAILABLE.into())
     };
     let lease = match &inner.uids {
         Some(pool) => Some(pool.lease(hint).map_err(unavailable)?),

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
-use super::host::{self, Run};
+use super::host::{self, Run, Seen};
 use super::protocol::{self, Message};
 use super::spec::Status;
 use super::{start_run, Inner, Launch, Payload, SandboxReport};
@@ -227,22 +227,13 @@ async fn drive(
     let sent = Instant::now();
     let timer = tokio::time::sleep(deadline);
     tokio::pin!(timer);
-    let (mut files, mut output, mut error, mut logs) = (Vec::new(), None, None, 0usize);
+    let (mut files, mut seen) = (Vec::new(), Seen::default());
     let keep = loop {
         tokio::select! {
             line = w.lines.recv() => match line {
                 Some(Ok(Line::Done(keep))) => break keep,
                 Some(Ok(Line::File(f))) => files.push(f),
-                Some(Ok(Line::Msg(Message::Output(v)))) => output = Some(v),
-                Some(Ok(Line::Msg(Message::Error(e)))) => error = Some(e.chars().take(1000).collect::<String>()),
-                Some(Ok(Line::Msg(Message::Progress(p)))) => side.progress(p.min(99)),
-                Some(Ok(Line::Msg(Message::Log(l)))) => {
-                    logs += 1;
-                    if logs <= 200 {
-                        let l: String = l.chars().take(1000).collect();
-                        tracing::info!(prediction = %w.run.prediction_id, model_log = %l, "model log");
-                    }
-                }
+                Some(Ok(Line::Msg(m))) => host::take(&mut seen, m, side, &w.run.prediction_id),
                 Some(Err(e)) => return (Err(RunError::Failed(e)), false),
                 None => return (Err(died(w).await), false),
             },
@@ -258,14 +249,9 @@ async fn drive(
             u64::try_from(w.run.spawned.elapsed().saturating_sub(sent.elapsed()).as_micros()).unwrap_or(0),
         );
     }
-    let result = match (error, files.is_empty(), output) {
-        (Some(e), _, _) => Err(RunError::Failed(e)),
-        (None, false, _) => Ok(Output::Files(files)),
-        (None, true, Some(Value::String(s))) => Ok(Output::Text(s)),
-        (None, true, Some(v)) => Ok(Output::Text(v.to_string())),
-        (None, true, None) => Err(RunError::Failed(
-            "the Cog server answered without an output".into(),
-        )),
+    let result = match seen.error {
+        Some(e) => Err(RunError::Failed(e)),
+        None => host::output_of(files, seen.output, "the Cog server answered without an output"),
     };
     (result, keep)
 }
@@ -279,12 +265,7 @@ async fn died(w: &mut Warm) -> RunError {
         .and_then(Result::ok)
         .unwrap_or_default();
     match host::split_status(&tail, w.run.nonce.as_deref()).0 {
-        Some(Status::SetupFailed { error }) => {
-            tracing::error!(prediction = %w.run.prediction_id, error = %error, "the sandbox could not be created");
-            RunError::Failed(
-                "the sandbox could not be created, so the model was not run (see the server log)".into(),
-            )
-        }
+        Some(Status::SetupFailed { error }) => host::setup_failed(&w.run.prediction_id, &error),
         _ => RunError::Crashed("the sandbox ended unexpectedly".into()),
     }
 }

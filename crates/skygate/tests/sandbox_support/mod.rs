@@ -70,13 +70,24 @@ impl Sandbox {
     }
 
     pub fn start(&self, backend: Backend, input: Value, deadline: Duration) -> RunHandle {
+        self.start_for(None, backend, input, deadline)
+    }
+
+    /// As [`Sandbox::start`], for a prediction of account `tenant`.
+    pub fn start_for(
+        &self,
+        tenant: Option<&str>,
+        backend: Backend,
+        input: Value,
+        deadline: Duration,
+    ) -> RunHandle {
         self.runner
             .start(Job {
                 prediction_id: "test".into(),
                 backend,
                 input,
                 deadline,
-                tenant: None,
+                tenant: tenant.map(String::from),
             })
             .unwrap()
     }
