@@ -14,9 +14,10 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroize;
 
 use crate::SecretString;
 
@@ -84,9 +85,39 @@ pub enum HashError {
     Unavailable,
 }
 
+/// The largest stored parameters a verification will run with (a stored hash is ours, but a corrupt or
+/// edited row must not make a login allocate gigabytes or spin for minutes): 256 MiB, 16 passes, 8 lanes.
+const MAX_STORED_M_COST: u32 = 256 * 1024;
+const MAX_STORED_T_COST: u32 = 16;
+const MAX_STORED_P_COST: u32 = 8;
+
+thread_local! {
+    /// The argon2 working memory of this thread, kept between hashes and zeroed after each one. A fresh
+    /// 19 MiB allocation per hash came back from the kernel as ~5,000 page faults (and the TLB shootdowns
+    /// of giving it back) that slowed the other cores' requests; reused, a hash touches no new page.
+    static MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs one argon2 computation in this thread's reused memory (grown to `params`' block count, zeroed
+/// after use whatever the outcome).
+fn with_memory<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> T {
+    MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        let need = params.block_count();
+        if m.len() < need {
+            m.resize(need, Block::default());
+        }
+        let blocks = &mut m[..need];
+        let out = f(blocks);
+        blocks.iter_mut().for_each(Zeroize::zeroize);
+        out
+    })
+}
+
 /// argon2id with the fixed parameters, and the dummy hash for unknown accounts.
 pub struct PasswordHasher {
     argon: Argon2<'static>,
+    params: Params,
     dummy: String,
 }
 
@@ -101,13 +132,14 @@ impl PasswordHasher {
     pub fn new() -> Result<Self, HashError> {
         let params =
             Params::new(M_COST, T_COST, P_COST, None).map_err(|e| HashError::Argon(e.to_string()))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let mut filler = [0u8; 32];
         SystemRandom::new()
             .fill(&mut filler)
             .map_err(|_| HashError::Random)?;
         let mut me = PasswordHasher {
             argon,
+            params,
             dummy: String::new(),
         };
         me.dummy = me.hash_bytes(&filler)?;
@@ -119,11 +151,29 @@ impl PasswordHasher {
         SystemRandom::new()
             .fill(&mut salt)
             .map_err(|_| HashError::Random)?;
-        let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Argon(e.to_string()))?;
-        self.argon
-            .hash_password(pw, &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| HashError::Argon(e.to_string()))
+        self.hash_with_salt(pw, &salt)
+    }
+
+    /// The PHC string of `pw` with `salt`: what `argon2`'s own `hash_password` writes, computed in the
+    /// thread's reused memory.
+    fn hash_with_salt(&self, pw: &[u8], salt: &[u8]) -> Result<String, HashError> {
+        let argon = |e: &dyn std::fmt::Display| HashError::Argon(e.to_string());
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        with_memory(&self.params, |blocks| {
+            self.argon
+                .hash_password_into_with_memory(pw, salt, &mut out, blocks)
+        })
+        .map_err(|e| argon(&e))?;
+        let salt = SaltString::encode_b64(salt).map_err(|e| argon(&e))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).map_err(|e| argon(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&out).map_err(|e| argon(&e))?),
+        };
+        out.zeroize();
+        Ok(phc.to_string())
     }
 
     /// The PHC string for a new password (which the caller checked against the policy).
@@ -131,30 +181,53 @@ impl PasswordHasher {
         self.hash_bytes(password.expose().as_bytes())
     }
 
+    /// Whether `pw` matches the parsed PHC hash, recomputed with its own parameters (within the
+    /// bounds above) in the thread's reused memory and compared in constant time. `None`: the hash
+    /// cannot be checked (not argon2, out-of-bounds parameters, no salt or output).
+    fn check(pw: &[u8], phc: &PasswordHash<'_>) -> Option<bool> {
+        let algorithm = Algorithm::try_from(phc.algorithm).ok()?;
+        let version = match phc.version {
+            Some(v) => Version::try_from(v).ok()?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(phc).ok()?;
+        if params.m_cost() > MAX_STORED_M_COST
+            || params.t_cost() > MAX_STORED_T_COST
+            || params.p_cost() > MAX_STORED_P_COST
+        {
+            return None;
+        }
+        let expected = phc.hash?;
+        let mut salt = [0u8; 64];
+        let salt = phc.salt?.decode_b64(&mut salt).ok()?;
+        let mut out = [0u8; Output::MAX_LENGTH];
+        let out = out.get_mut(..expected.len())?;
+        let argon = Argon2::new(algorithm, version, params.clone());
+        with_memory(&params, |blocks| {
+            argon.hash_password_into_with_memory(pw, salt, out, blocks)
+        })
+        .ok()?;
+        let ok = Output::new(out).ok()? == expected;
+        out.zeroize();
+        Some(ok)
+    }
+
     /// Whether `password` matches `stored`; with no stored hash (unknown account, or no password set
     /// yet), the same work is done against the dummy hash and the answer is false. A stored hash that
-    /// does not parse counts as a mismatch.
+    /// does not parse or cannot be checked counts as a mismatch (after the dummy's work, so a corrupt
+    /// row is not a timing oracle either).
     pub fn verify_or_dummy(&self, password: &SecretString, stored: Option<&str>) -> bool {
-        let (phc, real) = match stored {
-            Some(s) => (s, true),
-            None => (self.dummy.as_str(), false),
-        };
-        let Ok(parsed) = PasswordHash::new(phc) else {
-            // Still spend the time, so a corrupt row is not a timing oracle either.
-            let _ = self.argon.verify_password(
-                password.expose().as_bytes(),
-                &match PasswordHash::new(&self.dummy) {
-                    Ok(p) => p,
-                    Err(_) => return false,
-                },
-            );
-            return false;
-        };
-        let ok = self
-            .argon
-            .verify_password(password.expose().as_bytes(), &parsed)
-            .is_ok();
-        ok && real
+        let pw = password.expose().as_bytes();
+        let checked = stored
+            .and_then(|s| PasswordHash::new(s).ok())
+            .and_then(|phc| Self::check(pw, &phc));
+        if let Some(ok) = checked {
+            return ok;
+        }
+        if let Ok(dummy) = PasswordHash::new(&self.dummy) {
+            let _ = Self::check(pw, &dummy);
+        }
+        false
     }
 }
 
@@ -204,5 +277,42 @@ mod tests {
         assert!(!h.verify_or_dummy(&pw, None));
         assert!(!h.verify_or_dummy(&pw, Some("not a phc string")));
         assert!(!format!("{h:?}").contains("argon2id$"));
+    }
+
+    #[test]
+    fn the_reused_memory_path_matches_argon2s_own() {
+        use argon2::password_hash::PasswordHasher as _;
+        let h = PasswordHasher::new().unwrap();
+        let salt = [7u8; 16];
+        let ours = h.hash_with_salt(b"correct horse battery staple", &salt).unwrap();
+        let theirs = h
+            .argon
+            .hash_password(
+                b"correct horse battery staple",
+                &SaltString::encode_b64(&salt).unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        assert_eq!(ours, theirs);
+        // A hash argon2 wrote with other parameters verifies too (within the bounds) ...
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 3, 2, None).unwrap(),
+        )
+        .hash_password(b"another password", &SaltString::encode_b64(&salt).unwrap())
+        .unwrap()
+        .to_string();
+        assert!(h.verify_or_dummy(&SecretString::new("another password"), Some(&other)));
+        assert!(!h.verify_or_dummy(&SecretString::new("another passwore"), Some(&other)));
+        // ... and one out of bounds (a huge memory cost in an edited row) is a mismatch, not an allocation.
+        let huge = theirs.replace("m=19456", "m=4000000");
+        assert!(!h.verify_or_dummy(&SecretString::new("correct horse battery staple"), Some(&huge)));
+        // The working memory is zeroed after each hash.
+        MEMORY.with(|m| {
+            let m = m.borrow();
+            assert!(m.len() >= 19_456, "the memory is kept");
+            assert!(m.iter().all(|b| b.as_ref().iter().all(|&x| x == 0)));
+        });
     }
 }

@@ -4,9 +4,10 @@
 //! the CPU first, so a login flood slows logins, not the other routes; and with [`QUEUE_PER_THREAD`]
 //! logins per thread already waiting, the next waits at most a second for room and is then answered 429
 //! (`Retry-After: 1`) rather than left to time out (a flood that retries at once is so paced by the
-//! hashing threads, instead of spinning the API's workers on cheap 429s). Dedicated threads also keep the hash memory to one malloc arena each (on
-//! Tokio's blocking pool every new thread would keep its own). The hasher (and its dummy hash for
-//! unknown accounts) is built on first use.
+//! hashing threads, instead of spinning the API's workers on cheap 429s). Each thread keeps its own argon2 working memory and reuses it (zeroed after every
+//! hash; see `skygate_core::password`): a hash touches no new page, so a flood costs no page faults and
+//! no memory beyond one working set per thread. The hasher (and its dummy hash for unknown accounts) is
+//! built on first use.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
