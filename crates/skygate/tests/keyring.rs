@@ -268,21 +268,29 @@ async fn crash_matrix(data: &Path, env: &[(&str, &str)], tokens: Option<&Path>) 
     let ids = populate(&cfg, 150, "crash").await;
     all_readable(&cfg, &ids).await;
     let mut metadata = tokens.map(TokenMetadata::snapshot);
-    // Kill points are drawn over each command's measured run time, so most kills land mid-run.
+    // Kill points are drawn over each command's measured run time, so most kills land mid-run. A
+    // command that finished before its kill point shrinks that command's window, and rounds go on
+    // (up to a cap) until enough kills landed mid-run: a busy machine makes runs slower or faster
+    // than the one measured, and the matrix must still kill mid-run rather than after the fact.
     let t_rotate = timed(data, env, &["keyring", "rotate"]);
     let t_rewrap = timed(data, env, &["keyring", "rewrap", "--force"]);
+    let mut windows = [t_rotate, t_rewrap, t_rotate];
     let mut rng = Rng::new();
-    let mut kills = 0;
-    for round in 0..12 {
-        let (args, within): (&[&str], Duration) = match round % 3 {
-            0 => (&["keyring", "rotate"], t_rotate),
-            1 => (&["keyring", "rewrap", "--force"], t_rewrap),
+    let (mut kills, mut rounds) = (0, 0);
+    while rounds < 12 || (kills < 6 && rounds < 48) {
+        let kind = rounds % 3;
+        let args: &[&str] = match kind {
+            0 => &["keyring", "rotate"],
+            1 => &["keyring", "rewrap", "--force"],
             // Refused (values still reference it, or it is already retired) or done: either way safe.
-            _ => (&["keyring", "retire", "1"], t_rotate),
+            _ => &["keyring", "retire", "1"],
         };
-        if kill_midway(data, env, args, within, &mut rng) {
+        if kill_midway(data, env, args, windows[kind], &mut rng) {
             kills += 1;
+        } else {
+            windows[kind] = windows[kind] * 3 / 4;
         }
+        rounds += 1;
         if let Some(m) = metadata.as_mut() {
             m.repair_if_cut_short();
         }
@@ -290,13 +298,13 @@ async fn crash_matrix(data: &Path, env: &[(&str, &str)], tokens: Option<&Path>) 
         all_readable(&cfg, &ids).await;
     }
     eprintln!(
-        "{kills} of 12 keyring commands were killed mid-run (rotate {t_rotate:?}, rewrap {t_rewrap:?}); \
+        "{kills} of {rounds} keyring commands were killed mid-run (rotate {t_rotate:?}, rewrap {t_rewrap:?}); \
          SoftHSM2 token metadata cut short by a kill and put back: {}",
         metadata.as_ref().map_or(0, |m| m.repairs)
     );
     assert!(
-        kills >= 3,
-        "only {kills} of 12 commands were killed before finishing: the test proved little"
+        kills >= 6,
+        "only {kills} of {rounds} commands were killed before finishing: the test proved little"
     );
     // Finish the job cleanly: everything moves to the newest version and the old ones can go.
     ok(data, env, &["keyring", "rotate"]);
