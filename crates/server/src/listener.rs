@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -49,13 +48,23 @@ const HYPER_MAX_HEADERS: usize = 100;
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Serves `app` over TLS on `listener` until `shutdown` is cancelled, then drains.
-pub async fn serve_tls(
+pub async fn serve_tls<S>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    app: Router,
+    app: S,
     settings: ListenerSettings,
     shutdown: CancellationToken,
-) {
+) where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(settings.max_connections));
@@ -122,7 +131,8 @@ pub async fn serve_tls(
             let activity = Arc::new(Activity::default());
             let in_flight = activity.clone();
             let svc = app
-                .map_request(move |mut req: hyper::Request<Incoming>| {
+                .map_request(move |req: hyper::Request<Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
                     req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                     req
                 })

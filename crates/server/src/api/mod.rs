@@ -80,8 +80,9 @@ fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
     })
 }
 
-/// The whole application: routes plus the edge middleware stack, behind the hot-route front.
-pub fn router(state: AppState) -> Router {
+/// The whole application: routes plus the edge middleware stack, behind the hot-route front (served as
+/// it is, without an outer router: the front does its own dispatch).
+pub fn router(state: AppState) -> Front<Hot> {
     let limits = state.body_limits().clone();
     let request_timeout = state.config().server.request_timeout;
     let routes = v1(
@@ -105,7 +106,7 @@ pub fn router(state: AppState) -> Router {
         metrics: state.metrics().map(|m| m.http().clone()),
     });
     let routed = with_edge(routes, body_limit, &edge);
-    Router::new().fallback_service(Front::new(&edge, Hot::new(state), routed))
+    Front::new(&edge, Hot::new(state), routed)
 }
 
 /// Wraps any router in the edge stack: the body limit for extractors, panic catching, and the edge layer
@@ -124,7 +125,7 @@ fn with_edge(routes: Router, body_limit: u64, edge: &EdgeLayer) -> Router {
 }
 
 /// The routes [`Front`] answers without the router (bodiless `GET` only; see [`FastRoute`]).
-struct Hot {
+pub struct Hot {
     state: AppState,
     health: health::Prebuilt,
 }
