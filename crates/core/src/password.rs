@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use ring::rand::{SecureRandom, SystemRandom};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::SecretString;
 
@@ -98,9 +98,16 @@ thread_local! {
     static MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs one argon2 computation in this thread's reused memory (grown to `params`' block count, zeroed
-/// after use whatever the outcome).
-fn with_memory<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> T {
+/// Runs `argon` over `pw` and `salt` into `out` in this thread's reused memory: grown to `params`'
+/// block count, zeroed after use whatever the outcome, and given back when a stored hash with a larger
+/// memory cost than ours made it grow (so one odd row does not pin up to 256 MiB per thread).
+fn hash_into(
+    argon: &Argon2<'_>,
+    params: &Params,
+    pw: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
     MEMORY.with(|m| {
         let mut m = m.borrow_mut();
         let need = params.block_count();
@@ -108,9 +115,12 @@ fn with_memory<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> T {
             m.resize(need, Block::default());
         }
         let blocks = &mut m[..need];
-        let out = f(blocks);
+        let done = argon.hash_password_into_with_memory(pw, salt, out, &mut *blocks);
         blocks.iter_mut().for_each(Zeroize::zeroize);
-        out
+        if m.len() > M_COST as usize {
+            *m = Vec::new();
+        }
+        done
     })
 }
 
@@ -158,21 +168,16 @@ impl PasswordHasher {
     /// thread's reused memory.
     fn hash_with_salt(&self, pw: &[u8], salt: &[u8]) -> Result<String, HashError> {
         let argon = |e: &dyn std::fmt::Display| HashError::Argon(e.to_string());
-        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-        with_memory(&self.params, |blocks| {
-            self.argon
-                .hash_password_into_with_memory(pw, salt, &mut out, blocks)
-        })
-        .map_err(|e| argon(&e))?;
+        let mut out = Zeroizing::new([0u8; Params::DEFAULT_OUTPUT_LEN]);
+        hash_into(&self.argon, &self.params, pw, salt, &mut out[..]).map_err(|e| argon(&e))?;
         let salt = SaltString::encode_b64(salt).map_err(|e| argon(&e))?;
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
             params: ParamsString::try_from(&self.params).map_err(|e| argon(&e))?,
             salt: Some(salt.as_salt()),
-            hash: Some(Output::new(&out).map_err(|e| argon(&e))?),
+            hash: Some(Output::new(&out[..]).map_err(|e| argon(&e))?),
         };
-        out.zeroize();
         Ok(phc.to_string())
     }
 
@@ -200,16 +205,11 @@ impl PasswordHasher {
         let expected = phc.hash?;
         let mut salt = [0u8; 64];
         let salt = phc.salt?.decode_b64(&mut salt).ok()?;
-        let mut out = [0u8; Output::MAX_LENGTH];
+        let mut out = Zeroizing::new([0u8; Output::MAX_LENGTH]);
         let out = out.get_mut(..expected.len())?;
         let argon = Argon2::new(algorithm, version, params.clone());
-        with_memory(&params, |blocks| {
-            argon.hash_password_into_with_memory(pw, salt, out, blocks)
-        })
-        .ok()?;
-        let ok = Output::new(out).ok()? == expected;
-        out.zeroize();
-        Some(ok)
+        hash_into(&argon, &params, pw, salt, out).ok()?;
+        Some(Output::new(out).ok()? == expected)
     }
 
     /// Whether `password` matches `stored`; with no stored hash (unknown account, or no password set
@@ -311,8 +311,19 @@ mod tests {
         // The working memory is zeroed after each hash.
         MEMORY.with(|m| {
             let m = m.borrow();
-            assert!(m.len() >= 19_456, "the memory is kept");
+            assert_eq!(m.len(), M_COST as usize, "the memory is kept");
             assert!(m.iter().all(|b| b.as_ref().iter().all(|&x| x == 0)));
         });
+        // A stored hash with a larger (in-bounds) memory cost verifies, and the larger memory is given back.
+        let larger = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(2 * M_COST, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"a third password", &SaltString::encode_b64(&salt).unwrap())
+        .unwrap()
+        .to_string();
+        assert!(h.verify_or_dummy(&SecretString::new("a third password"), Some(&larger)));
+        MEMORY.with(|m| assert!(m.borrow().is_empty(), "the larger memory is given back"));
     }
 }

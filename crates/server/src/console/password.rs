@@ -1,13 +1,14 @@
-//! The bounded password pool for argon2id: `accounts.password_hash_concurrency` dedicated threads, run
-//! at the lowest CPU priority (the `SCHED_IDLE` policy, and nice 19), behind a bounded queue. At most that many hashes (each ~19 MiB
-//! and tens of ms of one core) run at once; the kernel gives every other thread (the API's workers)
-//! the CPU first, so a login flood slows logins, not the other routes; and with [`QUEUE_PER_THREAD`]
-//! logins per thread already waiting, the next waits at most a second for room and is then answered 429
-//! (`Retry-After: 1`) rather than left to time out (a flood that retries at once is so paced by the
-//! hashing threads, instead of spinning the API's workers on cheap 429s). Each thread keeps its own argon2 working memory and reuses it (zeroed after every
-//! hash; see `skygate_core::password`): a hash touches no new page, so a flood costs no page faults and
-//! no memory beyond one working set per thread. The hasher (and its dummy hash for unknown accounts) is
-//! built on first use.
+//! The bounded password pool for argon2id: `accounts.password_hash_concurrency` dedicated threads,
+//! run at the lowest CPU priority (the `SCHED_IDLE` policy, and nice 19), behind a bounded queue.
+//! At most that many hashes (each ~19 MiB and tens of ms of one core) run at once; the kernel gives
+//! every other thread (the API's workers) the CPU first, so a login flood slows logins, not the
+//! other routes; and with [`QUEUE_PER_THREAD`] logins per thread already waiting, the next waits at
+//! most a second for room and is then answered 429 (`Retry-After: 1`) rather than left to time out
+//! (a flood that retries at once is so paced by the hashing threads, instead of spinning the API's
+//! workers on cheap 429s). Each thread keeps its own argon2 working memory and reuses it (zeroed
+//! after every hash; see `skygate_core::password`): a hash touches no new page, so a flood costs no
+//! page faults and no memory beyond one working set per thread. The hasher (and its dummy hash for
+//! unknown accounts) is built on first use.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
