@@ -44,8 +44,11 @@ pub struct ApiKey {
     mode: Mode,
 }
 
-fn checksum(head: &[u8]) -> String {
-    base62::encode_fixed(u64::from(crc32fast::hash(head)), CHECKSUM_LEN)
+/// The base62 checksum characters of a key's prefix and random part.
+fn checksum(head: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut sum = [b'0'; CHECKSUM_LEN];
+    base62::encode_into(u64::from(crc32fast::hash(head)), &mut sum);
+    sum
 }
 
 impl ApiKey {
@@ -59,7 +62,7 @@ impl ApiKey {
         s.push_str(prefix);
         s.push_str(&base62::random(RANDOM_LEN)?);
         let sum = checksum(s.as_bytes());
-        s.push_str(&sum);
+        s.extend(sum.iter().copied().map(char::from));
         Ok(ApiKey {
             secret: SecretString::new(s),
             mode,
@@ -69,6 +72,15 @@ impl ApiKey {
     /// Checks length, prefix, alphabet and checksum. Constant work for every input of the right length
     /// (no early exit inside the character checks); anything else is refused on length alone.
     pub fn parse(raw: &str) -> Result<Self, KeyFormatError> {
+        let mode = Self::check(raw)?;
+        Ok(ApiKey {
+            secret: SecretString::new(raw),
+            mode,
+        })
+    }
+
+    /// [`ApiKey::parse`]'s checks alone, without copying the key: its mode when it is well formed.
+    pub fn check(raw: &str) -> Result<Mode, KeyFormatError> {
         let b = raw.as_bytes();
         if b.len() != KEY_LEN {
             return Err(KeyFormatError::Length);
@@ -82,12 +94,9 @@ impl ApiKey {
             .iter()
             .fold(true, |ok, c| ok & c.is_ascii_alphanumeric());
         let (head, sum) = b.split_at(PREFIX_LEN + RANDOM_LEN);
-        let sum_ok = checksum(head).as_bytes() == sum;
+        let sum_ok = checksum(head) == sum;
         match (alphabet_ok, sum_ok) {
-            (true, true) => Ok(ApiKey {
-                secret: SecretString::new(raw),
-                mode,
-            }),
+            (true, true) => Ok(mode),
             (false, _) => Err(KeyFormatError::Alphabet),
             (true, false) => Err(KeyFormatError::Checksum),
         }

@@ -28,13 +28,18 @@ pub fn random(n: usize) -> Result<String, ring::error::Unspecified> {
 }
 
 /// `v` as exactly `width` base62 digits, most significant first, zero-padded.
-pub fn encode_fixed(mut v: u64, width: usize) -> String {
+pub fn encode_fixed(v: u64, width: usize) -> String {
     let mut digits = vec![b'0'; width];
-    for slot in digits.iter_mut().rev() {
+    encode_into(v, &mut digits);
+    digits.into_iter().map(char::from).collect()
+}
+
+/// [`encode_fixed`] into `out` (its length is the width), without allocating.
+pub fn encode_into(mut v: u64, out: &mut [u8]) {
+    for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(v % 62) as usize];
         v /= 62;
     }
-    String::from_utf8_lossy(&digits).into_owned()
 }
 
 #[cfg(test)]

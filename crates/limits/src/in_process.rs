@@ -143,6 +143,11 @@ impl InProcessLimiter {
         self
     }
 
+    /// The time this limiter decides at, in microseconds (its clock).
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
     /// [`Limiter::check`] without the async wrapper (which boxes its future): the zero-allocation
     /// path for an existing key.
     pub fn check_sync(&self, limits: &[Limit<'_>], cost: u32) -> Decision {

@@ -19,14 +19,31 @@ use skygate_server::middleware::SECURITY_HEADERS;
 use skygate_server::tls;
 
 /// skygate's response headers for `GET /v1/models` besides its security headers (hyper adds
-/// `content-length` and `date` to both). Names and values are built once (`from_static`), so the baseline
-/// pays only for inserting them.
+/// `content-length` and `date` to both), with values as wide as the ones `scripts/load.sh` sees: its
+/// tier allows 10,000,000 requests a minute. Names and values are built once (`from_static`), so the
+/// baseline pays only for inserting them.
 #[allow(clippy::declare_interior_mutable_const)]
-const SAME_HEADERS: [(HeaderName, HeaderValue); 2] = [
+const SAME_HEADERS: [(HeaderName, HeaderValue); 6] = [
     (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
     (
         HeaderName::from_static("x-request-id"),
         HeaderValue::from_static("AAAAAAAAAAAA-1f"),
+    ),
+    (
+        HeaderName::from_static("x-skytells-ratelimit-limit-requests"),
+        HeaderValue::from_static("10000000"),
+    ),
+    (
+        HeaderName::from_static("x-skytells-ratelimit-remaining-requests"),
+        HeaderValue::from_static("9999999"),
+    ),
+    (
+        HeaderName::from_static("x-skytells-ratelimit-reset-requests"),
+        HeaderValue::from_static("1"),
+    ),
+    (
+        HeaderName::from_static("x-skytells-ratelimit-window"),
+        HeaderValue::from_static("60"),
     ),
 ];
 

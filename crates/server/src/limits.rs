@@ -9,6 +9,7 @@
 //! headers.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ pub struct RateLimits {
     on_failure_create: FailurePolicy,
     on_failure_read: FailurePolicy,
     auth_failures_per_minute: u32,
+    /// With the in-process limiter: when (its clock, µs) a failed authentication was last counted from
+    /// any address. A failure budget is full again one window after its last failure, so while none was
+    /// counted for a window no address can be throttled and the look at the budget is skipped.
+    last_auth_failure: AtomicI64,
     exports_per_hour: u32,
     /// Decisions counted when `[metrics]` is on.
     metrics: Option<LimiterMetrics>,
@@ -60,13 +65,34 @@ pub struct RateInfo {
     pub reset_secs: u64,
 }
 
+/// `0` to `60` as ready header values: the reset of a per-minute limit is always one of them.
+static SECONDS: [&str; 61] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18",
+    "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32", "33", "34", "35",
+    "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48", "49", "50", "51", "52",
+    "53", "54", "55", "56", "57", "58", "59", "60",
+];
+
 impl RateInfo {
+    /// The varying headers and their values: limit, remaining, reset (the window is always `60`).
+    pub fn values(&self) -> [(&'static HeaderName, HeaderValue); 3] {
+        let reset = match SECONDS.get(usize::try_from(self.reset_secs).unwrap_or(usize::MAX)) {
+            Some(s) => HeaderValue::from_static(s),
+            None => HeaderValue::from(self.reset_secs),
+        };
+        [
+            (&LIMIT_REQUESTS, HeaderValue::from(self.limit)),
+            (&REMAINING_REQUESTS, HeaderValue::from(self.remaining)),
+            (&RESET_REQUESTS, reset),
+        ]
+    }
+
     /// Sets the four headers, in place where `h` already has them (a prebuilt map: no growth).
     pub fn apply(&self, h: &mut HeaderMap) {
         use crate::middleware::set_header;
-        set_header(h, &LIMIT_REQUESTS, HeaderValue::from(self.limit));
-        set_header(h, &REMAINING_REQUESTS, HeaderValue::from(self.remaining));
-        set_header(h, &RESET_REQUESTS, HeaderValue::from(self.reset_secs));
+        for (name, value) in self.values() {
+            set_header(h, name, value);
+        }
         set_header(h, &WINDOW, HeaderValue::from_static("60"));
     }
 }
@@ -157,6 +183,7 @@ impl RateLimits {
             on_failure_create: policy(config.on_failure_create),
             on_failure_read: policy(config.on_failure_read),
             auth_failures_per_minute: config.auth_failures_per_minute,
+            last_auth_failure: AtomicI64::new(i64::MIN),
             exports_per_hour: config.exports_per_hour,
             metrics: None,
         }
@@ -266,6 +293,11 @@ impl RateLimits {
         if !self.enabled {
             return None;
         }
+        if cost > 0 {
+            self.auth_failure_counted();
+        } else if self.no_recent_auth_failure() {
+            return None;
+        }
         let key = AddrKey::new(client);
         let limits = self.auth_limit(key.as_str());
         Some(check_with_policy(self.limiter.as_ref(), &limits, cost, FailurePolicy::Open).await)
@@ -291,6 +323,9 @@ impl RateLimits {
             return Some(None);
         }
         let local = self.local.as_ref()?;
+        if !failed && self.no_recent_auth_failure() {
+            return Some(None);
+        }
         let key = AddrKey::new(client);
         let limits = self.auth_limit(key.as_str());
         if let Some(e) = throttled(&local.check_sync(&limits, 0), self.auth_failures_per_minute) {
@@ -299,9 +334,31 @@ impl RateLimits {
         if !failed {
             return Some(None);
         }
+        self.auth_failure_counted();
         let d = local.check_sync(&limits, 1);
         self.record(&d, &limits);
         Some(over_budget(&d))
+    }
+
+    /// Notes that a failed authentication is about to be counted (before it is, so a concurrent look
+    /// never skips a budget that already holds it).
+    fn auth_failure_counted(&self) {
+        if let Some(local) = &self.local {
+            self.last_auth_failure.fetch_max(local.now(), Ordering::SeqCst);
+        }
+    }
+
+    /// With the in-process limiter: no failed authentication was counted from any address for a whole
+    /// window, so every address's failure budget is full (`false` with Redis: other nodes count too).
+    fn no_recent_auth_failure(&self) -> bool {
+        let Some(local) = &self.local else {
+            return false;
+        };
+        let window = i64::try_from(MINUTE.as_micros()).unwrap_or(i64::MAX);
+        local
+            .now()
+            .saturating_sub(self.last_auth_failure.load(Ordering::SeqCst))
+            > window
     }
 
     /// A failure budget of its own (`name`, per `key`, `quota`), such as the console's per-account login
@@ -513,5 +570,37 @@ mod tests {
             let a: IpAddr = ip.parse().unwrap();
             assert_eq!(AddrKey::new(a).as_str(), key, "{ip}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_skipped_look_still_throttles_once_failures_are_counted() {
+        let limits = RateLimits::in_process(&crate::config::LimitsConfig {
+            auth_failures_per_minute: 3,
+            ..Default::default()
+        });
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.7".parse().unwrap(), "127.0.0.8".parse().unwrap());
+        assert!(limits.no_recent_auth_failure(), "nothing counted yet");
+        assert!(matches!(limits.auth_now(a, false), Some(None)));
+        for _ in 0..3 {
+            assert!(
+                matches!(limits.auth_now(a, true), Some(None)),
+                "within the budget"
+            );
+        }
+        assert!(!limits.no_recent_auth_failure());
+        assert!(matches!(limits.auth_now(a, true), Some(Some(_))), "one too many");
+        // The look is not skipped now: the address is refused whatever it presents, the other is not.
+        assert!(matches!(limits.auth_now(a, false), Some(Some(_))));
+        assert!(limits.auth_throttled(a).await.is_some());
+        assert!(matches!(limits.auth_now(b, false), Some(None)));
+        assert!(limits.auth_throttled(b).await.is_none());
+        // The async counting path marks the time too.
+        let fresh = RateLimits::in_process(&crate::config::LimitsConfig {
+            auth_failures_per_minute: 1,
+            ..Default::default()
+        });
+        assert!(fresh.auth_failed(a).await.is_none());
+        assert!(fresh.auth_failed(a).await.is_some());
+        assert!(fresh.auth_throttled(a).await.is_some());
     }
 }

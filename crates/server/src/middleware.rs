@@ -72,12 +72,34 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 /// Longest request-id prefix kept (the random prefix is 12 characters).
 const ID_PREFIX_MAX: usize = 32;
 
+/// The request-id counter of the whole process, taken by each thread in blocks of [`ID_BLOCK`], so that
+/// the workers do not bounce one cache line between cores on every request. Ids stay unique in the
+/// process (and across processes, by the random prefix); only their order across threads is lost.
+static NEXT_ID_BLOCK: AtomicU64 = AtomicU64::new(1);
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's next id and the end of its block.
+    static ID_RANGE: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn next_id() -> u64 {
+    ID_RANGE.with(|r| {
+        let (mut next, mut end) = r.get();
+        if next == end {
+            next = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            end = next + ID_BLOCK;
+        }
+        r.set((next + 1, end));
+        next
+    })
+}
+
 /// Makes request ids: `<12 random base62 chars>-<counter in hex>`, formatted on the stack (no `String`,
 /// no formatting machinery; the only allocation is the header value's own bytes).
 struct RequestIds {
     prefix: [u8; ID_PREFIX_MAX],
     prefix_len: usize,
-    next: AtomicU64,
 }
 
 impl RequestIds {
@@ -92,13 +114,16 @@ impl RequestIds {
         RequestIds {
             prefix: buf,
             prefix_len,
-            next: AtomicU64::new(1),
         }
     }
 
     fn make(&self) -> HeaderValue {
+        self.format(next_id())
+    }
+
+    /// The id numbered `n`.
+    fn format(&self, n: u64) -> HeaderValue {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; ID_PREFIX_MAX + 1 + 16];
         let (head, tail) = buf.split_at_mut(self.prefix_len);
         head.copy_from_slice(self.prefix.get(..self.prefix_len).unwrap_or_default());
@@ -312,12 +337,37 @@ fn json_headers() -> HeaderMap {
     h
 }
 
+/// Where the headers set per response sit in a prebuilt map, so that its clone is filled in by position
+/// (no hashing of the names). A position found not to hold its name (it always does: the map is built
+/// once and only cloned) falls back to [`set_header`].
+struct Slots<const N: usize>([(HeaderName, usize); N]);
+
+impl<const N: usize> Slots<N> {
+    fn of(h: &HeaderMap, names: [&HeaderName; N]) -> Self {
+        Slots(names.map(|n| (n.clone(), h.keys().position(|k| k == n).unwrap_or(usize::MAX))))
+    }
+
+    fn set(&self, h: &mut HeaderMap, slot: usize, value: HeaderValue) {
+        let Some((name, at)) = self.0.get(slot) else {
+            return;
+        };
+        match h.iter_mut().nth(*at) {
+            Some((k, v)) if k == name => *v = value,
+            _ => set_header(h, name, value),
+        }
+    }
+}
+
 struct FrontInner<F> {
     fast: F,
     cfg: Arc<EdgeConfig>,
     json_headers: HeaderMap,
+    /// Its request id.
+    json_slots: Slots<1>,
     /// The same with placeholders for the rate-limit headers, replaced in place.
     json_rated_headers: HeaderMap,
+    /// Its request id, then the rate headers in [`crate::limits::RateInfo::values`]' order.
+    json_rated_slots: Slots<4>,
     routed: axum::Router,
 }
 
@@ -339,21 +389,31 @@ impl<F> Clone for Front<F> {
 impl<F: FastRoute> Front<F> {
     /// `routed` must already carry `edge` (see [`crate::api::with_edge`]).
     pub fn new(edge: &EdgeLayer, fast: F, routed: axum::Router) -> Self {
+        let json_rated_headers = {
+            let mut h = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 6);
+            h.extend(json_headers());
+            crate::limits::RateInfo {
+                limit: 0,
+                remaining: 0,
+                reset_secs: 0,
+            }
+            .apply(&mut h);
+            h
+        };
+        let json_headers = json_headers();
+        let [(limit, _), (remaining, _), (reset, _)] = crate::limits::RateInfo {
+            limit: 0,
+            remaining: 0,
+            reset_secs: 0,
+        }
+        .values();
         Front(Arc::new(FrontInner {
             fast,
             cfg: edge.cfg.clone(),
-            json_headers: json_headers(),
-            json_rated_headers: {
-                let mut h = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 6);
-                h.extend(json_headers());
-                crate::limits::RateInfo {
-                    limit: 0,
-                    remaining: 0,
-                    reset_secs: 0,
-                }
-                .apply(&mut h);
-                h
-            },
+            json_slots: Slots::of(&json_headers, [&X_REQUEST_ID]),
+            json_headers,
+            json_rated_slots: Slots::of(&json_rated_headers, [&X_REQUEST_ID, limit, remaining, reset]),
+            json_rated_headers,
             routed,
         }))
     }
@@ -396,15 +456,17 @@ impl<F: FastRoute> Service<Request> for Front<F> {
             let res = match answer {
                 Some(FastAnswer::Json(body)) => {
                     let mut headers = me.json_headers.clone();
-                    set_header(&mut headers, &X_REQUEST_ID, id);
+                    me.json_slots.set(&mut headers, 0, id);
                     let mut res = Response::new(Body::from(body));
                     *res.headers_mut() = headers;
                     res
                 }
                 Some(FastAnswer::JsonRated(body, rate)) => {
                     let mut headers = me.json_rated_headers.clone();
-                    set_header(&mut headers, &X_REQUEST_ID, id);
-                    rate.apply(&mut headers);
+                    me.json_rated_slots.set(&mut headers, 0, id);
+                    for (slot, (_, value)) in (1..).zip(rate.values()) {
+                        me.json_rated_slots.set(&mut headers, slot, value);
+                    }
                     let mut res = Response::new(Body::from(body));
                     *res.headers_mut() = headers;
                     res
@@ -529,9 +591,61 @@ mod tests {
         let prefix = String::from_utf8(ids.prefix[..ids.prefix_len].to_vec()).unwrap();
         assert_eq!(prefix.len(), 12);
         for n in [1u64, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX] {
-            ids.next.store(n, Ordering::Relaxed);
-            assert_eq!(ids.make().to_str().unwrap(), format!("{prefix}-{n:x}"));
+            assert_eq!(ids.format(n).to_str().unwrap(), format!("{prefix}-{n:x}"));
         }
+    }
+
+    #[test]
+    fn slots_fill_a_prebuilt_maps_clone_in_place() {
+        let rate = crate::limits::RateInfo {
+            limit: 600,
+            remaining: 12,
+            reset_secs: 7,
+        };
+        let mut prebuilt = json_headers();
+        rate.apply(&mut prebuilt);
+        let names = rate.values().map(|(n, _)| n);
+        let slots = Slots::of(&prebuilt, [&X_REQUEST_ID, names[0], names[1], names[2]]);
+        let mut h = prebuilt.clone();
+        let cap = h.capacity();
+        slots.set(&mut h, 0, HeaderValue::from_static("id-1"));
+        let next = crate::limits::RateInfo {
+            limit: 1200,
+            remaining: 1199,
+            reset_secs: 61,
+        };
+        for (slot, (_, v)) in (1..).zip(next.values()) {
+            slots.set(&mut h, slot, v);
+        }
+        let mut want = prebuilt.clone();
+        want.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("id-1"));
+        next.apply(&mut want);
+        assert_eq!(h, want);
+        assert_eq!(h.capacity(), cap, "filled in place");
+        // A map without the name (not the one the slots were found in) gets it inserted.
+        let mut other = HeaderMap::new();
+        slots.set(&mut other, 2, HeaderValue::from_static("5"));
+        assert_eq!(other.get(names[1]).unwrap(), "5");
+        assert_eq!(other.len(), 1);
+    }
+
+    #[test]
+    fn request_ids_stay_unique_across_threads_taking_blocks() {
+        let ids = Arc::new(RequestIds::new());
+        let per_thread = 3 * ID_BLOCK as usize + 7;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let ids = ids.clone();
+                std::thread::spawn(move || (0..per_thread).map(|_| ids.make()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                assert!(all.insert(id), "an id was made twice");
+            }
+        }
+        assert_eq!(all.len(), 4 * per_thread);
     }
 
     use axum::body::Body;

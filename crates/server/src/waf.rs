@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderName, Method, Uri};
 use ipnet::IpNet;
 use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Longest rule id.
 const MAX_ID_LEN: usize = 64;
@@ -160,6 +161,9 @@ impl PatternSet {
     }
 }
 
+/// Per rule, how many of its conditions a request met (on the stack for up to 16 rules).
+type Hits = SmallVec<[u32; 16]>;
+
 /// The compiled firewall. Build once, share behind an `Arc`.
 #[derive(Debug)]
 pub struct Waf {
@@ -259,9 +263,9 @@ impl Waf {
     }
 
     /// Hits of every condition other than the body, per rule.
-    fn head_hits(&self, client: IpAddr, method: &Method, uri: &Uri, headers: &HeaderMap) -> Vec<u32> {
+    fn head_hits(&self, client: IpAddr, method: &Method, uri: &Uri, headers: &HeaderMap) -> Hits {
         let client = client.to_canonical();
-        let mut hits = vec![0u32; self.rules.len()];
+        let mut hits: Hits = smallvec::smallvec![0u32; self.rules.len()];
         for &i in &self.simple {
             let (Some(r), Some(h)) = (self.rules.get(i), hits.get_mut(i)) else {
                 continue;
@@ -284,7 +288,7 @@ impl Waf {
             targets.add_hits(&[target.as_bytes()], &mut hits);
         }
         for (name, set) in &self.headers {
-            let values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+            let values: SmallVec<[&[u8]; 4]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
             if !values.is_empty() {
                 set.add_hits(&values, &mut hits);
             }

@@ -258,7 +258,7 @@ impl Authenticator {
         let hash = self.hasher.hash(raw);
         let well_formed = std::str::from_utf8(raw)
             .ok()
-            .map(ApiKey::parse)
+            .map(ApiKey::check)
             .is_some_and(|r| r.is_ok());
         if !well_formed {
             return CacheLookup::Decided(Err(ApiError::unauthorized()));
