@@ -389,24 +389,17 @@ impl<F> Clone for Front<F> {
 impl<F: FastRoute> Front<F> {
     /// `routed` must already carry `edge` (see [`crate::api::with_edge`]).
     pub fn new(edge: &EdgeLayer, fast: F, routed: axum::Router) -> Self {
-        let json_rated_headers = {
-            let mut h = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 6);
-            h.extend(json_headers());
-            crate::limits::RateInfo {
-                limit: 0,
-                remaining: 0,
-                reset_secs: 0,
-            }
-            .apply(&mut h);
-            h
-        };
-        let json_headers = json_headers();
-        let [(limit, _), (remaining, _), (reset, _)] = crate::limits::RateInfo {
+        // Placeholders: every response replaces them.
+        let rate = crate::limits::RateInfo {
             limit: 0,
             remaining: 0,
             reset_secs: 0,
-        }
-        .values();
+        };
+        let mut json_rated_headers = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 6);
+        json_rated_headers.extend(json_headers());
+        rate.apply(&mut json_rated_headers);
+        let json_headers = json_headers();
+        let [(limit, _), (remaining, _), (reset, _)] = rate.values();
         Front(Arc::new(FrontInner {
             fast,
             cfg: edge.cfg.clone(),
