@@ -27,14 +27,8 @@ pub fn random(n: usize) -> Result<String, ring::error::Unspecified> {
     Ok(out)
 }
 
-/// `v` as exactly `width` base62 digits, most significant first, zero-padded.
-pub fn encode_fixed(v: u64, width: usize) -> String {
-    let mut digits = vec![b'0'; width];
-    encode_into(v, &mut digits);
-    digits.into_iter().map(char::from).collect()
-}
-
-/// [`encode_fixed`] into `out` (its length is the width), without allocating.
+/// `v` as exactly `out.len()` base62 digits into `out`, most significant first, zero-padded (the
+/// higher digits of a `v` too large for the width are dropped).
 pub fn encode_into(mut v: u64, out: &mut [u8]) {
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(v % 62) as usize];
@@ -48,10 +42,15 @@ mod tests {
 
     #[test]
     fn fixed_encoding_pads_and_orders() {
-        assert_eq!(encode_fixed(0, 6), "000000");
-        assert_eq!(encode_fixed(61, 2), "0z");
-        assert_eq!(encode_fixed(62, 2), "10");
-        assert_eq!(encode_fixed(u64::from(u32::MAX), 6), "4gfFC3");
+        let fixed = |v: u64, width: usize| {
+            let mut out = vec![0u8; width];
+            encode_into(v, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(fixed(0, 6), "000000");
+        assert_eq!(fixed(61, 2), "0z");
+        assert_eq!(fixed(62, 2), "10");
+        assert_eq!(fixed(u64::from(u32::MAX), 6), "4gfFC3");
     }
 
     #[test]

@@ -338,13 +338,18 @@ fn json_headers() -> HeaderMap {
 }
 
 /// Where the headers set per response sit in a prebuilt map, so that its clone is filled in by position
-/// (no hashing of the names). A position found not to hold its name (it always does: the map is built
+/// (no hashing of the names; positions count as `iter`/`iter_mut` do). A position found not to hold its name (it always does: the map is built
 /// once and only cloned) falls back to [`set_header`].
 struct Slots<const N: usize>([(HeaderName, usize); N]);
 
 impl<const N: usize> Slots<N> {
     fn of(h: &HeaderMap, names: [&HeaderName; N]) -> Self {
-        Slots(names.map(|n| (n.clone(), h.keys().position(|k| k == n).unwrap_or(usize::MAX))))
+        Slots(names.map(|n| {
+            (
+                n.clone(),
+                h.iter().position(|(k, _)| k == n).unwrap_or(usize::MAX),
+            )
+        }))
     }
 
     fn set(&self, h: &mut HeaderMap, slot: usize, value: HeaderValue) {
