@@ -24,32 +24,38 @@ key=$($bin --data-dir "$data" keys create --project "$proj" 2>/dev/null | tail -
 
 source scripts/common.sh
 SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/sg.out" 2>"$tmp/sg.err" &
-sg=$(wait_url "$tmp/sg.out")
+sg_pid=$!; sg=$(wait_url "$tmp/sg.out")
 # The same server with rate limits off, for the limits on/off ratio.
 SKYGATE_LIMITS__ENABLED=false SKYGATE_LOG=warn $bin serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/off.out" 2>"$tmp/off.err" &
-off=$(wait_url "$tmp/off.out")
+off_pid=$!; off=$(wait_url "$tmp/off.out")
 "$target_dir/release/examples/bare_tls" "$data" >"$tmp/bare.out" 2>&1 &
-bare=$(wait_url "$tmp/bare.out")
+bare_pid=$!; bare=$(wait_url "$tmp/bare.out")
 # The same-bytes baseline answers with skygate's own /v1/models body and headers.
 curl -sf --cacert "$data/tls/ca.pem" -H "x-api-key: $key" "$sg/v1/models" >"$tmp/models.json"
 "$target_dir/release/examples/bare_tls" "$data" "$tmp/models.json" >"$tmp/same.out" 2>&1 &
-same=$(wait_url "$tmp/same.out")
+same_pid=$!; same=$(wait_url "$tmp/same.out")
 
-run() { # name url [header]
-  local out
-  if [[ $# -gt 2 ]]; then out=$(wrk -t1 -c"$conns" -d"${dur}s" -H "$3" "$2"); else out=$(wrk -t1 -c"$conns" -d"${dur}s" "$2"); fi
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time of a process, in clock ticks
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+run() { # name pid url [header]: prints the req/s; reports the server's CPU time per request on stderr
+  local out before after
+  before=$(cpu_ticks "$2")
+  if [[ $# -gt 3 ]]; then out=$(wrk -t1 -c"$conns" -d"${dur}s" -H "$4" "$3"); else out=$(wrk -t1 -c"$conns" -d"${dur}s" "$3"); fi
+  after=$(cpu_ticks "$2")
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local total; total=$(awk '/requests in/ {print $1}' <<<"$out")
   local lat; lat=$(awk '/Latency/ {print $2; exit}' <<<"$out")
   local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  echo "$1: ${rps} req/s, mean latency ${lat}, non-2xx ${non2xx:-0}" >&2
+  local cpu_us; cpu_us=$(awk -v t="$(( (after - before) * tick_us ))" -v n="$total" 'BEGIN {printf "%.2f", t / n}')
+  echo "$1: ${rps} req/s, mean latency ${lat}, non-2xx ${non2xx:-0}, server CPU ${cpu_us} us/request" >&2
   echo "$rps"
 }
 # Warm up, then measure each twice, interleaved, and keep the best of each.
 for u in "$bare/" "$same/"; do wrk -t1 -c"$conns" -d2s "$u" >/dev/null; done
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$off/v1/models" >/dev/null
-b1=$(run "bare hello" "$bare/"); m1=$(run "bare same-bytes" "$same/"); s1=$(run skygate "$sg/v1/models" "x-api-key: $key"); o1=$(run "skygate, limits off" "$off/v1/models" "x-api-key: $key")
-b2=$(run "bare hello" "$bare/"); m2=$(run "bare same-bytes" "$same/"); s2=$(run skygate "$sg/v1/models" "x-api-key: $key"); o2=$(run "skygate, limits off" "$off/v1/models" "x-api-key: $key")
+b1=$(run "bare hello" "$bare_pid" "$bare/"); m1=$(run "bare same-bytes" "$same_pid" "$same/"); s1=$(run skygate "$sg_pid" "$sg/v1/models" "x-api-key: $key"); o1=$(run "skygate, limits off" "$off_pid" "$off/v1/models" "x-api-key: $key")
+b2=$(run "bare hello" "$bare_pid" "$bare/"); m2=$(run "bare same-bytes" "$same_pid" "$same/"); s2=$(run skygate "$sg_pid" "$sg/v1/models" "x-api-key: $key"); o2=$(run "skygate, limits off" "$off_pid" "$off/v1/models" "x-api-key: $key")
 python3 - "$b1" "$b2" "$m1" "$m2" "$s1" "$s2" "$o1" "$o2" <<'PY'
 import sys
 b1, b2, m1, m2, s1, s2, o1, o2 = map(float, sys.argv[1:])
@@ -65,12 +71,12 @@ PY
 flood_data="$tmp/flood"; cp -a "$data" "$flood_data"
 printf '[limits]\nauth_failures_per_minute = 100000\n[limits.tiers.free]\nrequests_per_minute = 10000000\npredictions_per_minute = 1000000\n' >"$flood_data/skygate.toml"
 SKYGATE_LOG=warn $bin serve --data-dir "$flood_data" --listen 127.0.0.1:0 >"$tmp/fl.out" 2>"$tmp/fl.err" &
-fl=$(wait_url "$tmp/fl.out")
+fl_pid=$!; fl=$(wait_url "$tmp/fl.out")
 bad="x-api-key: sk_live_$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 38)"
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$fl/v1/models" >/dev/null
-v=$(run "valid key" "$fl/v1/models" "x-api-key: $key")
-i=$(run "invalid key (checksum)" "$fl/v1/models" "$bad")
-u=$(run "unknown route" "$fl/no/such/route")
+v=$(run "valid key" "$fl_pid" "$fl/v1/models" "x-api-key: $key")
+i=$(run "invalid key (checksum)" "$fl_pid" "$fl/v1/models" "$bad")
+u=$(run "unknown route" "$fl_pid" "$fl/no/such/route")
 half=$((conns / 2))
 wrk -t1 -c"$half" -d"${dur}s" -H "$bad" "$fl/v1/models" >"$tmp/flood.txt" &
 fp=$!

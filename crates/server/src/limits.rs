@@ -26,6 +26,7 @@ use crate::auth::ApiKeyAuth;
 use crate::config::{FailureMode, LimitsConfig, TierLimits};
 use crate::error::ApiError;
 use crate::metrics::LimiterMetrics;
+use crate::middleware::number_value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3_600);
@@ -78,11 +79,11 @@ impl RateInfo {
     pub fn values(&self) -> [(&'static HeaderName, HeaderValue); 3] {
         let reset = match SECONDS.get(usize::try_from(self.reset_secs).unwrap_or(usize::MAX)) {
             Some(s) => HeaderValue::from_static(s),
-            None => HeaderValue::from(self.reset_secs),
+            None => number_value(self.reset_secs),
         };
         [
-            (&LIMIT_REQUESTS, HeaderValue::from(self.limit)),
-            (&REMAINING_REQUESTS, HeaderValue::from(self.remaining)),
+            (&LIMIT_REQUESTS, number_value(u64::from(self.limit))),
+            (&REMAINING_REQUESTS, number_value(u64::from(self.remaining))),
             (&RESET_REQUESTS, reset),
         ]
     }

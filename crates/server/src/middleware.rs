@@ -19,6 +19,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::future::Ready;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,9 +139,48 @@ impl RequestIds {
             }
             len += digits.min(hex.len());
         }
-        HeaderValue::from_bytes(buf.get(..len).unwrap_or_default())
-            .unwrap_or(HeaderValue::from_static("invalid"))
+        small_value(buf.get(..len).unwrap_or_default())
     }
+}
+
+/// Size of the per-thread buffers [`small_value`] cuts header values from.
+const SMALL_VALUES_BUFFER: usize = 4096;
+
+thread_local! {
+    /// The rest of this thread's current buffer for [`small_value`].
+    static SMALL_VALUES: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// A header value made per response (request ids, rate-limit numbers), cut from a per-thread 4 KiB
+/// buffer instead of allocated on its own: one allocation per buffer rather than one or two per value
+/// (`HeaderValue::from_bytes` copies into a new allocation; `HeaderValue::from(u32)` makes two). A buffer
+/// is freed when the last value cut from it is dropped. Bytes that are not a valid header value give
+/// `invalid`.
+pub fn small_value(bytes: &[u8]) -> HeaderValue {
+    let cut = SMALL_VALUES.with_borrow_mut(|rest| {
+        if rest.capacity() < bytes.len() {
+            *rest = bytes::BytesMut::with_capacity(SMALL_VALUES_BUFFER.max(bytes.len()));
+        }
+        rest.extend_from_slice(bytes);
+        rest.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(cut).unwrap_or(HeaderValue::from_static("invalid"))
+}
+
+/// `n` in decimal as a header value (see [`small_value`]).
+pub fn number_value(n: u64) -> HeaderValue {
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
+    let mut rest = n;
+    for d in buf.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        start -= 1;
+        if rest == 0 {
+            break;
+        }
+    }
+    small_value(buf.get(start..).unwrap_or_default())
 }
 
 /// What the edge layer enforces and records.
@@ -237,7 +277,7 @@ where
                 fresh
             }
         };
-        if let Some(refused) = self.cfg.refuse_head(&req) {
+        if let Some(refused) = self.cfg.refuse_head(req.headers(), req.uri().path()) {
             let res = finish(refused, id);
             if let Some((m, key)) = &observed {
                 m.observe(*key, res.status(), started.elapsed());
@@ -280,27 +320,29 @@ where
 impl EdgeConfig {
     /// The checks made on the head alone, before routing: too many header fields (431; the request id,
     /// which the edge may have added itself, is not counted) or a declared body over the limit (413).
-    fn refuse_head(&self, req: &Request) -> Option<Response> {
-        let h = req.headers();
+    fn refuse_head(&self, h: &HeaderMap, path: &str) -> Option<Response> {
         if h.len() > self.max_headers
             && h.len() - usize::from(h.contains_key(&X_REQUEST_ID)) > self.max_headers
         {
             return Some(ApiError::for_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).into_response());
         }
-        let declared = req
-            .headers()
+        let declared = h
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let n = declared?;
-        let limit = self.body_limits.for_path(req.uri().path());
+        let limit = self.body_limits.for_path(path);
         (n > limit).then(|| ApiError::payload_too_large(limit).into_response())
     }
 }
 
 /// A valid `x-request-id` sent by the client, kept as is.
 fn incoming_request_id(req: &Request) -> Option<HeaderValue> {
-    req.headers()
+    incoming_request_id_in(req.headers())
+}
+
+fn incoming_request_id_in(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
         .get(&X_REQUEST_ID)
         .filter(|v| valid_request_id(v))
         .cloned()
@@ -310,7 +352,55 @@ fn incoming_request_id(req: &Request) -> Option<HeaderValue> {
 /// It must decide from the request head alone, never block, and give the same answer the routed handler
 /// would give.
 pub trait FastRoute: Send + Sync + 'static {
-    fn answer(&self, req: &Request) -> Option<FastAnswer>;
+    fn answer(&self, head: &Head<'_>) -> Option<FastAnswer>;
+}
+
+/// What a [`FastRoute`] decides from: the request head and the connection's peer address (`None` when
+/// the request did not come through the listener, e.g. in in-memory tests).
+pub struct Head<'a> {
+    pub parts: &'a axum::http::request::Parts,
+    pub peer: Option<SocketAddr>,
+}
+
+/// A response body: a fast-path answer's bytes as they are (no boxing), or any other answer's body.
+pub enum OutBody {
+    Full(Option<Bytes>),
+    Routed(Body),
+}
+
+impl OutBody {
+    fn full(b: Bytes) -> Self {
+        OutBody::Full((!b.is_empty()).then_some(b))
+    }
+}
+
+impl axum::body::HttpBody for OutBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        match self.get_mut() {
+            OutBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            OutBody::Routed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Full(b) => b.is_none(),
+            OutBody::Routed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            OutBody::Full(b) => hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            OutBody::Routed(b) => b.size_hint(),
+        }
+    }
 }
 
 /// What a [`FastRoute`] answers.
@@ -417,6 +507,116 @@ impl<F: FastRoute> Front<F> {
     }
 }
 
+/// A routed answer, as an [`OutBody`] response.
+pub type RoutedOut = futures_util::future::Map<
+    RouteFuture<Infallible>,
+    fn(Result<Response, Infallible>) -> Result<Response<OutBody>, Infallible>,
+>;
+
+fn routed_out(r: Result<Response, Infallible>) -> Result<Response<OutBody>, Infallible> {
+    r.map(|res| res.map(OutBody::Routed))
+}
+
+impl<F: FastRoute> Front<F> {
+    /// The fast path: `Some` answer, or `None` for the router (a fresh request id already in the head).
+    fn try_fast(
+        &self,
+        parts: &mut axum::http::request::Parts,
+        bodiless: bool,
+        peer: Option<SocketAddr>,
+    ) -> Option<Response<OutBody>> {
+        let me = &*self.0;
+        if parts.method != Method::GET || !bodiless {
+            return None;
+        }
+        let (id, fresh) = match incoming_request_id_in(&parts.headers) {
+            Some(v) => (v, false),
+            None => (me.cfg.ids.make(), true),
+        };
+        let span = tracing::info_span!(
+            "request",
+            request_id = %String::from_utf8_lossy(id.as_bytes()),
+            method = %parts.method,
+            path = %parts.uri.path(),
+        );
+        let observed = me.cfg.metrics.as_ref();
+        let started = (observed.is_some() || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
+        let answer = match me.cfg.refuse_head(&parts.headers, parts.uri.path()) {
+            Some(refused) => Some(FastAnswer::Response(refused)),
+            None => {
+                let _entered = span.enter();
+                let head = Head { parts, peer };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| me.fast.answer(&head))) {
+                    Ok(a) => a,
+                    Err(panic) => Some(FastAnswer::Response(panic_response(panic))),
+                }
+            }
+        };
+        let res = match answer {
+            Some(FastAnswer::Json(body)) => {
+                let mut headers = me.json_headers.clone();
+                me.json_slots.set(&mut headers, 0, id);
+                let mut res = Response::new(OutBody::full(body));
+                *res.headers_mut() = headers;
+                res
+            }
+            Some(FastAnswer::JsonRated(body, rate)) => {
+                let mut headers = me.json_rated_headers.clone();
+                me.json_rated_slots.set(&mut headers, 0, id);
+                for (slot, (_, value)) in (1..).zip(rate.values()) {
+                    me.json_rated_slots.set(&mut headers, slot, value);
+                }
+                let mut res = Response::new(OutBody::full(body));
+                *res.headers_mut() = headers;
+                res
+            }
+            Some(FastAnswer::Response(res)) => finish(res, id).map(OutBody::Routed),
+            None => {
+                if fresh {
+                    // Keep the id already made; the edge layer keeps a valid incoming id.
+                    parts.headers.insert(X_REQUEST_ID.clone(), id);
+                }
+                return None;
+            }
+        };
+        if let Some(started) = started {
+            let _entered = span.enter();
+            tracing::debug!(
+                status = res.status().as_u16(),
+                latency_us = started.elapsed().as_micros() as u64,
+                "response"
+            );
+            if let Some(m) = observed {
+                m.observe(
+                    RouteKey::of(&parts.method, parts.uri.path()),
+                    res.status(),
+                    started.elapsed(),
+                );
+            }
+        }
+        Some(res)
+    }
+
+    /// Serves a request from the listener, which gives the peer address beside it: the fast path reads
+    /// it from there; only a routed request gets the body boxed and the `ConnectInfo` extension.
+    pub fn serve(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> Either<Ready<Result<Response<OutBody>, Infallible>>, RoutedOut> {
+        let (mut parts, body) = req.into_parts();
+        if let Some(res) = self.try_fast(&mut parts, body.is_end_stream(), Some(peer)) {
+            return Either::Left(std::future::ready(Ok(res)));
+        }
+        parts.extensions.insert(axum::extract::ConnectInfo(peer));
+        let req = Request::from_parts(parts, Body::new(body));
+        Either::Right(futures_util::FutureExt::map(
+            self.0.routed.clone().call(req),
+            routed_out as fn(_) -> _,
+        ))
+    }
+}
+
 impl<F: FastRoute> Service<Request> for Front<F> {
     type Response = Response;
     type Error = Infallible;
@@ -426,76 +626,16 @@ impl<F: FastRoute> Service<Request> for Front<F> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let me = &*self.0;
-        if req.method() == Method::GET && req.body().is_end_stream() {
-            let (id, fresh) = match incoming_request_id(&req) {
-                Some(v) => (v, false),
-                None => (me.cfg.ids.make(), true),
-            };
-            let span = tracing::info_span!(
-                "request",
-                request_id = %String::from_utf8_lossy(id.as_bytes()),
-                method = %req.method(),
-                path = %req.uri().path(),
-            );
-            let observed = me.cfg.metrics.as_ref();
-            let started = (observed.is_some() || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now);
-            let answer = match me.cfg.refuse_head(&req) {
-                Some(refused) => Some(FastAnswer::Response(refused)),
-                None => {
-                    let _entered = span.enter();
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| me.fast.answer(&req))) {
-                        Ok(a) => a,
-                        Err(panic) => Some(FastAnswer::Response(panic_response(panic))),
-                    }
-                }
-            };
-            let res = match answer {
-                Some(FastAnswer::Json(body)) => {
-                    let mut headers = me.json_headers.clone();
-                    me.json_slots.set(&mut headers, 0, id);
-                    let mut res = Response::new(Body::from(body));
-                    *res.headers_mut() = headers;
-                    res
-                }
-                Some(FastAnswer::JsonRated(body, rate)) => {
-                    let mut headers = me.json_rated_headers.clone();
-                    me.json_rated_slots.set(&mut headers, 0, id);
-                    for (slot, (_, value)) in (1..).zip(rate.values()) {
-                        me.json_rated_slots.set(&mut headers, slot, value);
-                    }
-                    let mut res = Response::new(Body::from(body));
-                    *res.headers_mut() = headers;
-                    res
-                }
-                Some(FastAnswer::Response(res)) => finish(res, id),
-                None => {
-                    if fresh {
-                        // Keep the id already made; the edge layer keeps a valid incoming id.
-                        req.headers_mut().insert(X_REQUEST_ID.clone(), id);
-                    }
-                    return Either::Right(me.routed.clone().call(req));
-                }
-            };
-            if let Some(started) = started {
-                let _entered = span.enter();
-                tracing::debug!(
-                    status = res.status().as_u16(),
-                    latency_us = started.elapsed().as_micros() as u64,
-                    "response"
-                );
-                if let Some(m) = observed {
-                    m.observe(
-                        RouteKey::of(req.method(), req.uri().path()),
-                        res.status(),
-                        started.elapsed(),
-                    );
-                }
-            }
-            return Either::Left(std::future::ready(Ok(res)));
+    fn call(&mut self, req: Request) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        match self.try_fast(&mut parts, body.is_end_stream(), peer) {
+            Some(res) => Either::Left(std::future::ready(Ok(res.map(Body::new)))),
+            None => Either::Right(self.0.routed.clone().call(Request::from_parts(parts, body))),
         }
-        Either::Right(me.routed.clone().call(req))
     }
 }
 
@@ -594,6 +734,24 @@ mod tests {
     }
 
     #[test]
+    fn small_values_are_cut_from_shared_buffers_and_stay_intact() {
+        // More than one buffer's worth, so values outlive the buffer they were cut from.
+        let values: Vec<(u64, HeaderValue)> = (0..2_000u64)
+            .map(|i| i * 7_919 % 100_003)
+            .chain([0, 9, 10, u64::from(u32::MAX), u64::MAX])
+            .map(|n| (n, number_value(n)))
+            .collect();
+        for (n, v) in &values {
+            assert_eq!(v.to_str().unwrap(), n.to_string());
+        }
+        let long = "x".repeat(SMALL_VALUES_BUFFER + 10);
+        assert_eq!(small_value(long.as_bytes()).to_str().unwrap(), long);
+        assert_eq!(small_value(b"ok-1").to_str().unwrap(), "ok-1");
+        assert_eq!(small_value(b"bad\nvalue"), HeaderValue::from_static("invalid"));
+        assert_eq!(small_value(b""), HeaderValue::from_static(""));
+    }
+
+    #[test]
     fn slots_fill_a_prebuilt_maps_clone_in_place() {
         let rate = crate::limits::RateInfo {
             limit: 600,
@@ -655,8 +813,8 @@ mod tests {
     struct TestFast;
 
     impl FastRoute for TestFast {
-        fn answer(&self, req: &Request) -> Option<FastAnswer> {
-            match req.uri().path() {
+        fn answer(&self, head: &Head<'_>) -> Option<FastAnswer> {
+            match head.parts.uri.path() {
                 "/fast" => Some(FastAnswer::Json(Bytes::from_static(b"{\"fast\":true}"))),
                 "/fast-error" => Some(FastAnswer::Response(ApiError::unauthorized().into_response())),
                 "/fast-panic" => {

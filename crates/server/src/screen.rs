@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -92,16 +93,16 @@ fn blocked(rule: &str) -> Response {
     .into_response()
 }
 
-fn logged(rules: &[std::sync::Arc<str>], req: &Request) {
+fn logged(rules: &[std::sync::Arc<str>], req: &Parts) {
     let ids: Vec<&str> = rules.iter().map(|r| &**r).collect();
-    tracing::warn!(rules = ?ids, method = %req.method(), path = %req.uri().path(), "WAF rules matched (log only)");
+    tracing::warn!(rules = ?ids, method = %req.method, path = %req.uri.path(), "WAF rules matched (log only)");
 }
 
 /// The head rules for a request from `client`: `Some(403)` when a rule blocks it.
-pub fn screen_head(state: &AppState, client: IpAddr, req: &Request) -> Option<Response> {
+pub fn screen_head(state: &AppState, client: IpAddr, req: &Parts) -> Option<Response> {
     match state
         .waf()
-        .check_head(client, req.method(), req.uri(), req.headers())
+        .check_head(client, &req.method, &req.uri, &req.headers)
     {
         Verdict::Allow => None,
         Verdict::Block { rule } => Some(blocked(&rule)),
@@ -119,27 +120,25 @@ pub async fn screen(State(state): State<AppState>, req: Request, next: Next) -> 
     let Some(client) = client_of(&state, &req) else {
         return next.run(req).await;
     };
-    if let Some(res) = screen_head(&state, client, &req) {
+    let (parts, body) = req.into_parts();
+    if let Some(res) = screen_head(&state, client, &parts) {
         return res;
     }
     let waf = state.waf();
     if !waf.needs_body() {
-        return next.run(req).await;
+        return next.run(Request::from_parts(parts, body)).await;
     }
-    let limit = usize::try_from(state.body_limits().for_path(req.uri().path())).unwrap_or(usize::MAX);
-    let (parts, body) = req.into_parts();
+    let limit = usize::try_from(state.body_limits().for_path(parts.uri.path())).unwrap_or(usize::MAX);
     let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => return ApiError::for_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE).into_response(),
     };
-    let verdict = waf.check_body(client, &parts.method, &parts.uri, &parts.headers, &bytes);
-    let req = Request::from_parts(parts, Body::from(bytes));
-    match verdict {
+    match waf.check_body(client, &parts.method, &parts.uri, &parts.headers, &bytes) {
         Verdict::Allow => {}
         Verdict::Block { rule } => return blocked(&rule),
-        Verdict::Log { rules } => logged(&rules, &req),
+        Verdict::Log { rules } => logged(&rules, &parts),
     }
-    next.run(req).await
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// Appends one audit entry summarising the WAF's blocks and log matches since the last call (none

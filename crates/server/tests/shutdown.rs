@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use skygate_server::listener::{serve_tls, ListenerSettings};
+use skygate_server::listener::{serve_tls, ListenerSettings, Routed};
 use skygate_server::tls;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,7 @@ async fn start(
         idle_timeout: Duration::from_secs(60),
         max_headers: 100,
     };
-    let h = tokio::spawn(serve_tls(listener, cfg, app, settings, stop.clone()));
+    let h = tokio::spawn(serve_tls(listener, cfg, Routed(app), settings, stop.clone()));
     (addr, ca, stop, h, dir)
 }
 

@@ -19,13 +19,13 @@ pub use models::ModelCatalog;
 
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::BodyLimits;
-use crate::middleware::{self, EdgeLayer, EdgeSettings, FastAnswer, FastRoute, Front};
+use crate::middleware::{self, EdgeLayer, EdgeSettings, FastAnswer, FastRoute, Front, Head};
 use crate::state::AppState;
 
 /// The versioned API routes and the console's. Flat paths rather than a nested router: nesting costs a boxed service
@@ -140,20 +140,23 @@ impl Hot {
 }
 
 impl FastRoute for Hot {
-    fn answer(&self, req: &Request) -> Option<FastAnswer> {
-        let path = req.uri().path();
+    fn answer(&self, head: &Head<'_>) -> Option<FastAnswer> {
+        let req = head.parts;
+        let path = req.uri.path();
         if path != "/v1/models" && path != "/healthz" {
             return None;
         }
         // Found once: the WAF and the failed-authentication budget both key on it.
-        let client = crate::screen::client_of(&self.state, req);
+        let client = head
+            .peer
+            .map(|p| crate::screen::client_ip(p.ip(), &req.headers, self.state.trusted_proxies()));
         if let Some(refused) = client.and_then(|ip| crate::screen::screen_head(&self.state, ip, req)) {
             return Some(FastAnswer::Response(refused));
         }
         match path {
             // `list` reads the query; only the plain form is answered here.
-            "/v1/models" if req.uri().query().is_none() => {
-                models::list_cached(&self.state, client, req.headers())
+            "/v1/models" if req.uri.query().is_none() => {
+                models::list_cached(&self.state, client, &req.headers)
             }
             // `healthz` reads nothing from the request.
             "/healthz" => Some(self.health.healthz()),
