@@ -2,7 +2,10 @@
 # Load benchmark: skygate's authenticated GET /v1/models over TLS 1.3 keep-alive, beside a bare
 # hyper+rustls hello-world (same TLS config and certificate) measured in the same run with the same
 # client. Loopback only; each run is bounded by -d. Needs wrk (apt-get install wrk).
-# Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [ROUNDS=3] scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# Each server is measured ROUNDS times, interleaved; the medians are compared. Every line also gives
+# the server process's CPU time per request (user + system, from /proc), which depends less than
+# req/s on how the two cores are shared between wrk and the server.
 # FLOOD=1 also measures what floods cost: invalid keys and unknown routes answered per second, and the
 # valid traffic served while a flood of invalid keys runs beside it (see BENCHMARKS.md).
 set -euo pipefail
@@ -50,17 +53,22 @@ run() { # name pid url [header]: prints the req/s; reports the server's CPU time
   echo "$1: ${rps} req/s, mean latency ${lat}, non-2xx ${non2xx:-0}, server CPU ${cpu_us} us/request" >&2
   echo "$rps"
 }
-# Warm up, then measure each twice, interleaved, and keep the best of each.
+# Warm up, then measure each ROUNDS times (default 3), interleaved, and report the median of each.
+rounds="${ROUNDS:-3}"
 for u in "$bare/" "$same/"; do wrk -t1 -c"$conns" -d2s "$u" >/dev/null; done
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$off/v1/models" >/dev/null
-b1=$(run "bare hello" "$bare_pid" "$bare/"); m1=$(run "bare same-bytes" "$same_pid" "$same/"); s1=$(run skygate "$sg_pid" "$sg/v1/models" "x-api-key: $key"); o1=$(run "skygate, limits off" "$off_pid" "$off/v1/models" "x-api-key: $key")
-b2=$(run "bare hello" "$bare_pid" "$bare/"); m2=$(run "bare same-bytes" "$same_pid" "$same/"); s2=$(run skygate "$sg_pid" "$sg/v1/models" "x-api-key: $key"); o2=$(run "skygate, limits off" "$off_pid" "$off/v1/models" "x-api-key: $key")
-python3 - "$b1" "$b2" "$m1" "$m2" "$s1" "$s2" "$o1" "$o2" <<'PY'
-import sys
-b1, b2, m1, m2, s1, s2, o1, o2 = map(float, sys.argv[1:])
-b, m, s, o = max(b1, b2), max(m1, m2), max(s1, s2), max(o1, o2)
-print(f"bare hello: {b:.0f} req/s; bare same-bytes: {m:.0f} req/s; skygate GET /v1/models: {s:.0f} req/s (limits off: {o:.0f})")
+b=(); m=(); s=(); o=()
+for _ in $(seq 1 "$rounds"); do
+  b+=("$(run "bare hello" "$bare_pid" "$bare/")")
+  m+=("$(run "bare same-bytes" "$same_pid" "$same/")")
+  s+=("$(run skygate "$sg_pid" "$sg/v1/models" "x-api-key: $key")")
+  o+=("$(run "skygate, limits off" "$off_pid" "$off/v1/models" "x-api-key: $key")")
+done
+python3 - "${b[*]}" "${m[*]}" "${s[*]}" "${o[*]}" <<'PY'
+import statistics, sys
+b, m, s, o = (statistics.median(map(float, a.split())) for a in sys.argv[1:])
+print(f"medians of {len(sys.argv[1].split())} rounds: bare hello {b:.0f} req/s; bare same-bytes {m:.0f} req/s; skygate GET /v1/models {s:.0f} req/s (limits off: {o:.0f})")
 print(f"ratio vs bare hello: {s / b:.2f}; ratio vs bare same-bytes: {s / m:.2f}; limits on vs off: {s / o:.2f}")
 PY
 

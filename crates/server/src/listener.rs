@@ -195,7 +195,7 @@ pub async fn serve_tls<S: ConnService>(
                 state: state.clone(),
                 first_read: true,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             let conn = Graceful {
                 conn: Box::pin(conn),
                 begin_shutdown: |c| c.graceful_shutdown(),

@@ -143,28 +143,11 @@ impl RequestIds {
     }
 }
 
-/// Size of the per-thread buffers [`small_value`] cuts header values from.
-const SMALL_VALUES_BUFFER: usize = 4096;
-
-thread_local! {
-    /// The rest of this thread's current buffer for [`small_value`].
-    static SMALL_VALUES: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
-}
-
-/// A header value made per response (request ids, rate-limit numbers), cut from a per-thread 4 KiB
-/// buffer instead of allocated on its own: one allocation per buffer rather than one or two per value
-/// (`HeaderValue::from_bytes` copies into a new allocation; `HeaderValue::from(u32)` makes two). A buffer
-/// is freed when the last value cut from it is dropped. Bytes that are not a valid header value give
-/// `invalid`.
+/// A header value made per response (request ids, rate-limit numbers): one allocation for its bytes
+/// (`HeaderValue::from(u32)` makes two). Bytes that are not a valid header value give `invalid`.
 pub fn small_value(bytes: &[u8]) -> HeaderValue {
-    let cut = SMALL_VALUES.with_borrow_mut(|rest| {
-        if rest.capacity() < bytes.len() {
-            *rest = bytes::BytesMut::with_capacity(SMALL_VALUES_BUFFER.max(bytes.len()));
-        }
-        rest.extend_from_slice(bytes);
-        rest.split().freeze()
-    });
-    HeaderValue::from_maybe_shared(cut).unwrap_or(HeaderValue::from_static("invalid"))
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(bytes))
+        .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
 /// `n` in decimal as a header value (see [`small_value`]).
@@ -734,8 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn small_values_are_cut_from_shared_buffers_and_stay_intact() {
-        // More than one buffer's worth, so values outlive the buffer they were cut from.
+    fn small_values_and_numbers_are_exact() {
         let values: Vec<(u64, HeaderValue)> = (0..2_000u64)
             .map(|i| i * 7_919 % 100_003)
             .chain([0, 9, 10, u64::from(u32::MAX), u64::MAX])
@@ -744,7 +726,7 @@ mod tests {
         for (n, v) in &values {
             assert_eq!(v.to_str().unwrap(), n.to_string());
         }
-        let long = "x".repeat(SMALL_VALUES_BUFFER + 10);
+        let long = "x".repeat(5000);
         assert_eq!(small_value(long.as_bytes()).to_str().unwrap(), long);
         assert_eq!(small_value(b"ok-1").to_str().unwrap(), "ok-1");
         assert_eq!(small_value(b"bad\nvalue"), HeaderValue::from_static("invalid"));

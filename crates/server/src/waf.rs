@@ -164,9 +164,31 @@ impl PatternSet {
 /// Per rule, how many of its conditions a request met (on the stack for up to 16 rules).
 type Hits = SmallVec<[u32; 16]>;
 
+/// Ids of compiled firewalls, so that a thread's [`TargetMemo`] never carries hits from one to another.
+static NEXT_WAF_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Longest request target (path and query) a thread's [`TargetMemo`] keeps.
+const MEMO_TARGET_MAX: usize = 256;
+
+/// The last request target a thread screened, with the hits the path and target patterns gave it.
+/// Those hits depend on the target alone, and clients repeat their targets (listing, polling the same
+/// prediction), so a repeat is decided without running either regex set.
+#[derive(Default)]
+struct TargetMemo {
+    waf: u64,
+    target: Vec<u8>,
+    hits: Hits,
+}
+
+thread_local! {
+    static TARGET_MEMO: std::cell::RefCell<TargetMemo> = std::cell::RefCell::new(TargetMemo::default());
+}
+
 /// The compiled firewall. Build once, share behind an `Arc`.
 #[derive(Debug)]
 pub struct Waf {
+    /// Unique in the process (see [`TargetMemo`]).
+    id: u64,
     rules: Vec<Rule>,
     /// Rules with an IP or method condition.
     simple: Vec<usize>,
@@ -280,13 +302,7 @@ impl Waf {
                 *h += 1;
             }
         }
-        if let Some(paths) = &self.paths {
-            paths.add_hits(&[uri.path().as_bytes()], &mut hits);
-        }
-        if let Some(targets) = &self.targets {
-            let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-            targets.add_hits(&[target.as_bytes()], &mut hits);
-        }
+        self.add_target_hits(uri, &mut hits);
         for (name, set) in &self.headers {
             let values: SmallVec<[&[u8]; 4]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
             if !values.is_empty() {
@@ -294,6 +310,47 @@ impl Waf {
             }
         }
         hits
+    }
+
+    /// Adds the hits of the path and target patterns, remembered per thread for the last target.
+    fn add_target_hits(&self, uri: &Uri, hits: &mut Hits) {
+        if self.paths.is_none() && self.targets.is_none() {
+            return;
+        }
+        let target = uri
+            .path_and_query()
+            .map_or(uri.path(), |pq| pq.as_str())
+            .as_bytes();
+        let remembered = TARGET_MEMO.with_borrow(|m| {
+            let same = m.waf == self.id && m.target == target;
+            if same {
+                for (h, t) in hits.iter_mut().zip(&m.hits) {
+                    *h += t;
+                }
+            }
+            same
+        });
+        if remembered {
+            return;
+        }
+        let mut own: Hits = smallvec::smallvec![0u32; self.rules.len()];
+        if let Some(paths) = &self.paths {
+            paths.add_hits(&[uri.path().as_bytes()], &mut own);
+        }
+        if let Some(targets) = &self.targets {
+            targets.add_hits(&[target], &mut own);
+        }
+        for (h, t) in hits.iter_mut().zip(&own) {
+            *h += t;
+        }
+        if target.len() <= MEMO_TARGET_MAX {
+            TARGET_MEMO.with_borrow_mut(|m| {
+                m.waf = self.id;
+                m.target.clear();
+                m.target.extend_from_slice(target);
+                m.hits = own;
+            });
+        }
     }
 
     /// The verdict over the rules with (`body`) or without a body condition, counting it.
@@ -501,6 +558,7 @@ impl Builder {
             }
         }
         Ok(Waf {
+            id: NEXT_WAF_ID.fetch_add(1, Ordering::Relaxed),
             rules: self.rules,
             simple,
             paths: self.paths.compile("path", false)?,
@@ -866,6 +924,38 @@ mod tests {
         let prompt = br#"{"model": "flux", "input": {"prompt": "explain ../ in unix paths"}}"#;
         assert_eq!(body(&w, Some("application/json"), prompt), Verdict::Allow);
         assert!(w.take_summary().is_empty());
+    }
+
+    #[test]
+    fn a_remembered_target_gives_the_verdict_a_fresh_one_does() {
+        // Two firewalls on one thread: the same targets block on one and pass on the other, in any
+        // order, repeated, so a remembered target never carries one firewall's hits to the other.
+        let on = waf(true, vec![]);
+        let path_rule = RuleConfig {
+            path: Some("/admin/*".into()),
+            ..rule("no-admin", Action::Block)
+        };
+        let off = waf(false, vec![path_rule]);
+        let long = format!("/v1/{}/../x", "a".repeat(MEMO_TARGET_MAX));
+        for _ in 0..3 {
+            for uri in ["/v1/../etc/passwd", "/v1/models", "/admin/x", long.as_str()] {
+                let traversal = uri.contains("..");
+                let want_on = if traversal {
+                    blocked("default.path-traversal")
+                } else {
+                    Verdict::Allow
+                };
+                let want_off = if uri.starts_with("/admin/") {
+                    blocked("no-admin")
+                } else {
+                    Verdict::Allow
+                };
+                assert_eq!(head(&on, "GET", uri, &[SDK]), want_on, "{uri}");
+                assert_eq!(head(&on, "GET", uri, &[SDK]), want_on, "{uri} again");
+                assert_eq!(head(&off, "GET", uri, &[SDK]), want_off, "{uri}");
+                assert_eq!(head(&off, "GET", uri, &[SDK]), want_off, "{uri} again");
+            }
+        }
     }
 
     #[test]

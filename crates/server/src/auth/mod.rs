@@ -21,7 +21,6 @@ use skygate_core::{
     AccountId, ApiKey, KeyAuthRecord, KeyHasher, KeyId, Mode, ProjectId, Tier, Timestamp, TokenId,
 };
 use skygate_store::DynStore;
-use subtle::ConstantTimeEq;
 
 pub use cache::KeyCache;
 pub use usage::UsageLog;
@@ -275,7 +274,7 @@ impl Authenticator {
         hash: &[u8; 32],
         now: Timestamp,
     ) -> Result<ApiKeyAuth, ApiError> {
-        let ok = found.is_some_and(|r| bool::from(r.hash.ct_eq(hash)) & r.is_active(now));
+        let ok = found.is_some_and(|r| skygate_core::apikey::hashes_equal(&r.hash, hash) & r.is_active(now));
         match found {
             Some(r) if ok => {
                 self.usage.record(&r.key_id, now);

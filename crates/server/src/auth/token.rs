@@ -13,7 +13,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use skygate_core::{AccessToken, ProjectId, Scope, Timestamp, TokenAuthRecord};
 use skygate_proto::ErrorId;
-use subtle::ConstantTimeEq;
 
 use super::{ApiKeyAuth, TokenCaller};
 use crate::credentials::{Actor, Channel};
@@ -178,5 +177,5 @@ async fn authenticate(
         return Ok(None);
     }
     let found = auth.store().access_token_by_hash(&hash).await?;
-    Ok(found.filter(|r| bool::from(r.hash.ct_eq(&hash)) & r.is_active(now)))
+    Ok(found.filter(|r| skygate_core::apikey::hashes_equal(&r.hash, &hash) & r.is_active(now)))
 }
