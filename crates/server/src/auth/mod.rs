@@ -169,9 +169,12 @@ pub fn is_access_token(presented: &[u8]) -> bool {
     presented.starts_with(skygate_core::token::TOKEN_PREFIX.as_bytes())
 }
 
+/// The SDK's credential header, named once (a `&str` name is parsed on every lookup).
+static X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
 /// The credential bytes: `x-api-key` if present (the SDK's header), else `Authorization: Bearer …`.
 pub fn presented_credential(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get("x-api-key") {
+    if let Some(v) = headers.get(&X_API_KEY) {
         return Some(v.as_bytes());
     }
     let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
@@ -255,6 +258,12 @@ impl Authenticator {
         }
         // Hash first, whatever the input, so the work done does not depend on which check fails.
         let hash = self.hasher.hash(raw);
+        let cached = self.cache.get(&hash);
+        // A cached record under this hash is a stored key, whose format was checked when it was made:
+        // checking it again would only repeat that work. Anything else has its format checked first.
+        if let Some(Some(record)) = &cached {
+            return CacheLookup::Decided(self.decide(Some(record), &hash, now));
+        }
         let well_formed = std::str::from_utf8(raw)
             .ok()
             .map(ApiKey::check)
@@ -262,7 +271,7 @@ impl Authenticator {
         if !well_formed {
             return CacheLookup::Decided(Err(ApiError::unauthorized()));
         }
-        match self.cache.get(&hash) {
+        match cached {
             Some(found) => CacheLookup::Decided(self.decide(found.as_ref(), &hash, now)),
             None => CacheLookup::Miss { hash },
         }
