@@ -2,7 +2,8 @@
 # Load benchmark: skygate's authenticated GET /v1/models over TLS 1.3 keep-alive, beside a bare
 # hyper+rustls hello-world (same TLS config and certificate) measured in the same run with the same
 # client. Loopback only; each run is bounded by -d. Needs wrk (apt-get install wrk).
-# Usage: [ROUNDS=3] scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [ROUNDS=3] [BASE_BIN=path/to/older/skygate] scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# BASE_BIN also measures another skygate build (say, the last commit's) in the same rounds, limits on.
 # Each server is measured ROUNDS times, interleaved; the medians are compared. Every line also gives
 # the server process's CPU time per request (user + system, from /proc), which depends less than
 # req/s on how the two cores are shared between wrk and the server.
@@ -33,6 +34,10 @@ SKYGATE_LIMITS__ENABLED=false SKYGATE_LOG=warn $bin serve --data-dir "$data" --l
 off_pid=$!; off=$(wait_url "$tmp/off.out")
 "$target_dir/release/examples/bare_tls" "$data" >"$tmp/bare.out" 2>&1 &
 bare_pid=$!; bare=$(wait_url "$tmp/bare.out")
+if [[ -n "${BASE_BIN:-}" ]]; then
+  SKYGATE_LOG=warn "$BASE_BIN" serve --data-dir "$data" --listen 127.0.0.1:0 >"$tmp/base.out" 2>"$tmp/base.err" &
+  base_pid=$!; base=$(wait_url "$tmp/base.out")
+fi
 # The same-bytes baseline answers with skygate's own /v1/models body and headers.
 curl -sf --cacert "$data/tls/ca.pem" -H "x-api-key: $key" "$sg/v1/models" >"$tmp/models.json"
 "$target_dir/release/examples/bare_tls" "$data" "$tmp/models.json" >"$tmp/same.out" 2>&1 &
@@ -58,18 +63,22 @@ rounds="${ROUNDS:-3}"
 for u in "$bare/" "$same/"; do wrk -t1 -c"$conns" -d2s "$u" >/dev/null; done
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$sg/v1/models" >/dev/null
 wrk -t1 -c"$conns" -d2s -H "x-api-key: $key" "$off/v1/models" >/dev/null
-b=(); m=(); s=(); o=()
+b=(); m=(); s=(); o=(); p=()
 for _ in $(seq 1 "$rounds"); do
   b+=("$(run "bare hello" "$bare_pid" "$bare/")")
   m+=("$(run "bare same-bytes" "$same_pid" "$same/")")
   s+=("$(run skygate "$sg_pid" "$sg/v1/models" "x-api-key: $key")")
   o+=("$(run "skygate, limits off" "$off_pid" "$off/v1/models" "x-api-key: $key")")
+  if [[ -n "${BASE_BIN:-}" ]]; then p+=("$(run "skygate, BASE_BIN" "$base_pid" "$base/v1/models" "x-api-key: $key")"); fi
 done
-python3 - "${b[*]}" "${m[*]}" "${s[*]}" "${o[*]}" <<'PY'
+python3 - "${b[*]}" "${m[*]}" "${s[*]}" "${o[*]}" "${p[*]:-}" <<'PY'
 import statistics, sys
-b, m, s, o = (statistics.median(map(float, a.split())) for a in sys.argv[1:])
+b, m, s, o = (statistics.median(map(float, a.split())) for a in sys.argv[1:5])
 print(f"medians of {len(sys.argv[1].split())} rounds: bare hello {b:.0f} req/s; bare same-bytes {m:.0f} req/s; skygate GET /v1/models {s:.0f} req/s (limits off: {o:.0f})")
 print(f"ratio vs bare hello: {s / b:.2f}; ratio vs bare same-bytes: {s / m:.2f}; limits on vs off: {s / o:.2f}")
+if sys.argv[5]:
+    p = statistics.median(map(float, sys.argv[5].split()))
+    print(f"BASE_BIN: {p:.0f} req/s = {p / b:.2f} of bare hello, {p / m:.2f} of same-bytes; this build / BASE_BIN: {s / p:.2f}")
 PY
 
 [[ "${FLOOD:-0}" == 1 ]] || exit 0
