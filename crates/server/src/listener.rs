@@ -161,6 +161,7 @@ pub async fn serve_tls<S: ConnService>(
         let handshake_timeout = settings.handshake_timeout;
         let state = Arc::new(ConnState::default());
         let watched = state.clone();
+        let clock = watchdog.clone();
         // Forget the tasks that have finished (cheap; keeps the set the size of the open connections).
         while conns.try_join_next().is_some() {}
         let task = conns.spawn(async move {
@@ -193,6 +194,7 @@ pub async fn serve_tls<S: ConnService>(
             let io = Counted {
                 inner: tls,
                 state: state.clone(),
+                watchdog: clock,
                 first_read: true,
             };
             let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -266,9 +268,6 @@ impl Drop for Busy {
     }
 }
 
-/// The current watchdog tick (starts at 1, so that 0 can mean "none").
-static TICK: AtomicU64 = AtomicU64::new(1);
-
 /// One connection under watch.
 struct Watched {
     state: Arc<ConnState>,
@@ -280,14 +279,24 @@ struct Watched {
 
 /// Closes connections that overrun the header-read deadline or sit idle past the idle timeout, and asks
 /// them all to close at shutdown.
-#[derive(Default)]
 struct Watchdog {
     conns: Mutex<Vec<Watched>>,
+    /// This watchdog's clock: the current tick (from 1, so that 0 can mean "none").
+    tick: AtomicU64,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            conns: Mutex::new(Vec::new()),
+            tick: AtomicU64::new(1),
+        }
+    }
 }
 
 impl Watchdog {
     fn watch(&self, state: Arc<ConnState>, task: AbortHandle) {
-        let tick = TICK.load(Ordering::Relaxed);
+        let tick = self.tick.load(Ordering::Relaxed);
         if let Ok(mut conns) = self.conns.lock() {
             conns.push(Watched {
                 state,
@@ -311,7 +320,7 @@ impl Watchdog {
                 () = stop.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            let now = TICK.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
             let Ok(mut conns) = self.conns.lock() else {
                 return;
             };
@@ -387,6 +396,8 @@ impl<C: Future> Future for Graceful<C> {
 struct Counted<T> {
     inner: T,
     state: Arc<ConnState>,
+    /// Whose ticks `head_since` counts in.
+    watchdog: Arc<Watchdog>,
     /// The first read is still to come (it tells an HTTP/2 client without ALPN by its preface).
     first_read: bool,
 }
@@ -414,7 +425,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
             let s = &self.state;
             if s.in_flight.load(Ordering::Relaxed) == 0 && s.head_since.load(Ordering::Relaxed) == 0 {
                 s.head_since
-                    .store(TICK.load(Ordering::Relaxed), Ordering::Relaxed);
+                    .store(self.watchdog.tick.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
         r
