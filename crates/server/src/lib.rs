@@ -183,10 +183,20 @@ impl Server {
             );
         }
         let models = ModelRegistry::new(config.model_specs()?);
-        let runner = match config.queue.workers {
-            0 => None,
+        // One launcher serves the queue's predictions and the inference routes' real models, so
+        // their sandboxes share one job directory and one pool of warm engines.
+        let has_engines = models
+            .iter()
+            .any(|m| matches!(m.backend, skygate_core::models::Backend::Engine(_)));
+        let sandboxes = match (config.queue.workers, has_engines) {
+            (0, false) => None,
             _ => Some(sandbox_runner(&config)?),
         };
+        let runner = match config.queue.workers {
+            0 => None,
+            _ => sandboxes.clone().map(|r| r as Arc<dyn skygate_runtime::Runner>),
+        };
+        let engines = sandboxes.filter(|_| has_engines);
         let auth = Arc::new(Authenticator::new(
             store.clone(),
             hasher,
@@ -222,6 +232,7 @@ impl Server {
                 .map_err(anyhow::Error::msg)?,
             public_url,
             metrics: counters.map(Arc::new),
+            engines,
         })?;
         Ok(Server {
             metrics_listener,
@@ -461,7 +472,7 @@ impl Server {
 
 /// The sandbox launcher from `[sandbox]`. Its job directory is named after the data dir, so servers
 /// with different data dirs on one host never sweep each other's running jobs.
-pub fn sandbox_runner(config: &Config) -> anyhow::Result<Arc<dyn skygate_runtime::Runner>> {
+pub fn sandbox_runner(config: &Config) -> anyhow::Result<Arc<skygate_runtime::SandboxRunner>> {
     let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     let digest = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
     let instance: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();

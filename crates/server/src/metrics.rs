@@ -239,6 +239,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/predictions/{id}/delete",
     "/v1/predictions/{id}/stream",
     "/v1/outputs/{id}/{file}",
+    "/v1/chat/completions",
+    "/v1/embeddings",
     "/v1/openapi.json",
     "/v1/account",
     "/v1/account/export",
@@ -302,6 +304,8 @@ pub fn route_of(path: &str) -> &'static str {
             "/v1/predictions/{id}/stream"
         }
         (Some("v1"), Some("outputs"), s, f, None) if some(s) && some(f) => "/v1/outputs/{id}/{file}",
+        (Some("v1"), Some("chat"), Some("completions"), None, _) => "/v1/chat/completions",
+        (Some("v1"), Some("embeddings"), None, ..) => "/v1/embeddings",
         (Some("v1"), Some("openapi.json"), None, ..) => "/v1/openapi.json",
         (Some("v1"), Some("account"), None, ..) => "/v1/account",
         (Some("v1"), Some("account"), Some("export"), None, _) => "/v1/account/export",

@@ -38,6 +38,7 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     body_limits: BodyLimits,
     console: PasswordPool,
+    engines: Option<Arc<skygate_runtime::SandboxRunner>>,
 }
 
 /// What a state is built from; the rest (catalog, validators, change feed) is derived.
@@ -56,6 +57,9 @@ pub struct StateParts {
     pub public_url: String,
     /// `[metrics]` on: what this node counts.
     pub metrics: Option<Arc<Metrics>>,
+    /// The sandbox launcher that runs real models for the inference routes (this node serves them
+    /// itself, streaming), when any is configured.
+    pub engines: Option<Arc<skygate_runtime::SandboxRunner>>,
 }
 
 impl AppState {
@@ -73,6 +77,7 @@ impl AppState {
             trusted_proxies,
             public_url,
             metrics,
+            engines,
         } = parts;
         let catalog = ModelCatalog::new(&models)?;
         let body_limits = config.server.body_limits();
@@ -96,6 +101,7 @@ impl AppState {
             metrics,
             body_limits,
             console,
+            engines,
         })))
     }
 
@@ -176,6 +182,11 @@ impl AppState {
     }
 
     /// Base for absolute URLs in responses, no trailing slash.
+    /// The launcher of real models' sandboxes (`None` when this node serves no real model).
+    pub fn engines(&self) -> Option<&Arc<skygate_runtime::SandboxRunner>> {
+        self.0.engines.as_ref()
+    }
+
     pub fn public_url(&self) -> &str {
         &self.0.public_url
     }

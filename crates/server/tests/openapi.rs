@@ -115,6 +115,8 @@ fn document_lists_every_route_and_the_wire_fields() {
         ("/v1/predictions/{id}/delete", &["delete"]),
         ("/v1/predictions/{id}/stream", &["get"]),
         ("/v1/outputs/{id}/{file}", &["get"]),
+        ("/v1/chat/completions", &["post"]),
+        ("/v1/embeddings", &["post"]),
         ("/v1/openapi.json", &["get"]),
         ("/v1/account", &["get"]),
         ("/v1/account/export", &["get"]),

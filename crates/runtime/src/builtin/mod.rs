@@ -63,7 +63,7 @@ impl Runner for BuiltinRunner {
     fn start(&self, job: Job) -> Result<RunHandle, RunError> {
         let id = match &job.backend {
             Backend::Builtin(id) => id,
-            Backend::Command(_) | Backend::Cog(_) => {
+            Backend::Command(_) | Backend::Cog(_) | Backend::Engine(_) => {
                 return Err(RunError::Unsupported(
                     "command and Cog models run only in the sandbox runner".into(),
                 ))

@@ -501,6 +501,11 @@ fn inner(spec: &Spec) -> Result<ExitCode, String> {
             predictor,
             warm,
         } => Ok(super::cog::serve(argv, predictor, *warm)),
+        Payload::Engine {
+            kind,
+            threads,
+            context,
+        } => Ok(super::engine::serve_inside(*kind, *threads, *context)),
     }
 }
 

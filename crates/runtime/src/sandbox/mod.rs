@@ -13,6 +13,7 @@
 pub mod check;
 mod cog;
 pub mod devices;
+mod engine;
 mod host;
 pub mod inside;
 mod jobs;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use skygate_core::models::{Backend, CommandModel};
 
 pub use devices::{DeviceLease, DevicePool, LeaseWait};
+pub use engine::{ChatEvent, Embedded, EngineError};
 pub use host::SandboxReport;
 pub use jobs::{JobRoot, UidPool};
 pub use spec::{Bind, Limits, Payload, Spec, HELPER_COMMAND, PROBE_COMMAND};
@@ -85,6 +87,8 @@ struct Inner {
     devices: DevicePool,
     /// Idle warm Cog sandboxes (`reuse = "tenant"`).
     warm: warm::Pool,
+    /// Idle engine sandboxes (real models), per (model, account).
+    engines: engine::Pool,
 }
 
 /// One sandbox to start.
@@ -140,6 +144,7 @@ impl SandboxRunner {
                 uids,
                 devices,
                 warm: warm::Pool::default(),
+                engines: engine::Pool::default(),
             }),
         })
     }
@@ -337,6 +342,11 @@ fn start_run(
                     "Cog models run only in a sandbox (sandbox.mode = \"namespaces\")".into(),
                 ))
             }
+            Payload::Engine { .. } => {
+                return Err(RunError::Unsupported(
+                    "engine models run only in a sandbox (sandbox.mode = \"namespaces\")".into(),
+                ))
+            }
         }
     };
     cmd.stdin(Stdio::piped())
@@ -417,6 +427,27 @@ impl Runner for SandboxRunner {
                     job.deadline,
                 )
             }
+            Backend::Engine(m) if m.kind == skygate_core::models::EngineKind::Llm => {
+                if self.inner.settings.mode == SandboxMode::NoneUnsafe {
+                    return Err(RunError::Unsupported(
+                        "engine models run only in a sandbox (sandbox.mode = \"namespaces\")".into(),
+                    ));
+                }
+                let (messages, sampling) =
+                    engine::prediction_request(&job.input, m).map_err(RunError::Failed)?;
+                // A prediction without an account is never reused: it gets a key of its own.
+                let tenant = job
+                    .tenant
+                    .unwrap_or_else(|| format!("prediction:{}", job.prediction_id));
+                let max = sampling.max_tokens;
+                let events = self.chat(m, &tenant, messages, sampling, job.deadline);
+                let (handle, side) = pair();
+                tokio::spawn(engine::relay_prediction(events, max, job.deadline, side));
+                Ok(handle)
+            }
+            Backend::Engine(_) => Err(RunError::Unsupported(
+                "an embedding model is used through POST /v1/embeddings".into(),
+            )),
             Backend::Cog(m) => {
                 let payload = Payload::Cog {
                     argv: m.run.argv.clone(),

@@ -81,7 +81,18 @@ pub enum Payload {
         #[serde(default)]
         warm: bool,
     },
+    /// skygate's own inference engine, run by the helper itself: a language model at
+    /// [`ENGINE_GGUF`] or an embedding folder at `/model`, serving request lines on stdin until it
+    /// closes (see `skygate_inference::worker`).
+    Engine {
+        kind: skygate_core::models::EngineKind,
+        threads: u16,
+        context: u32,
+    },
 }
+
+/// Where a language model's GGUF file appears inside its sandbox.
+pub const ENGINE_GGUF: &str = "/model/model.gguf";
 
 /// The last line the outer stage writes on stderr: `<nonce> <json>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 mod health;
 pub(crate) mod manage;
 mod models;
+pub mod openai;
 pub mod openapi;
 mod openapi_manage;
 pub mod outputs;
@@ -52,6 +53,8 @@ fn v1(r: Router<AppState>, limits: &BodyLimits) -> Router<AppState> {
         ),
         ("/v1/predictions/{id}/stream", get(predictions::stream)),
         ("/v1/outputs/{id}/{file}", get(outputs::download)),
+        ("/v1/chat/completions", post(openai::chat_completions)),
+        ("/v1/embeddings", post(openai::embeddings)),
         ("/v1/openapi.json", get(openapi::serve_spec)),
         ("/v1/account", get(manage::account)),
         ("/v1/account/export", get(manage::export)),

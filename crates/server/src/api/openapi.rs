@@ -84,6 +84,7 @@ const TAG_MODELS: &str = "models";
 const TAG_PREDICTIONS: &str = "predictions";
 const TAG_OUTPUTS: &str = "outputs";
 const TAG_SERVICE: &str = "service";
+const TAG_INFERENCE: &str = "inference";
 
 /// The reusable error responses (`#/components/responses/…`): name, status, description.
 const ERRORS: [(&str, u16, &str); 9] = [
@@ -167,6 +168,11 @@ pub fn spec() -> utoipa::openapi::OpenApi {
             ),
             (TAG_OUTPUTS, "Signed, expiring downloads of output files."),
             (TAG_SERVICE, "Health and this document."),
+            (
+                TAG_INFERENCE,
+                "OpenAI-compatible inference with the server's real models: chat completions and \
+                 embeddings. Errors on these routes use OpenAI's shape: `{\"error\": {message, type, param, code}}`.",
+            ),
             (
                 super::openapi_manage::TAG_MANAGE,
                 "Account management with a personal access token: projects, API keys, audit events.",
@@ -474,6 +480,29 @@ fn paths() -> Paths {
                 .response("404", error_ref("NotFound"))),
         )
         .path(
+            "/v1/chat/completions",
+            post(openai_op(
+                "createChatCompletion",
+                "Create a chat completion",
+                "OpenAI's chat completion with a language model of this server: `messages` rendered by \
+                 the model's chat template, `max_tokens` (or `max_completion_tokens`), `temperature`, \
+                 `top_p`, `seed`, `stop`, `presence_penalty`, `frequency_penalty`. With `stream: true` \
+                 the answer is `text/event-stream` of `chat.completion.chunk` objects ending in \
+                 `data: [DONE]`. Parameters the model cannot honour (`n` > 1, tools, image parts, \
+                 `logit_bias`, …) are a 400 naming them. Nothing is stored.",
+            )),
+        )
+        .path(
+            "/v1/embeddings",
+            post(openai_op(
+                "createEmbedding",
+                "Create embeddings",
+                "OpenAI's embeddings with an embedding model of this server: `input` is a string, an \
+                 array of up to 2,048 strings or token arrays; `encoding_format` `float` or `base64` \
+                 (little-endian f32). Vectors are L2-normalised. Nothing is stored.",
+            )),
+        )
+        .path(
             "/v1/outputs/{id}/{file}",
             get(OperationBuilder::new()
                 .tag(TAG_OUTPUTS)
@@ -540,6 +569,42 @@ fn authed(tag: &str, operation_id: &str, summary: &str) -> OperationBuilder {
         .response("401", error_ref("Unauthorized"))
         .response("403", error_ref("Forbidden"))
         .response("429", error_ref("TooManyRequests"))
+}
+
+/// An OpenAI-compatible operation: a JSON body in OpenAI's request shape, answers and errors in
+/// OpenAI's shape (described, not modelled: the OpenAI API reference is their schema).
+fn openai_op(operation_id: &str, summary: &str, description: &str) -> OperationBuilder {
+    let object = || ObjectBuilder::new().schema_type(Type::Object);
+    let error = |what: &str| json_response(what, object().into());
+    OperationBuilder::new()
+        .tag(TAG_INFERENCE)
+        .operation_id(Some(operation_id))
+        .summary(Some(summary))
+        .description(Some(description))
+        .security(SecurityRequirement::new(API_KEY, Vec::<String>::new()))
+        .security(SecurityRequirement::new(BEARER, Vec::<String>::new()))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content(JSON, ContentBuilder::new().schema(Some(object())).build())
+                .build(),
+        ))
+        .response(
+            "200",
+            json_response("The answer, in OpenAI's shape.", object().into()),
+        )
+        .response(
+            "400",
+            error("A parameter is invalid or unsupported (`param` names it)."),
+        )
+        .response(
+            "401",
+            error("The credential is missing or invalid (`invalid_api_key`)."),
+        )
+        .response("403", error("The credential may not use this model."))
+        .response("404", error("No such model of this kind (`model_not_found`)."))
+        .response("429", error("A rate limit was reached (`rate_limit_exceeded`)."))
+        .response("503", error("The model is unavailable on this server."))
 }
 
 fn get(operation: OperationBuilder) -> PathItem {

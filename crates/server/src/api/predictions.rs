@@ -111,6 +111,24 @@ fn validate_create<'a>(
             "Test keys (sk_test_) cannot run {slug:?}; use a live key or a model marked test_ok."
         )));
     }
+    if let skygate_core::models::Backend::Engine(m) = &spec.backend {
+        if m.kind == skygate_core::models::EngineKind::Embedding {
+            return Err(invalid(
+                ErrorId::InvalidInput,
+                "Input is invalid",
+                format!("{slug:?} is an embedding model: use POST /v1/embeddings"),
+            ));
+        }
+        if m.unavailable.is_some() {
+            return Err(ApiError::new(
+                ErrorId::ServiceUnavailable,
+                "Model unavailable",
+                format!(
+                    "{slug:?} cannot be served: its files failed the check at start (see the server log)"
+                ),
+            ));
+        }
+    }
     let input = match &body.input {
         None | Some(Value::Null) => {
             return Err(invalid(

@@ -1,0 +1,645 @@
+//! The OpenAI-compatible inference routes end to end against an in-process server over real TLS,
+//! with real models (SmolLM2-135M Q4_1, all-MiniLM-L6-v2 from `scripts/models.sh`) in real engine
+//! sandboxes: chat completions (JSON and SSE), embeddings, warm sandboxes per account, a client
+//! that disconnects, every kind of bad input, models whose files are broken, and the same language
+//! model through the predictions API.
+//!
+//! `SKYGATE_TEST_MODELS` names the models folder; without it these tests print `SKIPPED` (and fail
+//! under `SKYGATE_TEST_REQUIRE_ALL`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use skygate_core::Mode;
+use skygate_server::config::ModelConfig;
+use skygate_testkit::{skip, TestServer};
+
+const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const MINILM: &str = "all-MiniLM-L6-v2";
+const LLM: &str = "smol";
+const EMB: &str = "minilm";
+
+fn models_dir(test: &str) -> Option<PathBuf> {
+    let dir = match std::env::var_os("SKYGATE_TEST_MODELS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            skip(
+                test,
+                "SKYGATE_TEST_MODELS is not set (scripts/models.sh fills a models folder)",
+            );
+            return None;
+        }
+    };
+    if !dir.join(GGUF).exists() || !dir.join(MINILM).exists() {
+        skip(
+            test,
+            &format!("{} lacks the test models (run scripts/models.sh)", dir.display()),
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+fn engine(backend: &str, path: PathBuf) -> ModelConfig {
+    let mut m: ModelConfig = toml::from_str(&format!("backend = \"{backend}\"")).unwrap();
+    m.path = Some(path);
+    m.threads = Some(2);
+    m.context = Some(1024);
+    m
+}
+
+/// A server with the two test models as `smol` and `minilm`, plus `edit`.
+async fn server(dir: &std::path::Path, edit: impl FnOnce(&mut skygate_server::config::Config)) -> TestServer {
+    let (llm, emb) = (dir.join(GGUF), dir.join(MINILM));
+    TestServer::start_with(move |c| {
+        c.models.insert(LLM.into(), engine("llm", llm));
+        c.models.insert(EMB.into(), engine("embedding", emb));
+        edit(c);
+    })
+    .await
+    .unwrap()
+}
+
+/// The usual start: a server with the test models and a live key (`None` when the models are missing).
+async fn start(test: &str) -> Option<(TestServer, skygate_testkit::TestKey)> {
+    let dir = models_dir(test)?;
+    let srv = server(&dir, |_| {}).await;
+    let k = srv.new_key(Mode::Live).await.unwrap();
+    Some((srv, k))
+}
+
+async fn post_raw(srv: &TestServer, path: &str, key: &str, body: &Value) -> reqwest::Response {
+    srv.client()
+        .post(srv.url(path))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn post(srv: &TestServer, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
+    let res = post_raw(srv, path, key, body).await;
+    let status = res.status();
+    assert!(res.headers().contains_key("x-request-id"));
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+/// A greedy chat completion of one user message.
+async fn ask(srv: &TestServer, key: &str, content: &str, max_tokens: u32) -> (StatusCode, Value) {
+    post(srv, "/v1/chat/completions", key, &greedy(content, max_tokens)).await
+}
+
+fn greedy(content: &str, max_tokens: u32) -> Value {
+    json!({"model": LLM, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// Reads an SSE body to its end: the `data:` payloads in order.
+async fn sse(res: reqwest::Response) -> Vec<String> {
+    let text = res.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_completions_json_and_stream_from_a_warm_sandbox() {
+    let Some((srv, k)) = start("chat_completions_json_and_stream_from_a_warm_sandbox").await else {
+        return;
+    };
+    let (s, a) = ask(&srv, &k.key, "What is the capital of France?", 24).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["object"], "chat.completion");
+    assert!(a["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(a["model"], LLM);
+    let choice = &a["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    let text = choice["message"]["content"].as_str().unwrap().to_owned();
+    assert!(text.split_whitespace().count() >= 3, "{text}");
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+    let u = &a["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 5);
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+
+    // The same request streamed, with x-api-key this time: the same text in pieces.
+    let mut body = greedy("What is the capital of France?", 24);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let res = srv
+        .client()
+        .post(srv.url("/v1/chat/completions"))
+        .header("x-api-key", &k.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse(res).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed, text);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], choice["finish_reason"]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], a["usage"]);
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+    }
+    // Both answers came from one sandbox, loaded once.
+    let engines = srv.state.engines().unwrap();
+    assert_eq!(engines.engines_started(), 1);
+
+    // Another account gets its own sandbox: never shared.
+    let other = srv.new_key(Mode::Live).await.unwrap();
+    let (s, b) = ask(&srv, &other.key, "What is the capital of France?", 24).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["choices"][0]["message"]["content"], text.as_str());
+    assert_eq!(engines.engines_started(), 2);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_stops_the_generation() {
+    let Some((srv, k)) = start("a_client_that_disconnects_stops_the_generation").await else {
+        return;
+    };
+    let mut body = greedy("Write a very long story about a lighthouse keeper.", 900);
+    body["stream"] = json!(true);
+    let mut res = post_raw(&srv, "/v1/chat/completions", &k.key, &body).await;
+    assert_eq!(res.status(), 200);
+    let mut got = 0;
+    while got < 3 {
+        let chunk = res.chunk().await.unwrap().expect("the stream ended early");
+        got += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    drop(res);
+    // The engine stops within a token and its sandbox goes back to the pool long before 900 tokens
+    // could have been generated.
+    let engines = srv.state.engines().unwrap().clone();
+    let t = Instant::now();
+    while engines.engines_idle() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the sandbox was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("released {} ms after the disconnect", t.elapsed().as_millis());
+    let (s, a) = ask(&srv, &k.key, "Say hi.", 4).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(engines.engines_started(), 1, "the cancelled sandbox was reused");
+}
+
+#[tokio::test]
+async fn embeddings_as_floats_and_base64() {
+    let Some((srv, k)) = start("embeddings_as_floats_and_base64").await else {
+        return;
+    };
+    let input = json!([
+        "The cat sat on the mat.",
+        "A feline rested on the rug.",
+        "Stock prices fell sharply."
+    ]);
+    let (s, a) = post(
+        &srv,
+        "/v1/embeddings",
+        &k.key,
+        &json!({"model": EMB, "input": input}),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["object"], "list");
+    assert_eq!(a["model"], EMB);
+    let vecs: Vec<Vec<f32>> = a["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(
+                (d["object"].as_str(), d["index"].as_u64()),
+                (Some("embedding"), Some(i as u64))
+            );
+            serde_json::from_value(d["embedding"].clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(vecs.len(), 3);
+    assert!(vecs.iter().all(|v| v.len() == 384));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!(
+        dot(&vecs[0], &vecs[1]) > dot(&vecs[0], &vecs[2]) + 0.2,
+        "similar sentences are closer"
+    );
+    assert!(a["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+
+    let (s, b) = post(
+        &srv,
+        "/v1/embeddings",
+        &k.key,
+        &json!({"model": EMB, "input": input, "encoding_format": "base64", "dimensions": 384}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    for (d, want) in b["data"].as_array().unwrap().iter().zip(&vecs) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(d["embedding"].as_str().unwrap())
+            .unwrap();
+        let got: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(&got, want);
+    }
+    // One string and token ids work too.
+    let (s, c) = post(
+        &srv,
+        "/v1/embeddings",
+        &k.key,
+        &json!({"model": EMB, "input": "hello"}),
+    )
+    .await;
+    assert_eq!((s, c["data"].as_array().unwrap().len()), (StatusCode::OK, 1));
+    let (s, c) = post(
+        &srv,
+        "/v1/embeddings",
+        &k.key,
+        &json!({"model": EMB, "input": [[7592, 2088], [7592]]}),
+    )
+    .await;
+    assert_eq!(
+        (s, c["data"].as_array().unwrap().len()),
+        (StatusCode::OK, 2),
+        "{c}"
+    );
+}
+
+fn assert_openai_error(
+    got: &(StatusCode, Value),
+    status: u16,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+    what: &str,
+) {
+    assert_eq!(got.0.as_u16(), status, "{what}: {}", got.1);
+    let e = &got.1["error"];
+    assert_eq!(e["type"], kind, "{what}: {}", got.1);
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{what}: {}", got.1);
+    }
+    if let Some(c) = code {
+        assert_eq!(e["code"], c, "{what}: {}", got.1);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_errors_naming_the_parameter() {
+    let Some((srv, k)) = start("bad_input_gets_openai_errors_naming_the_parameter").await else {
+        return;
+    };
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let chat = |extra: Value| {
+        let mut b = json!({"model": LLM, "messages": user, "max_tokens": 4});
+        for (key, v) in extra.as_object().unwrap() {
+            b[key] = v.clone();
+        }
+        b
+    };
+    let cases: Vec<(Value, &str, Option<&str>)> = vec![
+        (json!({"messages": []}), "messages", None),
+        (json!({"messages": "hi"}), "messages", None),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role",
+            Some("invalid_value"),
+        ),
+        (
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0].role",
+            Some("unsupported_parameter"),
+        ),
+        (
+            json!({"messages": [{"role": "user"}]}),
+            "messages[0].content",
+            None,
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}),
+            "messages[0].content[0].type",
+            Some("unsupported_parameter"),
+        ),
+        (json!({"n": 2}), "n", Some("unsupported_parameter")),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+            Some("unsupported_parameter"),
+        ),
+        (
+            json!({"logit_bias": {"42": 10}}),
+            "logit_bias",
+            Some("unsupported_parameter"),
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+            Some("unsupported_parameter"),
+        ),
+        (json!({"temperature": 2.5}), "temperature", Some("invalid_value")),
+        (json!({"temperature": "hot"}), "temperature", None),
+        (json!({"top_p": 0}), "top_p", Some("invalid_value")),
+        (
+            json!({"presence_penalty": -2.5}),
+            "presence_penalty",
+            Some("invalid_value"),
+        ),
+        (
+            json!({"frequency_penalty": 3}),
+            "frequency_penalty",
+            Some("invalid_value"),
+        ),
+        (json!({"max_tokens": 0}), "max_tokens", Some("invalid_value")),
+        (json!({"max_tokens": -5}), "max_tokens", Some("invalid_value")),
+        (
+            json!({"max_tokens": 5000}),
+            "max_tokens",
+            Some("context_length_exceeded"),
+        ),
+        (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop", None),
+        (
+            json!({"stream_options": {"include_usage": true}}),
+            "stream_options",
+            None,
+        ),
+        (json!({"frobnicate": true}), "frobnicate", None),
+        (
+            json!({"messages": [{"role": "user", "content": "word ".repeat(1200)}]}),
+            "messages",
+            Some("context_length_exceeded"),
+        ),
+    ];
+    for (extra, param, code) in cases {
+        let got = post(&srv, "/v1/chat/completions", &k.key, &chat(extra.clone())).await;
+        let shown: String = extra.to_string().chars().take(120).collect();
+        assert_openai_error(&got, 400, "invalid_request_error", Some(param), code, &shown);
+    }
+    // Unknown models, models of the wrong kind: 404 model_not_found on both routes.
+    let not_found = [
+        ("/v1/chat/completions", chat(json!({"model": "nope"}))),
+        ("/v1/chat/completions", chat(json!({"model": EMB}))),
+        ("/v1/chat/completions", chat(json!({"model": "echo"}))),
+        ("/v1/embeddings", json!({"model": LLM, "input": "x"})),
+    ];
+    for (route, body) in not_found {
+        let got = post(&srv, route, &k.key, &body).await;
+        let what = format!("{route} {}", body["model"]);
+        assert_openai_error(
+            &got,
+            404,
+            "not_found_error",
+            Some("model"),
+            Some("model_not_found"),
+            &what,
+        );
+    }
+    let missing = post(&srv, "/v1/chat/completions", &k.key, &json!({"messages": user})).await;
+    assert_openai_error(
+        &missing,
+        400,
+        "invalid_request_error",
+        Some("model"),
+        None,
+        "no model",
+    );
+
+    // Embeddings.
+    let emb = |input: Value, extra: Value| {
+        let mut b = json!({"model": EMB, "input": input});
+        for (key, v) in extra.as_object().unwrap() {
+            b[key] = v.clone();
+        }
+        b
+    };
+    let many: Vec<String> = (0..2049).map(|i| format!("s{i}")).collect();
+    let cases: Vec<(Value, &str, Option<&str>)> = vec![
+        (emb(json!([]), json!({})), "input", None),
+        (emb(json!(""), json!({})), "input", None),
+        (emb(json!(many), json!({})), "input", None),
+        (
+            emb(json!("word ".repeat(400)), json!({})),
+            "input",
+            Some("context_length_exceeded"),
+        ),
+        (emb(json!([[99999999]]), json!({})), "input", None),
+        (emb(json!({"a": 1}), json!({})), "input", None),
+        (
+            emb(json!("x"), json!({"encoding_format": "hex"})),
+            "encoding_format",
+            Some("invalid_value"),
+        ),
+        (
+            emb(json!("x"), json!({"dimensions": 128})),
+            "dimensions",
+            Some("unsupported_parameter"),
+        ),
+    ];
+    for (body, param, code) in cases {
+        let got = post(&srv, "/v1/embeddings", &k.key, &body).await;
+        let shown: String = body.to_string().chars().take(120).collect();
+        assert_openai_error(&got, 400, "invalid_request_error", Some(param), code, &shown);
+    }
+
+    // Bodies that are not JSON, or not UTF-8.
+    for raw in [
+        &b"{not json"[..],
+        &b"{\"model\": \"smol\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}"[..],
+    ] {
+        let res = srv
+            .client()
+            .post(srv.url("/v1/chat/completions"))
+            .bearer_auth(&k.key)
+            .header("content-type", "application/json")
+            .body(raw.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let s = res.status();
+        let v: Value = res.json().await.unwrap();
+        assert_openai_error(&(s, v), 400, "invalid_request_error", None, None, "raw body");
+    }
+
+    // Credentials: one identical 401 for every bad one, in OpenAI's shape.
+    let a = post(&srv, "/v1/chat/completions", "sk_live_nope", &chat(json!({}))).await;
+    let b = post(&srv, "/v1/embeddings", "", &emb(json!("x"), json!({}))).await;
+    assert_openai_error(
+        &a,
+        401,
+        "authentication_error",
+        None,
+        Some("invalid_api_key"),
+        "bad key",
+    );
+    assert_eq!(a.1, b.1);
+    // Test keys may not run live-only models.
+    let t = srv.new_key(Mode::Test).await.unwrap();
+    let denied = post(&srv, "/v1/chat/completions", &t.key, &chat(json!({}))).await;
+    assert_openai_error(&denied, 403, "permission_error", None, None, "test key");
+
+    // None of it left a sandbox running, and the model still answers.
+    let engines = srv.state.engines().unwrap();
+    let (s, ok) = post(&srv, "/v1/chat/completions", &k.key, &chat(json!({}))).await;
+    assert_eq!(s, 200, "{ok}");
+    assert!(
+        engines.engines_started() <= 2,
+        "{} sandboxes",
+        engines.engines_started()
+    );
+}
+
+#[tokio::test]
+async fn broken_model_files_are_listed_unavailable_and_the_rest_serve() {
+    let Some(dir) = models_dir("broken_model_files_are_listed_unavailable_and_the_rest_serve") else {
+        return;
+    };
+    let junk = tempfile::tempdir().unwrap();
+    let whole = std::fs::read(dir.join(GGUF)).unwrap();
+    std::fs::write(junk.path().join("cut.gguf"), &whole[..whole.len() / 3]).unwrap();
+    std::fs::write(junk.path().join("junk.gguf"), b"this is not a model").unwrap();
+    let (cut, bad) = (junk.path().join("cut.gguf"), junk.path().join("junk.gguf"));
+    let minilm = dir.join(MINILM);
+    // Also a model found with no configuration in <data_dir>/models/.
+    let srv = server(&dir, move |c| {
+        c.models.insert("cut".into(), engine("llm", cut));
+        c.models.insert("junk".into(), engine("llm", bad));
+        let found = c.data_dir.join("models");
+        std::fs::create_dir_all(&found).unwrap();
+        std::os::unix::fs::symlink(minilm, found.join("Found-MiniLM")).unwrap();
+    })
+    .await;
+    let k = srv.new_key(Mode::Live).await.unwrap();
+    let res = srv
+        .client()
+        .get(srv.url("/v1/models"))
+        .header("x-api-key", &k.key)
+        .send()
+        .await
+        .unwrap();
+    let models: Value = res.json().await.unwrap();
+    let find = |slug: &str| -> Value {
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["slug"] == slug)
+            .cloned()
+            .unwrap_or_else(|| panic!("{slug} missing: {models}"))
+    };
+    let smol = find(LLM);
+    assert_eq!(
+        (smol["type"].as_str(), smol["status"].as_str()),
+        (Some("text"), Some("operational"))
+    );
+    assert_eq!(smol["context_length"], 1024);
+    assert_eq!(smol["metadata"]["openai_compatible"], true);
+    let found = find("found-minilm");
+    assert_eq!(
+        (found["type"].as_str(), found["status"].as_str()),
+        (Some("embedding"), Some("operational"))
+    );
+    assert_eq!(
+        (
+            found["context_length"].as_u64(),
+            found["metadata"]["dimensions"].as_u64()
+        ),
+        (Some(256), Some(384))
+    );
+    for slug in ["cut", "junk"] {
+        assert_eq!(find(slug)["status"], "unavailable", "{slug}");
+        let got = post(
+            &srv,
+            "/v1/chat/completions",
+            &k.key,
+            &json!({"model": slug, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        assert_openai_error(&got, 503, "server_error", None, None, slug);
+    }
+    let (s, a) = ask(&srv, &k.key, "Hi", 3).await;
+    assert_eq!(s, 200, "{a}");
+    let (s, e) = post(
+        &srv,
+        "/v1/embeddings",
+        &k.key,
+        &json!({"model": "found-minilm", "input": "x"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+}
+
+#[tokio::test]
+async fn the_language_model_through_the_predictions_api() {
+    let Some((srv, k)) = start("the_language_model_through_the_predictions_api").await else {
+        return;
+    };
+    let (s, chat) = ask(&srv, &k.key, "What is the capital of France?", 16).await;
+    assert_eq!(s, 200, "{chat}");
+    let (s, p) = post(
+        &srv,
+        "/v1/predictions",
+        &k.key,
+        &json!({"model": LLM, "input": {"prompt": "What is the capital of France?", "max_tokens": 16, "temperature": 0}, "await": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["status"], "succeeded", "{p}");
+    assert_eq!(p["output"], chat["choices"][0]["message"]["content"]);
+    // An embedding model is not run as a prediction, and a bad input is refused up front.
+    let (s, e) = post(
+        &srv,
+        "/v1/predictions",
+        &k.key,
+        &json!({"model": EMB, "input": {"prompt": "x"}}),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    let (s, e) = post(
+        &srv,
+        "/v1/predictions",
+        &k.key,
+        &json!({"model": LLM, "input": {"prompt": "x", "temperature": 9}}),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+}
