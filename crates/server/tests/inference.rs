@@ -643,3 +643,60 @@ async fn the_language_model_through_the_predictions_api() {
     .await;
     assert_eq!(s, 422, "{e}");
 }
+
+#[tokio::test]
+async fn runs_are_bounded_and_waiters_are_served_round_robin_across_accounts() {
+    let Some(dir) = models_dir("runs_are_bounded_and_waiters_are_served_round_robin_across_accounts") else {
+        return;
+    };
+    let srv = server(&dir, |c| {
+        c.sandbox.engine_runs = 1;
+        c.sandbox.engine_queue = 3;
+    })
+    .await;
+    let (a, b) = (
+        srv.new_key(Mode::Live).await.unwrap(),
+        srv.new_key(Mode::Live).await.unwrap(),
+    );
+    let srv = std::sync::Arc::new(srv);
+    let t0 = Instant::now();
+    let call = |key: String, max: u32| {
+        let srv = srv.clone();
+        tokio::spawn(async move {
+            let got = ask(&srv, &key, "Tell me about the sea.", max).await;
+            (got, t0.elapsed())
+        })
+    };
+    // a's three requests queue up behind the one run; then b's.
+    let mut a_runs = Vec::new();
+    let engines = srv.state.engines().unwrap().clone();
+    for _ in 0..3 {
+        a_runs.push(call(a.key.clone(), 48));
+        let t = Instant::now();
+        while engines.engine_load().0 + engines.engine_load().1 < a_runs.len() {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let b_run = call(b.key.clone(), 8);
+    let t = Instant::now();
+    while engines.engine_load().1 < 3 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The queue is full: one more is refused at once, in OpenAI's shape.
+    let busy = ask(&srv, &b.key, "hi", 2).await;
+    assert_openai_error(&busy, 503, "server_error", None, None, "busy");
+    assert!(engines.engine_load().0 <= 1);
+    let (b_got, b_done) = b_run.await.unwrap();
+    assert_eq!(b_got.0, 200, "{}", b_got.1);
+    let mut a_done = Vec::new();
+    for r in a_runs {
+        let (got, at) = r.await.unwrap();
+        assert_eq!(got.0, 200, "{}", got.1);
+        a_done.push(at);
+    }
+    // Round robin: b went second in line, before a's last request (not after all of a's).
+    assert!(b_done < a_done[2], "b at {b_done:?}, a at {a_done:?}");
+    assert_eq!(engines.engine_load(), (0, 0));
+}

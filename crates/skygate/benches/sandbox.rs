@@ -54,6 +54,8 @@ fn settings(dir: &std::path::Path, mode: SandboxMode) -> SandboxSettings {
         out_bytes: 16 << 20,
         devices: Vec::new(),
         device_wait: Duration::from_secs(60),
+        engine_runs: 2,
+        engine_queue: 64,
     }
 }
 

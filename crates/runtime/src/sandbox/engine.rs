@@ -59,6 +59,9 @@ pub enum EngineError {
     /// The model failed under the request (it crashed, broke the protocol, or ran past the deadline).
     #[error("{0}")]
     Failed(String),
+    /// Too many requests are waiting for a run on this node; try again shortly.
+    #[error("the server is busy: too many requests are waiting for a model; try again shortly")]
+    Busy,
 }
 
 /// Vectors of one embedding request.
@@ -302,6 +305,15 @@ impl super::SandboxRunner {
         let inner = self.inner.clone();
         let key = (model.clone(), tenant.to_owned());
         tokio::spawn(async move {
+            // Waiting for a run ends when the caller goes away.
+            let admitted = tokio::select! {
+                p = inner.schedule.admit(&key.1) => p,
+                () = tx.closed() => return,
+            };
+            let Ok(_permit) = admitted else {
+                let _ = tx.send(Err(EngineError::Busy)).await;
+                return;
+            };
             let mut e = match acquire(&inner, &key).await {
                 Ok(e) => e,
                 Err(err) => {
@@ -332,6 +344,12 @@ impl super::SandboxRunner {
         deadline: Duration,
     ) -> Result<Embedded, EngineError> {
         let key = (model.clone(), tenant.to_owned());
+        let _permit = self
+            .inner
+            .schedule
+            .admit(tenant)
+            .await
+            .map_err(|_| EngineError::Busy)?;
         let mut e = acquire(&self.inner, &key).await?;
         let fail = |m: &str| EngineError::Failed(m.to_owned());
         let answer = async {
@@ -375,6 +393,11 @@ impl super::SandboxRunner {
     /// How many engine sandboxes were started (each loads its model once).
     pub fn engines_started(&self) -> u64 {
         self.inner.engines.started()
+    }
+
+    /// Real-model runs (running, waiting) on this node.
+    pub fn engine_load(&self) -> (usize, usize) {
+        self.inner.schedule.load()
     }
 }
 

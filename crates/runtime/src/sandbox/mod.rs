@@ -19,6 +19,7 @@ pub mod inside;
 mod jobs;
 pub mod probe;
 pub mod protocol;
+mod schedule;
 pub mod seccomp;
 pub mod spec;
 mod warm;
@@ -69,6 +70,11 @@ pub struct SandboxSettings {
     pub devices: Vec<PathBuf>,
     /// How long a job waits for its devices before it fails (never past its deadline).
     pub device_wait: Duration,
+    /// Real-model runs (generations, embeddings) this node computes at once; more wait, served
+    /// round-robin across accounts.
+    pub engine_runs: usize,
+    /// Real-model requests that may wait for a run at once; past it they are refused (busy).
+    pub engine_queue: usize,
 }
 
 /// Runs every job in a sandbox (or, in [`SandboxMode::NoneUnsafe`], without one). Dropping it removes
@@ -89,6 +95,8 @@ struct Inner {
     warm: warm::Pool,
     /// Idle engine sandboxes (real models), per (model, account).
     engines: engine::Pool,
+    /// Admits real-model runs, round-robin across accounts.
+    schedule: Arc<schedule::Scheduler>,
 }
 
 /// One sandbox to start.
@@ -139,12 +147,13 @@ impl SandboxRunner {
         }
         Ok(SandboxRunner {
             inner: Arc::new(Inner {
-                settings,
                 jobs,
                 uids,
                 devices,
                 warm: warm::Pool::default(),
                 engines: engine::Pool::default(),
+                schedule: schedule::Scheduler::new(settings.engine_runs, settings.engine_queue),
+                settings,
             }),
         })
     }

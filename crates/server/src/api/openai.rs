@@ -155,6 +155,10 @@ impl From<EngineError> for OpenAiError {
                 ..OpenAiError::server(StatusCode::SERVICE_UNAVAILABLE, m)
             },
             EngineError::Failed(m) => OpenAiError::server(StatusCode::INTERNAL_SERVER_ERROR, m),
+            e @ EngineError::Busy => OpenAiError {
+                retry_after: Some(1),
+                ..OpenAiError::server(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            },
         }
     }
 }

@@ -31,6 +31,13 @@ pub struct SandboxConfig {
     /// How long a prediction waits for its devices before it fails (never past its deadline).
     #[serde(with = "humantime_serde")]
     pub device_wait: Duration,
+    /// Real-model runs (generations, embeddings) computed at once on this node (default: the
+    /// machine's cores, each run using `threads` of its model); further requests wait, admitted
+    /// round-robin across accounts.
+    pub engine_runs: usize,
+    /// Real-model requests that may wait for a run at once (default 256); past it they are refused
+    /// with 503 and `Retry-After`.
+    pub engine_queue: usize,
     /// Defaults for every model (command models may lower or raise `memory` and `cpu_seconds`).
     pub limits: SandboxLimits,
 }
@@ -65,6 +72,8 @@ impl Default for SandboxConfig {
             helper: None,
             devices: Vec::new(),
             device_wait: Duration::from_secs(60),
+            engine_runs: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            engine_queue: 256,
             limits: SandboxLimits::default(),
         }
     }
@@ -115,6 +124,12 @@ impl SandboxConfig {
             );
         }
         skygate_runtime::sandbox::devices::validate(&self.devices)?;
+        if self.engine_runs == 0 || self.engine_runs > 1024 {
+            return Err("sandbox.engine_runs must be between 1 and 1024".into());
+        }
+        if self.engine_queue > 100_000 {
+            return Err("sandbox.engine_queue must be at most 100000".into());
+        }
         if self.device_wait.is_zero() {
             return Err("sandbox.device_wait must be greater than 0".into());
         }
@@ -172,6 +187,8 @@ impl SandboxConfig {
             out_bytes: l.out_size.0,
             devices: self.devices.clone(),
             device_wait: self.device_wait,
+            engine_runs: self.engine_runs,
+            engine_queue: self.engine_queue,
         })
     }
 }

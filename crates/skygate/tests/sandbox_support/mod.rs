@@ -47,6 +47,8 @@ pub fn settings(dir: &Path, mode: SandboxMode) -> SandboxSettings {
         out_bytes: 32 << 20,
         devices: Vec::new(),
         device_wait: Duration::from_secs(60),
+        engine_runs: 2,
+        engine_queue: 64,
     }
 }
 
