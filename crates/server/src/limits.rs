@@ -110,6 +110,11 @@ impl RateSlot {
         let _ = self.0.set(info);
     }
 
+    /// What the check left here, if it ran.
+    pub fn get(&self) -> Option<RateInfo> {
+        self.0.get().copied()
+    }
+
     /// Leaves the headers' numbers in the request's slot (if it has one) and passes the verdict on.
     pub fn record(extensions: &axum::http::Extensions, checked: Checked) -> Result<(), ApiError> {
         Self::fill(extensions.get::<RateSlot>(), checked)

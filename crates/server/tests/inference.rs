@@ -178,6 +178,18 @@ async fn chat_completions_json_and_stream_from_a_warm_sandbox() {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["id"], chunks[0]["id"]);
     }
+    // OpenAI's request-limit headers, next to skygate's own.
+    let res = post_raw(&srv, "/v1/chat/completions", &k.key, &greedy("Hi", 2)).await;
+    let h = res.headers();
+    let limit: u64 = h["x-ratelimit-limit-requests"].to_str().unwrap().parse().unwrap();
+    let left: u64 = h["x-ratelimit-remaining-requests"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left < limit, "{h:?}");
+    assert!(h["x-ratelimit-reset-requests"].to_str().unwrap().ends_with('s'));
+    assert!(h.contains_key("x-skytells-ratelimit-limit-requests"));
     // Both answers came from one sandbox, loaded once.
     let engines = srv.state.engines().unwrap();
     assert_eq!(engines.engines_started(), 1);

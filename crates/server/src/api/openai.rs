@@ -541,19 +541,46 @@ fn parse_messages(v: Option<&Value>) -> Reply<Vec<Message>> {
     Ok(out)
 }
 
+/// OpenAI's request-limit headers beside skygate's own (which the rate-limit middleware adds): the
+/// per-key request limit this answer counted against.
+fn with_rate_headers(slot: Option<&RateSlot>, answer: Reply<Response>) -> Response {
+    let mut res = answer.into_response();
+    if let Some(info) = slot.and_then(RateSlot::get) {
+        let h = res.headers_mut();
+        h.insert("x-ratelimit-limit-requests", HeaderValue::from(info.limit));
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(info.remaining),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("{}s", info.reset_secs)) {
+            h.insert("x-ratelimit-reset-requests", v);
+        }
+    }
+    res
+}
+
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
     auth: Result<CreateAuth, ApiError>,
     slot: Option<Extension<RateSlot>>,
     body: Result<ApiJson<Value>, ApiError>,
-) -> Reply<Response> {
+) -> Response {
     let slot = slot.as_ref().map(|Extension(s)| s);
+    with_rate_headers(slot, chat(&state, auth, slot, body).await)
+}
+
+async fn chat(
+    state: &AppState,
+    auth: Result<CreateAuth, ApiError>,
+    slot: Option<&RateSlot>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> Reply<Response> {
     // Authentication first: an unauthenticated caller learns nothing about its body.
     let auth = auth?;
     let req = parse_chat(body?.0)?;
     let (auth, model, slug) = admit(
-        &state,
+        state,
         auth,
         slot,
         req.model.as_deref(),
@@ -730,8 +757,17 @@ pub async fn embeddings(
     auth: Result<CreateAuth, ApiError>,
     slot: Option<Extension<RateSlot>>,
     body: Result<ApiJson<Value>, ApiError>,
-) -> Reply<Response> {
+) -> Response {
     let slot = slot.as_ref().map(|Extension(s)| s);
+    with_rate_headers(slot, embed(&state, auth, slot, body).await)
+}
+
+async fn embed(
+    state: &AppState,
+    auth: Result<CreateAuth, ApiError>,
+    slot: Option<&RateSlot>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> Reply<Response> {
     let auth = auth?;
     let body = object(body?.0)?;
     const KEYS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
@@ -755,7 +791,7 @@ pub async fn embeddings(
         Some(_) => return Err(OpenAiError::invalid("model", "model must be a string")),
     };
     let (auth, model, slug) = admit(
-        &state,
+        state,
         auth,
         slot,
         model_name,
