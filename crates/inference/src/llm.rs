@@ -63,6 +63,10 @@ pub struct Sampling {
     pub stop: Vec<String>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// `max_tokens` is a default the caller did not ask for: shorten it to what the window leaves
+    /// after the prompt instead of refusing the request.
+    #[serde(default)]
+    pub fit_to_context: bool,
 }
 
 impl Default for Sampling {
@@ -75,6 +79,7 @@ impl Default for Sampling {
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            fit_to_context: false,
         }
     }
 }
@@ -249,6 +254,17 @@ impl Llm {
         if n_prompt == 0 {
             return Err(Error::invalid("messages", "the prompt is empty"));
         }
+        let room = self.n_ctx.saturating_sub(n_prompt);
+        let fitted;
+        let s = if s.fit_to_context && s.max_tokens > room && room > 0 {
+            fitted = Sampling {
+                max_tokens: room,
+                ..s.clone()
+            };
+            &fitted
+        } else {
+            s
+        };
         let wanted = u64::from(n_prompt) + u64::from(s.max_tokens);
         if wanted > u64::from(self.n_ctx) {
             return Err(Error::ContextLengthExceeded(format!(

@@ -178,6 +178,11 @@ async fn chat_completions_json_and_stream_from_a_warm_sandbox() {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["id"], chunks[0]["id"]);
     }
+    // Without max_tokens, the default length is shortened to the room a long prompt leaves (not a 400).
+    let long = json!({"model": LLM, "temperature": 0, "messages": [{"role": "user", "content": "word ".repeat(900)}]});
+    let (s, l) = post(&srv, "/v1/chat/completions", &k.key, &long).await;
+    assert_eq!(s, 200, "{l}");
+    assert!(l["usage"]["total_tokens"].as_u64().unwrap() <= 1024, "{l}");
     // OpenAI's request-limit headers, next to skygate's own.
     let res = post_raw(&srv, "/v1/chat/completions", &k.key, &greedy("Hi", 2)).await;
     let h = res.headers();

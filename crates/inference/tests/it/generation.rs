@@ -187,6 +187,15 @@ fn bad_parameters_and_long_prompts_are_refused_by_name() {
         Err(Error::ContextLengthExceeded(m)) => assert!(m.contains("maximum context length is 512"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // A default length the caller did not ask for is shortened to the room the prompt leaves.
+    let fitted = Sampling {
+        max_tokens: 500,
+        fit_to_context: true,
+        ..base.clone()
+    };
+    let (done, _, _) = ask(&mut llm, &"word ".repeat(300), &fitted);
+    let done = done.unwrap();
+    assert!(done.prompt_tokens + done.completion_tokens <= 512, "{done:?}");
     // Penalties run (and the model still answers) at their extremes.
     let penal = Sampling {
         presence_penalty: 2.0,

@@ -564,6 +564,7 @@ pub(super) fn prediction_request(
             .map_err(|_| "stop must be a string or a list of strings".to_owned())?,
     };
     let sampling = Sampling {
+        fit_to_context: input.get("max_tokens").is_none(),
         max_tokens: input
             .get("max_tokens")
             .and_then(serde_json::Value::as_u64)

@@ -442,6 +442,7 @@ fn parse_chat(body: Value) -> Reply<ChatRequest> {
         stop,
         presence_penalty: number(&body, "presence_penalty", -2.0, 2.0, false, 0.0)?,
         frequency_penalty: number(&body, "frequency_penalty", -2.0, 2.0, false, 0.0)?,
+        fit_to_context: false,
     };
     Ok(ChatRequest {
         model,
@@ -589,10 +590,10 @@ async fn chat(
     )
     .await?;
     let mut sampling = req.sampling;
-    sampling.max_tokens = req
-        .max_tokens
-        .unwrap_or(model.max_tokens.min(model.context_length.max(1)));
-    if sampling.max_tokens >= model.context_length {
+    // Without max_tokens: the model's default, shortened to what the window leaves after the prompt.
+    sampling.fit_to_context = req.max_tokens.is_none();
+    sampling.max_tokens = req.max_tokens.unwrap_or(model.max_tokens);
+    if req.max_tokens.is_some() && sampling.max_tokens >= model.context_length {
         let key = "max_tokens";
         return Err(OpenAiError::invalid(
             key,
