@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
-use super::host::{self, Run};
+use super::host::{self, Pipes, Run};
 use super::spec::{Bind, Status, ENGINE_GGUF};
 use super::{start_run, Inner, Launch, Payload};
 
@@ -172,19 +172,12 @@ async fn start(inner: &Arc<Inner>, model: &EngineModel) -> Result<Engine, Engine
     let hint = u64::from(std::process::id()) ^ u64::from(super::nanos());
     let mut run =
         start_run(inner, launch, hint, None).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-    let stdin = run
-        .child
-        .stdin
-        .take()
+    let Pipes {
+        stdin,
+        lines: replies,
+        stderr,
+    } = Pipes::attach(&mut run, parse, MAX_REPLY, 256)
         .ok_or_else(|| EngineError::Unavailable("no stdin".into()))?;
-    let (tx, replies) = mpsc::channel(256);
-    if let Some(out) = run.child.stdout.take() {
-        tokio::spawn(host::read_lines(out, tx, parse, MAX_REPLY, usize::MAX));
-    }
-    let stderr = match run.child.stderr.take() {
-        Some(e) => tokio::spawn(host::read_tail(e)),
-        None => tokio::spawn(async { Vec::new() }),
-    };
     inner.engines.started.fetch_add(1, Ordering::Relaxed);
     let mut engine = Engine {
         run,
@@ -223,12 +216,7 @@ fn file_name(p: &Path) -> String {
 
 /// Why an engine sandbox ended: its setup failure, or that it died (the details go to the log).
 async fn died(e: &mut Engine) -> String {
-    let _ = e.run.child.kill().await;
-    let tail = tokio::time::timeout(Duration::from_secs(1), &mut e.stderr)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let tail = host::kill_and_tail(&mut e.run, &mut e.stderr).await;
     match host::split_status(&tail, e.run.nonce.as_deref()) {
         (Some(Status::SetupFailed { error }), _) => {
             tracing::error!(sandbox = e.id, error = %error, "the engine sandbox could not be set up");

@@ -360,6 +360,46 @@ pub(crate) async fn read_lines<T>(
     }
 }
 
+/// The pipes of a long-lived sandbox that serves request lines (a warm Cog sandbox, an engine):
+/// its stdin, its stdout parsed line by line on a task of its own, and its stderr's tail.
+pub(crate) struct Pipes<T> {
+    pub stdin: tokio::process::ChildStdin,
+    pub lines: mpsc::Receiver<Result<T, String>>,
+    pub stderr: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl<T: Send + 'static> Pipes<T> {
+    /// Takes the pipes of `run`'s child (`None` without a stdin).
+    pub(crate) fn attach(
+        run: &mut Run,
+        parse: fn(&[u8]) -> Result<Option<T>, String>,
+        max_line: usize,
+        capacity: usize,
+    ) -> Option<Pipes<T>> {
+        let stdin = run.child.stdin.take()?;
+        let (tx, lines) = mpsc::channel(capacity);
+        if let Some(out) = run.child.stdout.take() {
+            tokio::spawn(read_lines(out, tx, parse, max_line, usize::MAX));
+        }
+        let stderr = match run.child.stderr.take() {
+            Some(e) => tokio::spawn(read_tail(e)),
+            None => tokio::spawn(async { Vec::new() }),
+        };
+        Some(Pipes { stdin, lines, stderr })
+    }
+}
+
+/// Kills a long-lived sandbox that ended or broke under a request and reads its stderr's tail (waiting
+/// at most a second), for the status line and the log.
+pub(crate) async fn kill_and_tail(run: &mut Run, stderr: &mut tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
+    let _ = run.child.kill().await;
+    tokio::time::timeout(Duration::from_secs(1), stderr)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
 /// Reads a pipe to its end, keeping the last [`STDERR_TAIL`] bytes.
 pub(crate) async fn read_tail(mut e: tokio::process::ChildStderr) -> Vec<u8> {
     let mut tail = Vec::with_capacity(STDERR_TAIL * 2);

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
-use super::host::{self, Run, Seen};
+use super::host::{self, Pipes, Run, Seen};
 use super::protocol::{self, Message};
 use super::spec::Status;
 use super::{start_run, Inner, Launch, Payload, SandboxReport};
@@ -189,19 +189,8 @@ fn start(inner: &Inner, model: &CogModel, launch: Launch) -> Result<Warm, RunErr
     };
     let hint = u64::from(std::process::id()) ^ u64::from(super::nanos());
     let mut run = start_run(inner, launch, hint, None)?;
-    let stdin = run
-        .child
-        .stdin
-        .take()
+    let Pipes { stdin, lines, stderr } = Pipes::attach(&mut run, parse, MAX_WARM_LINE, 64)
         .ok_or_else(|| RunError::Failed("no stdin".into()))?;
-    let (tx, lines) = mpsc::channel(64);
-    if let Some(out) = run.child.stdout.take() {
-        tokio::spawn(host::read_lines(out, tx, parse, MAX_WARM_LINE, usize::MAX));
-    }
-    let stderr = match run.child.stderr.take() {
-        Some(e) => tokio::spawn(host::read_tail(e)),
-        None => tokio::spawn(async { Vec::new() }),
-    };
     let id = inner.warm.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Warm {
         born: run.spawned,
@@ -258,12 +247,7 @@ async fn drive(
 
 /// Why a warm sandbox ended under a prediction (its setup failed, or it died).
 async fn died(w: &mut Warm) -> RunError {
-    let _ = w.run.child.kill().await;
-    let tail = tokio::time::timeout(Duration::from_secs(1), &mut w.stderr)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let tail = host::kill_and_tail(&mut w.run, &mut w.stderr).await;
     match host::split_status(&tail, w.run.nonce.as_deref()).0 {
         Some(Status::SetupFailed { error }) => host::setup_failed(&w.run.prediction_id, &error),
         _ => RunError::Crashed("the sandbox ended unexpectedly".into()),
