@@ -349,6 +349,24 @@ pub struct UsageRecord {
     pub units: f64,
     pub unit: String,
     pub at: Timestamp,
+    /// Language-model tokens, when the run counted them (chat completions, embeddings, language-model
+    /// predictions). Absent from records written before tokens were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenUsage>,
+}
+
+/// The tokens one language-model or embedding run used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt: u32,
+    pub completion: u32,
+}
+
+impl TokenUsage {
+    /// Prompt and completion tokens together.
+    pub fn total(&self) -> u32 {
+        self.prompt.saturating_add(self.completion)
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,17 @@ pub fn check_all(states: &[(Option<i64>, Quota)], now: i64, cost: u32) -> (bool,
     (ok, verdicts)
 }
 
+/// Moves a limit's TAT by `delta` requests after the fact, outside any check: a positive `delta`
+/// charges what a request used beyond what it was admitted for (even past the tolerance: later
+/// requests wait until the debt has drained), a negative one gives back what it did not use (never
+/// below `now`: a refund cannot bank capacity beyond the burst). `None` when the bucket ends up full,
+/// which is the same as a bucket never used.
+pub fn adjust(tat: Option<i64>, now: i64, quota: &Quota, delta: i64) -> Option<i64> {
+    let base = tat.map_or(now, |x| x.max(now));
+    let moved = base.saturating_add(quota.interval_us().saturating_mul(delta));
+    (moved > now).then_some(moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +204,30 @@ mod tests {
         };
         let v = check(Some(i64::MAX - 1), i64::MAX - 2, &huge, 1);
         assert!(v.retry_after_us >= 0);
+    }
+
+    #[test]
+    fn adjustments_charge_debt_and_refund_no_further_than_full() {
+        let quota = q(10, 10); // T = 1 s
+                               // Admitted for 6, used 2: 4 come back.
+        let tat = Some(check(None, 0, &quota, 6).new_tat);
+        let tat = adjust(tat, 0, &quota, -4);
+        assert_eq!(check(tat, 0, &quota, 1).remaining, 7);
+        // Admitted for 1, used 15: the bucket is in debt and refuses until it has drained.
+        let tat = adjust(Some(check(None, 0, &quota, 1).new_tat), 0, &quota, 14);
+        assert_eq!(tat, Some(15 * SEC));
+        assert!(!check(tat, 0, &quota, 1).allowed);
+        assert_eq!(check(tat, 0, &quota, 1).retry_after_us, 6 * SEC);
+        assert!(check(tat, 6 * SEC, &quota, 1).allowed);
+        // A refund larger than what was taken leaves a full bucket, not more.
+        assert_eq!(adjust(Some(3 * SEC), 0, &quota, -100), None);
+        assert_eq!(adjust(None, 5 * SEC, &quota, -1), None);
+        let mut tat = None;
+        let mut n = 0;
+        while check(tat, 0, &quota, 1).allowed {
+            tat = Some(check(tat, 0, &quota, 1).new_tat);
+            n += 1;
+        }
+        assert_eq!(n, 10);
     }
 }

@@ -139,6 +139,8 @@ pub struct Completion {
 pub struct Piece<'a> {
     pub token: i32,
     pub text: &'a str,
+    /// The generation ends with this piece (no further decoding follows it).
+    pub last: bool,
 }
 
 /// A loaded model with its context, ready to generate.
@@ -335,6 +337,7 @@ impl Llm {
             if on(Piece {
                 token: token.0,
                 text: &text,
+                last,
             })
             .is_break()
             {

@@ -4,6 +4,11 @@
 //! `text` pieces and one `done`, or `embeddings`, or one `error`. A `cancel` line stops the running
 //! generation before its next token. The engine serves one request at a time, for as long as stdin
 //! stays open.
+//!
+//! A `chat` request with `paced: true` runs one step at a time: the request itself allows the prompt
+//! and the first token; after each token that is not the last the engine answers `yield` and waits
+//! for a `step` line (or `cancel`) before it decodes the next one. The host grants steps to the
+//! sandboxes of different accounts in turn, so compute is shared token by token, not run by run.
 
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
@@ -27,9 +32,14 @@ pub enum Request {
     Chat {
         messages: Vec<Message>,
         sampling: Sampling,
+        /// Wait for a `step` after each token (see the module docs).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        paced: bool,
     },
     /// Stop the running generation.
     Cancel,
+    /// Go on with the next token of a paced generation.
+    Step,
     /// Embed `inputs`.
     Embed { inputs: Vec<EmbedInput> },
 }
@@ -47,6 +57,8 @@ pub enum Reply {
     Started { prompt_tokens: u32 },
     /// Generated text (never a split character, never part of a stop sequence).
     Text(String),
+    /// A paced generation made a token and waits for `step` before the next.
+    Yield,
     /// The generation ended.
     Done(Completion),
     /// The vectors of an `embed` request: little-endian f32, `dimensions` per input, in base64.
@@ -191,9 +203,14 @@ pub fn serve_llm(
     }
     let rx = requests(input);
     while let Ok(req) = rx.recv() {
-        let (messages, sampling) = match req {
-            Ok(Request::Chat { messages, sampling }) => (messages, sampling),
-            Ok(Request::Cancel) => continue, // nothing runs: a late cancel
+        let (messages, sampling, paced) = match req {
+            Ok(Request::Chat {
+                messages,
+                sampling,
+                paced,
+            }) => (messages, sampling, paced),
+            // Nothing runs: a late cancel, or a step granted as the generation ended.
+            Ok(Request::Cancel | Request::Step) => continue,
             Ok(Request::Embed { .. }) => {
                 let e = Error::invalid("model", "this model does not make embeddings");
                 if !send(&mut out, &Reply::Error(e.into())) {
@@ -233,6 +250,20 @@ pub fn serve_llm(
             if !piece.text.is_empty() && !send(&mut out, &Reply::Text(piece.text.to_owned())) {
                 gone = true;
                 return ControlFlow::Break(());
+            }
+            if paced && !piece.last {
+                if !send(&mut out, &Reply::Yield) {
+                    gone = true;
+                    return ControlFlow::Break(());
+                }
+                return match rx.recv() {
+                    Ok(Ok(Request::Step)) => ControlFlow::Continue(()),
+                    Ok(Ok(Request::Cancel)) => ControlFlow::Break(()),
+                    _ => {
+                        gone = true;
+                        ControlFlow::Break(())
+                    }
+                };
             }
             match rx.try_recv() {
                 Ok(Ok(Request::Cancel)) => ControlFlow::Break(()),
@@ -292,7 +323,7 @@ pub fn serve_embedder(
                 },
                 Err(e) => Reply::Error(e.into()),
             },
-            Ok(Request::Cancel) => continue,
+            Ok(Request::Cancel | Request::Step) => continue,
             Ok(Request::Chat { .. }) => {
                 Reply::Error(Error::invalid("model", "this model only makes embeddings").into())
             }

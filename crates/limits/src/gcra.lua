@@ -3,8 +3,9 @@
 --
 -- KEYS[i]       the bucket of limit i; its value is the TAT in microseconds, expiring when it passes
 -- ARGV[1]       cost
--- ARGV[2i]      emission interval T of limit i, microseconds (Quota::interval_us)
--- ARGV[2i+1]    tolerance of limit i, limit * T microseconds
+-- ARGV[3i-1]    emission interval T of limit i, microseconds (Quota::interval_us)
+-- ARGV[3i]      tolerance of limit i, limit * T microseconds
+-- ARGV[3i+1]    weight of limit i: what one unit of cost counts on it (Limit::weight)
 --
 -- Returns {allowed, then per limit: allowed, new_tat, remaining, reset_us, retry_after_us}.
 -- Lua numbers are doubles: every value here stays far below 2^53, so the arithmetic is exact.
@@ -34,13 +35,14 @@ end
 local out = {1}
 local new_tats = {}
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i])
-  local tolerance = tonumber(ARGV[2 * i + 1])
+  local interval = tonumber(ARGV[3 * i - 1])
+  local tolerance = tonumber(ARGV[3 * i])
+  local weight = tonumber(ARGV[3 * i + 1])
   local stored = redis.call('GET', KEYS[i])
   local tat = stored and tonumber(stored)
   local base = now
   if tat and tat > now then base = tat end
-  local new_tat = base + interval * cost
+  local new_tat = base + interval * cost * weight
   local ahead = new_tat - now
   if ahead <= tolerance then
     new_tats[i] = new_tat

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashTable;
-use skygate_core::ratelimit::{check, Verdict};
+use skygate_core::ratelimit::{adjust, check, Verdict};
 use smallvec::{smallvec, SmallVec};
 
 use crate::{Decision, Limit, LimitError, Limiter, INLINE_LIMITS};
@@ -157,7 +157,7 @@ impl InProcessLimiter {
             [one] => {
                 let hash = self.hasher.hash_one(one.key);
                 let mut shard = self.lock(shard_of(hash));
-                let v = check(shard.get(hash, one.key), now, &one.quota, cost);
+                let v = check(shard.get(hash, one.key), now, &one.quota, one.cost(cost));
                 if v.allowed {
                     shard.store(hash, one.key, v.new_tat, now, self.sweep_threshold);
                 }
@@ -182,7 +182,7 @@ impl InProcessLimiter {
         let verdicts: SmallVec<[Verdict; INLINE_LIMITS]> = (0..limits.len())
             .map(|i| {
                 let tat = guards[slot(wanted[i])].get(hashes[i], limits[i].key);
-                check(tat, now, &limits[i].quota, cost)
+                check(tat, now, &limits[i].quota, limits[i].cost(cost))
             })
             .collect();
         let decision = Decision::from_verdicts(limits, verdicts);
@@ -193,6 +193,19 @@ impl InProcessLimiter {
             }
         }
         decision
+    }
+
+    /// [`Limiter::adjust`] without the async wrapper.
+    pub fn adjust_sync(&self, limit: &Limit<'_>, delta: i64) {
+        let now = (self.clock)();
+        let hash = self.hasher.hash_one(limit.key);
+        let mut shard = self.lock(shard_of(hash));
+        let tat = shard.get(hash, limit.key);
+        // A full bucket is stored as `now`: the same as no entry, and swept like one.
+        let moved = adjust(tat, now, &limit.quota, delta).unwrap_or(now);
+        if tat.is_some() || moved > now {
+            shard.store(hash, limit.key, moved, now, self.sweep_threshold);
+        }
     }
 
     /// How many buckets are held (replenished ones may linger until their shard's next sweep).
@@ -221,6 +234,11 @@ fn shard_of(hash: u64) -> usize {
 impl Limiter for InProcessLimiter {
     async fn check(&self, limits: &[Limit<'_>], cost: u32) -> Result<Decision, LimitError> {
         Ok(self.check_sync(limits, cost))
+    }
+
+    async fn adjust(&self, limit: &Limit<'_>, delta: i64) -> Result<(), LimitError> {
+        self.adjust_sync(limit, delta);
+        Ok(())
     }
 }
 

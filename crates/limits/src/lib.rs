@@ -39,12 +39,30 @@ pub struct Limit<'a> {
     pub quota: Quota,
     /// What the limit is called in responses: `"requests"`, `"predictions"`, `"daily_quota"`.
     pub name: &'static str,
+    /// What one unit of a check's cost counts on this limit: 1 for request limits, a request's
+    /// estimated tokens for a token limit checked in the same all-or-nothing decision.
+    pub weight: u32,
 }
 
 impl<'a> Limit<'a> {
-    /// A limit named `name` of `quota` on the bucket `key`.
+    /// A limit named `name` of `quota` on the bucket `key`, counting 1 per unit of cost.
     pub fn new(name: &'static str, key: &'a str, quota: Quota) -> Self {
-        Limit { key, quota, name }
+        Limit {
+            key,
+            quota,
+            name,
+            weight: 1,
+        }
+    }
+
+    /// The same limit counting `weight` per unit of cost.
+    pub fn weighted(self, weight: u32) -> Self {
+        Limit { weight, ..self }
+    }
+
+    /// What a check of `cost` takes from this limit.
+    pub fn cost(&self, cost: u32) -> u32 {
+        cost.saturating_mul(self.weight)
     }
 }
 
@@ -157,6 +175,11 @@ pub trait Limiter: Send + Sync {
     /// and then all are consumed; if any denies, none is. Never waits longer than the backend's
     /// bounded timeout: [`LimitError::Unavailable`] instead.
     async fn check(&self, limits: &[Limit<'_>], cost: u32) -> Result<Decision, LimitError>;
+
+    /// Corrects one limit after the fact by `delta` units ([`skygate_core::ratelimit::adjust`]): a
+    /// request admitted on an estimate is charged what it used beyond it, or given back what it did
+    /// not use. Never refused; bounded by the same timeout as [`Limiter::check`].
+    async fn adjust(&self, limit: &Limit<'_>, delta: i64) -> Result<(), LimitError>;
 
     /// How many checks failed with an error so far (a metric).
     fn failures(&self) -> u64 {

@@ -60,6 +60,7 @@ impl fmt::Debug for RedisConfig {
 pub struct RedisLimiter {
     conn: ConnectionManager,
     script: Script,
+    adjust: Script,
     prefix: String,
     timeout: Duration,
     failures: AtomicU64,
@@ -94,14 +95,18 @@ impl RedisLimiter {
         let mut conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| LimitError::Config(e.to_string()))?;
         let script = Script::new(include_str!("gcra.lua"));
-        match tokio::time::timeout(Duration::from_secs(1), script.load_async(&mut conn)).await {
-            Ok(Ok(_sha)) => {}
-            Ok(Err(e)) => return Err(LimitError::Unavailable(e.to_string())),
-            Err(_) => return Err(LimitError::Unavailable("redis did not answer within 1 s".into())),
+        let adjust = Script::new(include_str!("adjust.lua"));
+        for s in [&script, &adjust] {
+            match tokio::time::timeout(Duration::from_secs(1), s.load_async(&mut conn)).await {
+                Ok(Ok(_sha)) => {}
+                Ok(Err(e)) => return Err(LimitError::Unavailable(e.to_string())),
+                Err(_) => return Err(LimitError::Unavailable("redis did not answer within 1 s".into())),
+            }
         }
         Ok(RedisLimiter {
             conn,
             script,
+            adjust,
             prefix: config.prefix,
             timeout: config.timeout,
             failures: AtomicU64::new(0),
@@ -123,8 +128,22 @@ impl RedisLimiter {
             let tolerance = interval.saturating_mul(i64::from(l.quota.limit.max(1)));
             call.key(format!("{}{}", self.prefix, l.key))
                 .arg(interval)
-                .arg(tolerance);
+                .arg(tolerance)
+                .arg(l.weight);
         }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn run_adjust(&self, limit: &Limit<'_>, delta: i64) -> Result<i64, String> {
+        let mut call = self.adjust.prepare_invoke();
+        call.key(format!("{}{}", self.prefix, limit.key))
+            .arg(limit.quota.interval_us())
+            .arg(delta);
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -180,6 +199,16 @@ impl Limiter for RedisLimiter {
             .await
             .map_err(|reason| self.unavailable(reason))?;
         parse(limits, &reply).ok_or_else(|| self.unavailable("unexpected script reply".to_owned()))
+    }
+
+    async fn adjust(&self, limit: &Limit<'_>, delta: i64) -> Result<(), LimitError> {
+        if delta == 0 {
+            return Ok(());
+        }
+        self.run_adjust(limit, delta)
+            .await
+            .map(drop)
+            .map_err(|reason| self.unavailable(reason))
     }
 
     fn failures(&self) -> u64 {

@@ -55,35 +55,51 @@ fn fake_clock_accuracy_is_burst_plus_rate_times_time() {
 fn two_threads_on_the_real_clock_share_one_limit() {
     let limiter = Arc::new(InProcessLimiter::new());
     let q = quota(50, Duration::from_secs(1)); // B = 50, r = 50/s
-    let allowed = Arc::new(AtomicU64::new(0));
-    // r·t lands half-way between two whole requests, so the ±1 bound cannot hinge on when a thread
-    // started within the first millisecond.
-    let run_for = Duration::from_millis(1_510);
+    let limit = [Limit::new("requests", "k:key_shared", q)];
+    // The limit's clock starts at its first check, made here between two instants; at the end the
+    // main thread drains what is left, again between two instants. Whatever the scheduler does to
+    // the threads in between (a preempted thread sleeping past the end, both threads paused), the
+    // total allowed must lie within B + r·t ± 1 for t bracketed by those instants: no request lost
+    // and none allowed twice between the two threads.
     let start = Instant::now();
+    assert!(limiter.check_sync(&limit, 1).allowed);
+    let first_checked = Instant::now();
+    let allowed = Arc::new(AtomicU64::new(1));
+    let run_for = Duration::from_millis(1_500);
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let (limiter, allowed) = (limiter.clone(), allowed.clone());
             std::thread::spawn(move || {
-                let mut last = start;
-                while last.duration_since(start) < run_for {
-                    if limiter
-                        .check_sync(&[Limit::new("requests", "k:key_shared", q)], 1)
-                        .allowed
-                    {
+                while start.elapsed() < run_for {
+                    if limiter.check_sync(&limit, 1).allowed {
                         allowed.fetch_add(1, Ordering::Relaxed);
                     }
-                    last = Instant::now();
                 }
-                last
             })
         })
         .collect();
-    let last = threads.into_iter().map(|t| t.join().unwrap()).max().unwrap();
-    let t = last.duration_since(start).as_secs_f64();
-    let got = allowed.load(Ordering::Relaxed);
-    let want = 50.0 + 50.0 * t;
-    println!("in-process, 2 threads, {t:.3} s: allowed {got}, B + r·t = {want:.1}");
-    assert!(within(got, want, 1.0), "allowed {got}, want {want:.1} ± 1");
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let threaded = allowed.load(Ordering::Relaxed);
+    let drain_start = Instant::now();
+    let mut got = threaded;
+    while limiter.check_sync(&limit, 1).allowed {
+        got += 1;
+    }
+    let drain_end = Instant::now();
+    let low = 50.0 + 50.0 * drain_start.duration_since(first_checked).as_secs_f64() - 1.0;
+    let high = 50.0 + 50.0 * drain_end.duration_since(start).as_secs_f64() + 1.0;
+    println!(
+        "in-process, 2 threads, {:.3} s: allowed {threaded} by the threads, {got} with the rest; \
+         B + r·t ± 1 spans [{low:.1}, {high:.1}]",
+        drain_end.duration_since(start).as_secs_f64()
+    );
+    assert!(threaded > 50, "the threads were allowed only {threaded}");
+    assert!(
+        (low..=high).contains(&(got as f64)),
+        "allowed {got}, want within [{low:.1}, {high:.1}]"
+    );
 }
 
 #[tokio::test]
@@ -178,4 +194,10 @@ fn cost_counts_as_that_many_requests() {
     assert!(!limiter.check_sync(&limits, 7).allowed);
     assert_eq!(limiter.check_sync(&limits, 6).verdicts[0].remaining, 0);
     assert!(limiter.check_sync(&[], 1).allowed, "no limits: nothing to deny");
+}
+
+#[tokio::test]
+async fn weighted_limits_and_adjustments() {
+    let limiter = InProcessLimiter::new();
+    common::weighted_limits_and_adjustments(&limiter, "").await;
 }

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -246,4 +248,38 @@ async fn buckets_vanish_once_replenished() {
         .await
         .unwrap();
     assert_eq!(exists, 0);
+}
+
+#[tokio::test]
+async fn weighted_limits_and_adjustments() {
+    let test = "weighted_limits_and_adjustments";
+    let Some(url) = skygate_testkit::redis::redis_url(test) else {
+        return;
+    };
+    let prefix = skygate_testkit::redis::unique_prefix(test);
+    let limiter = node(&url, &prefix).await;
+    common::weighted_limits_and_adjustments(&limiter, "").await;
+    // A bucket refunded to full is gone from Redis, as a replenished one is.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let q = Quota {
+        limit: 10,
+        window: Duration::from_secs(60),
+    };
+    let l = Limit::new("tokens", "t:gone", q);
+    assert!(limiter.check(&[l.weighted(3)], 1).await.unwrap().allowed);
+    let key = format!("{prefix}t:gone");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(exists);
+    limiter.adjust(&l, -3).await.unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "refunded to full: nothing left in Redis");
 }

@@ -168,7 +168,8 @@ fn output_schema() -> utoipa::openapi::schema::Schema {
         .item(string())
         .item(ObjectBuilder::new().schema_type(Type::Null))
         .description(Some(
-            "Output URLs (file models), a string (text models), or null.",
+            "Output URLs (file models, once succeeded), a string (text models: while processing, the \
+             text so far), or null.",
         ))
         .into()
 }
@@ -186,7 +187,8 @@ pub struct Prediction {
     /// The input as sent; null once removed.
     #[schema(value_type = Option<Object>, required = true)]
     pub input: Option<Value>,
-    /// Output URLs (file models), a string (text models), or null.
+    /// Output URLs (file models, once succeeded), a string (text models: while processing, the text so
+    /// far), or null.
     #[schema(schema_with = output_schema, required = true)]
     pub output: Option<Value>,
     /// The error message of a failed prediction (the SDK raises with it), else null.

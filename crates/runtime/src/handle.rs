@@ -4,6 +4,9 @@
 //! Stopping is cooperative: cancel, deadline and dropping the handle all raise one stop flag that the
 //! model polls through [`Control`]. The supervisor then waits (up to [`STOP_GRACE`]) for the work to
 //! actually end before reporting, so a finished `finish()` means the model is no longer running.
+//!
+//! A run that produces text as it goes (a language model) also publishes the text so far on a watch
+//! channel ([`RunHandle::partial`]); every other run publishes nothing there.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -83,6 +86,7 @@ fn raise_progress(tx: &watch::Sender<u8>, percent: u8) {
 #[derive(Debug)]
 pub struct RunHandle {
     progress: watch::Receiver<u8>,
+    partial: watch::Receiver<String>,
     shared: Arc<Shared>,
     result: Option<oneshot::Receiver<Result<Output, RunError>>>,
     report: Arc<std::sync::Mutex<Option<SandboxReport>>>,
@@ -100,6 +104,14 @@ impl RunHandle {
     /// grace period keeps it open until it returns; `finish` does not wait for that).
     pub fn progress(&self) -> watch::Receiver<u8> {
         self.progress.clone()
+    }
+
+    /// The output text produced so far, for runs that produce it as they go (language models): it only
+    /// grows, one change per piece of text. Other runs never change it. The channel closes when the
+    /// work has ended (at once for runs that never publish partial output); the final output is what
+    /// [`RunHandle::finish`] returns, not the last value seen here.
+    pub fn partial(&self) -> watch::Receiver<String> {
+        self.partial.clone()
     }
 
     /// Asks the job to stop; it ends [`RunError::Cancelled`] unless it already ended otherwise.
@@ -143,6 +155,7 @@ pub(crate) struct JobSide {
     report: Arc<std::sync::Mutex<Option<SandboxReport>>>,
     shared: Arc<Shared>,
     progress: Arc<watch::Sender<u8>>,
+    partial: watch::Sender<String>,
     result: oneshot::Sender<Result<Output, RunError>>,
 }
 
@@ -156,6 +169,13 @@ pub(crate) enum StopReason {
 impl JobSide {
     pub(crate) fn progress(&self, percent: u8) {
         raise_progress(&self.progress, percent);
+    }
+
+    /// Appends `piece` to the partial output text (see [`RunHandle::partial`]).
+    pub(crate) fn append_text(&self, piece: &str) {
+        if !piece.is_empty() {
+            self.partial.send_modify(|text| text.push_str(piece));
+        }
     }
 
     /// Marks the deadline as passed (unless a stop reason already won).
@@ -189,12 +209,14 @@ impl JobSide {
         }
     }
 
-    /// Publishes the result; progress reaches 100 on success and the progress channel closes.
+    /// Publishes the result; progress reaches 100 on success and the progress and partial output
+    /// channels close.
     pub(crate) fn finish(self, result: Result<Output, RunError>) {
         if result.is_ok() {
             raise_progress(&self.progress, 100);
         }
         drop(self.progress);
+        drop(self.partial);
         let _ = self.result.send(result);
     }
 }
@@ -206,10 +228,12 @@ pub(crate) fn pair() -> (RunHandle, JobSide) {
         wake: Notify::new(),
     });
     let (progress_tx, progress_rx) = watch::channel(0u8);
+    let (partial_tx, partial_rx) = watch::channel(String::new());
     let (result_tx, result_rx) = oneshot::channel();
     let report = Arc::new(std::sync::Mutex::new(None));
     let handle = RunHandle {
         progress: progress_rx,
+        partial: partial_rx,
         shared: shared.clone(),
         result: Some(result_rx),
         report: report.clone(),
@@ -218,6 +242,7 @@ pub(crate) fn pair() -> (RunHandle, JobSide) {
         report,
         shared,
         progress: Arc::new(progress_tx),
+        partial: partial_tx,
         result: result_tx,
     };
     (handle, side)
@@ -281,6 +306,8 @@ where
 
     Ok(RunHandle {
         progress: progress_rx,
+        // In-process models publish no partial output: the sender is gone, so the channel is closed.
+        partial: watch::channel(String::new()).1,
         shared,
         result: Some(result_rx),
         report: Arc::default(),
@@ -321,5 +348,39 @@ fn outcome(
             tracing::warn!(prediction_id = %prediction_id, "model crashed: {detail}");
             Err(RunError::Crashed(CRASHED.into()))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn partial_text_grows_then_closes_with_the_result() {
+        let (handle, side) = pair();
+        let mut partial = handle.partial();
+        side.append_text("Hel");
+        partial.changed().await.unwrap();
+        assert_eq!(*partial.borrow_and_update(), "Hel");
+        side.append_text("");
+        side.append_text("lo");
+        partial.changed().await.unwrap();
+        assert_eq!(*partial.borrow_and_update(), "Hello");
+        side.finish(Ok(Output::Text("Hello".into())));
+        assert!(partial.changed().await.is_err(), "closed once the job ended");
+        assert!(matches!(handle.finish().await, Ok(Output::Text(t)) if t == "Hello"));
+    }
+
+    #[tokio::test]
+    async fn in_process_runs_publish_no_partial_text() {
+        let handle = spawn_in_process("p".into(), Duration::from_secs(5), |_| {
+            Ok(Output::Text("done".into()))
+        })
+        .unwrap();
+        let mut partial = handle.partial();
+        assert!(partial.changed().await.is_err());
+        assert_eq!(*partial.borrow(), "");
+        assert!(matches!(handle.finish().await, Ok(Output::Text(t)) if t == "done"));
     }
 }

@@ -96,21 +96,27 @@ pub struct TierLimits {
     /// Prediction creates per day per account (unset: no daily quota).
     #[serde(default)]
     pub daily_predictions: Option<u32>,
+    /// Language-model tokens (prompt + completion) per minute per account and model, on the
+    /// OpenAI-compatible routes and language-model predictions (unset: the tier's default, free 40k,
+    /// pro 200k, business 1M, enterprise 5M).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 impl TierLimits {
     fn defaults(t: skygate_core::Tier) -> TierLimits {
-        let (requests, predictions, concurrent) = match t {
-            skygate_core::Tier::Free => (600, 25, 5),
-            skygate_core::Tier::Pro => (1200, 50, 10),
-            skygate_core::Tier::Business => (3000, 150, 25),
-            skygate_core::Tier::Enterprise => (12000, 600, 100),
+        let (requests, predictions, concurrent, tokens) = match t {
+            skygate_core::Tier::Free => (600, 25, 5, 40_000),
+            skygate_core::Tier::Pro => (1200, 50, 10, 200_000),
+            skygate_core::Tier::Business => (3000, 150, 25, 1_000_000),
+            skygate_core::Tier::Enterprise => (12000, 600, 100, 5_000_000),
         };
         TierLimits {
             requests_per_minute: requests,
             predictions_per_minute: predictions,
             concurrent_predictions: concurrent,
             daily_predictions: None,
+            tokens_per_minute: Some(tokens),
         }
     }
 }
@@ -136,10 +142,14 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// The limits of a tier (its defaults if the table is missing).
     pub fn tier(&self, t: skygate_core::Tier) -> TierLimits {
-        self.tiers
-            .get(t.as_str())
-            .cloned()
-            .unwrap_or_else(|| TierLimits::defaults(t))
+        let defaults = TierLimits::defaults(t);
+        match self.tiers.get(t.as_str()) {
+            Some(l) => TierLimits {
+                tokens_per_minute: l.tokens_per_minute.or(defaults.tokens_per_minute),
+                ..l.clone()
+            },
+            None => defaults,
+        }
     }
 
     /// The queue claim's per-account running ceilings (none when limits are off).
@@ -178,6 +188,11 @@ impl LimitsConfig {
                 ("predictions_per_minute", t.predictions_per_minute, 1_000_000),
                 ("concurrent_predictions", t.concurrent_predictions, 100_000),
                 ("daily_predictions", t.daily_predictions.unwrap_or(1), 100_000_000),
+                (
+                    "tokens_per_minute",
+                    t.tokens_per_minute.unwrap_or(1),
+                    1_000_000_000,
+                ),
             ] {
                 if v == 0 || v > max {
                     return Err(format!(

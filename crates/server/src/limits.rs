@@ -98,6 +98,25 @@ impl RateInfo {
     }
 }
 
+/// What a run's token limit granted: the `x-ratelimit-*-tokens` headers' numbers, and what to correct
+/// once the run has counted its tokens.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub info: RateInfo,
+    /// The tokens taken from the limit up front (the estimate; 0 when the limiter was not reached).
+    taken: u32,
+    key: String,
+    quota: Quota,
+}
+
+/// `limits.tiers.*.tokens_per_minute` when a tier leaves it unset (never: the config fills it in).
+const DEFAULT_TOKENS_PER_MINUTE: u32 = 40_000;
+
+/// Whole seconds, rounded up, of a non-negative microsecond count.
+fn reset_secs(us: i64) -> u64 {
+    u64::try_from(us.max(0)).unwrap_or(0).div_ceil(1_000_000)
+}
+
 /// A check's outcome: the headers' numbers (none when limits are off) and the verdict.
 pub type Checked = (Option<RateInfo>, Result<(), ApiError>);
 
@@ -233,15 +252,58 @@ impl RateLimits {
     /// A prediction create: the key's request limit, the account's create limit for this model and the
     /// account's daily quota, all or nothing.
     pub async fn check_create(&self, auth: &ApiKeyAuth, model: &str) -> Checked {
+        self.check_run(auth, model, None).await.0
+    }
+
+    /// A language-model or embedding run: the limits of [`RateLimits::check_create`] and the account's
+    /// tokens per minute for this model, taking `estimate` tokens, all or nothing. The grant (`None`
+    /// when limits are off) settles the difference once the real count is known
+    /// ([`RateLimits::settle_tokens`]) and gives OpenAI's `x-ratelimit-*-tokens` headers.
+    pub async fn check_tokens(
+        &self,
+        auth: &ApiKeyAuth,
+        model: &str,
+        estimate: u32,
+    ) -> (Checked, Option<TokenGrant>) {
+        self.check_run(auth, model, Some(estimate)).await
+    }
+
+    async fn check_run(
+        &self,
+        auth: &ApiKeyAuth,
+        model: &str,
+        tokens: Option<u32>,
+    ) -> (Checked, Option<TokenGrant>) {
         if !self.enabled {
-            return (None, Ok(()));
+            return ((None, Ok(())), None);
         }
         let t = self.tier(auth.tier());
-        let (creates, daily) = (
-            format!("c:{}:{model}", auth.account()),
-            format!("d:{}", auth.account()),
+        let account = auth.account();
+        let (creates, daily, token_key) = (
+            format!("c:{account}:{model}"),
+            format!("d:{account}"),
+            format!("t:{account}:{model}"),
         );
         let requests = self.requests(auth);
+        let token_quota = Quota {
+            limit: t.tokens_per_minute.unwrap_or(DEFAULT_TOKENS_PER_MINUTE),
+            window: MINUTE,
+        };
+        if let Some(estimate) = tokens.filter(|e| *e > token_quota.limit) {
+            // It could never pass: refused at once, as OpenAI does, and nothing is consumed.
+            let mut e = ApiError::new(
+                ErrorId::RateLimitExceeded,
+                "Rate limit exceeded",
+                format!(
+                    "Request too large for {model}: tokens per minute: limit {}, requested {estimate} \
+                     (tier {}). Shorten the messages or lower max_tokens.",
+                    token_quota.limit,
+                    auth.tier()
+                ),
+            );
+            e.retry_after = Some(60);
+            return ((None, Err(e)), None);
+        }
         let mut limits = vec![
             Limit::new("requests", auth.credential(), requests),
             Limit::new(
@@ -263,8 +325,52 @@ impl RateLimits {
                 },
             ));
         }
+        if let Some(estimate) = tokens {
+            limits.push(Limit::new("tokens", &token_key, token_quota).weighted(estimate));
+        }
         let d = check_with_policy(self.limiter.as_ref(), &limits, 1, self.on_failure_create).await;
-        self.decide(&d, auth.tier(), requests, &limits)
+        let grant = tokens.map(|estimate| TokenGrant {
+            // Only what was counted is corrected: after a fail-open fallback nothing was taken.
+            taken: if d.fallback.is_none() { estimate } else { 0 },
+            info: match d.verdicts.last() {
+                Some(v) if d.fallback.is_none() => RateInfo {
+                    limit: token_quota.limit,
+                    remaining: v.remaining,
+                    reset_secs: reset_secs(v.reset_us),
+                },
+                _ => RateInfo {
+                    limit: token_quota.limit,
+                    remaining: 0,
+                    reset_secs: 1,
+                },
+            },
+            key: token_key.clone(),
+            quota: token_quota,
+        });
+        (self.decide(&d, auth.tier(), requests, &limits), grant)
+    }
+
+    /// How many runs of real models one account of `tier` may have going at once on this node (its
+    /// `concurrent_predictions`; unbounded when limits are off).
+    pub fn concurrent_runs(&self, tier: Tier) -> usize {
+        if !self.enabled {
+            return usize::MAX;
+        }
+        usize::try_from(self.tier(tier).concurrent_predictions).unwrap_or(usize::MAX)
+    }
+
+    /// Corrects a run's token limit once it is known how many tokens it used: the unused part of the
+    /// estimate is given back, tokens beyond it are charged (the account waits them off). Best effort:
+    /// a limiter that cannot be reached leaves the estimate standing.
+    pub async fn settle_tokens(&self, grant: &TokenGrant, used: u32) {
+        let delta = i64::from(used) - i64::from(grant.taken);
+        if delta == 0 {
+            return;
+        }
+        let limit = Limit::new("tokens", &grant.key, grant.quota);
+        if let Err(e) = self.limiter.adjust(&limit, delta).await {
+            tracing::debug!(error = %e, "rate limiter: a token count could not be corrected");
+        }
     }
 
     /// An account data export: `limits.exports_per_hour` per account (refused when the limiter cannot
@@ -506,7 +612,7 @@ fn decide(d: &Decision, tier: Tier, requests: Quota, limits: &[Limit<'_>]) -> Ch
         Some(v) => RateInfo {
             limit: requests.limit,
             remaining: v.remaining,
-            reset_secs: u64::try_from(v.reset_us.max(0)).unwrap_or(0).div_ceil(1_000_000),
+            reset_secs: reset_secs(v.reset_us),
         },
         None => RateInfo {
             limit: requests.limit,
@@ -539,7 +645,7 @@ fn decide(d: &Decision, tier: Tier, requests: Quota, limits: &[Limit<'_>]) -> Ch
     };
     let scope = match tripped.name {
         "requests" => "per API key",
-        "predictions" => "per account and model",
+        "predictions" | "tokens" => "per account and model",
         _ => "per account",
     };
     let mut e = ApiError::new(

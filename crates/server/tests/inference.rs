@@ -79,7 +79,7 @@ async fn post_raw(srv: &TestServer, path: &str, key: &str, body: &Value) -> reqw
         .json(body)
         .send()
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("POST {path}: {e:?}"))
 }
 
 async fn post(srv: &TestServer, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
@@ -668,6 +668,7 @@ async fn runs_are_bounded_and_waiters_are_served_round_robin_across_accounts() {
     };
     let srv = server(&dir, |c| {
         c.sandbox.engine_runs = 1;
+        c.sandbox.engine_streams = 1;
         c.sandbox.engine_queue = 3;
     })
     .await;
@@ -716,4 +717,233 @@ async fn runs_are_bounded_and_waiters_are_served_round_robin_across_accounts() {
     // Round robin: b went second in line, before a's last request (not after all of a's).
     assert!(b_done < a_done[2], "b at {b_done:?}, a at {a_done:?}");
     assert_eq!(engines.engine_load(), (0, 0));
+}
+
+/// The events of an SSE body, in order: each event's name and its JSON data.
+async fn sse_named(res: reqwest::Response) -> Vec<(String, Value)> {
+    let text = res.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|ev| {
+            let name = ev.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = ev.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_owned(), serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_language_model_prediction_streams_its_output_as_it_is_generated() {
+    let Some((srv, k)) = start("a_language_model_prediction_streams_its_output_as_it_is_generated").await
+    else {
+        return;
+    };
+    let prompt = "Write a short story about a lighthouse keeper.";
+    let input = json!({"prompt": prompt, "max_tokens": 48, "temperature": 0});
+    let (s, p) = post(
+        &srv,
+        "/v1/predictions",
+        &k.key,
+        &json!({"model": LLM, "input": input}),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    let res = srv
+        .client()
+        .get(srv.url(&format!("/v1/predictions/{id}/stream")))
+        .bearer_auth(&k.key)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let events = sse_named(res).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{names:?}");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let text = done["output"].as_str().unwrap().to_owned();
+    assert!(text.split_whitespace().count() >= 10, "{text}");
+
+    // Output events as the text grew, each with the output so far and only the new text.
+    let outputs: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "output")
+        .map(|(_, d)| d)
+        .collect();
+    assert!(outputs.len() >= 3, "{names:?}");
+    let mut streamed = String::new();
+    for o in &outputs {
+        assert_eq!(o["id"], id.as_str());
+        assert!(o.get("reset").is_none(), "{o}");
+        let delta = o["delta"].as_str().unwrap();
+        assert!(!delta.is_empty(), "{o}");
+        streamed.push_str(delta);
+        assert_eq!(o["output"], streamed.as_str(), "the output so far");
+    }
+    assert_eq!(streamed, text);
+    // They arrived while it ran: before the terminal status was announced.
+    let first_output = names.iter().position(|n| *n == "output").unwrap();
+    let finished = events
+        .iter()
+        .position(|(n, d)| n == "status" && d["status"] == "succeeded")
+        .unwrap();
+    let while_running = names[first_output..finished]
+        .iter()
+        .filter(|n| **n == "output")
+        .count();
+    assert!(while_running >= 2, "{names:?}");
+
+    // The stored prediction holds the final text; greedy decoding gives the chat route's answer.
+    let got = srv
+        .client()
+        .get(srv.url(&format!("/v1/predictions/{id}")))
+        .bearer_auth(&k.key)
+        .send()
+        .await
+        .unwrap();
+    let got: Value = got.json().await.unwrap();
+    assert_eq!(got["output"], text.as_str());
+    let (s, chat) = ask(&srv, &k.key, prompt, 48).await;
+    assert_eq!(s, 200, "{chat}");
+    assert_eq!(chat["choices"][0]["message"]["content"], text.as_str());
+}
+
+/// The `x-ratelimit-*-tokens` headers of an answer: (limit, remaining).
+fn token_headers(res: &reqwest::Response) -> (u64, u64) {
+    let h = |name: &str| -> u64 {
+        res.headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(res
+        .headers()
+        .get("x-ratelimit-reset-tokens")
+        .is_some_and(|v| v.to_str().unwrap().ends_with('s')));
+    (h("x-ratelimit-limit-tokens"), h("x-ratelimit-remaining-tokens"))
+}
+
+/// The account's usage records, once `n` are there (they are written as a run ends).
+async fn usage_records(
+    srv: &TestServer,
+    k: &skygate_testkit::TestKey,
+    n: usize,
+) -> Vec<skygate_core::predictions::UsageRecord> {
+    let t = Instant::now();
+    loop {
+        let u = srv
+            .store
+            .usage(&k.account, skygate_core::Timestamp::from_micros(0), 100)
+            .await
+            .unwrap();
+        if u.len() >= n || t.elapsed() > Duration::from_secs(10) {
+            return u;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn tokens_per_minute_are_taken_up_front_and_settled_after_with_sealed_usage() {
+    let test = "tokens_per_minute_are_taken_up_front_and_settled_after_with_sealed_usage";
+    let Some(dir) = models_dir(test) else {
+        return;
+    };
+    const TPM: u64 = 600;
+    let srv = server(&dir, |c| {
+        let free = c.limits.tiers.get_mut("free").unwrap();
+        free.tokens_per_minute = Some(TPM as u32);
+    })
+    .await;
+    let k = srv.new_key(Mode::Live).await.unwrap();
+
+    // Admitted for its prompt and all 400 tokens it allows; it stops at the first space.
+    let mut body = greedy("Write a long story about the sea.", 400);
+    body["stop"] = json!([" "]);
+    let res = post_raw(&srv, "/v1/chat/completions", &k.key, &body).await;
+    assert_eq!(res.status(), 200);
+    let (limit, after_first) = token_headers(&res);
+    assert_eq!(limit, TPM);
+    assert!(after_first <= TPM - 400, "the estimate was taken: {after_first}");
+    let a: Value = res.json().await.unwrap();
+    let used = a["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used < 100, "{a}");
+
+    // The record: tokens counted, sealed, no text.
+    let records = usage_records(&srv, &k, 1).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!((r.model.as_str(), r.unit.as_str()), (LLM, "tokens"));
+    let t = r.tokens.unwrap();
+    assert_eq!(u64::from(t.prompt), a["usage"]["prompt_tokens"].as_u64().unwrap());
+    assert_eq!(
+        u64::from(t.completion),
+        a["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(r.status, skygate_proto::PredictionStatus::Succeeded);
+
+    // What it did not use came back: the next answer shows the limit less what was really used (and
+    // the new request's own estimate), not less the first estimate.
+    let res = post_raw(&srv, "/v1/chat/completions", &k.key, &greedy("Hi", 1)).await;
+    assert_eq!(res.status(), 200);
+    let (_, after_second) = token_headers(&res);
+    let second: Value = res.json().await.unwrap();
+    let second_estimate = 8; // "Hi": 1 + 4 per message + 2, and 1 to generate
+    assert!(
+        after_second + 1 >= TPM - used - second_estimate,
+        "refunded: {after_second} left after using {used}"
+    );
+    assert!(after_second <= TPM - second_estimate, "{after_second}");
+    assert_eq!(second["usage"]["completion_tokens"], 1);
+
+    // More than the limit could ever allow: refused at once, nothing run, nothing recorded.
+    let big = ask(&srv, &k.key, "Hello", 700).await;
+    assert_openai_error(
+        &big,
+        429,
+        "rate_limit_error",
+        None,
+        Some("rate_limit_exceeded"),
+        "too large",
+    );
+    assert!(
+        big.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Request too large"),
+        "{}",
+        big.1
+    );
+
+    // Embeddings count tokens too, with the same headers and records.
+    let res = post_raw(
+        &srv,
+        "/v1/embeddings",
+        &k.key,
+        &json!({"model": EMB, "input": ["the sea", "a story"]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let (limit, _) = token_headers(&res);
+    assert_eq!(limit, TPM);
+    let e: Value = res.json().await.unwrap();
+    let records = usage_records(&srv, &k, 3).await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    let emb = records.iter().find(|r| r.model == EMB).unwrap();
+    assert_eq!(
+        u64::from(emb.tokens.unwrap().prompt),
+        e["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(emb.tokens.unwrap().completion, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        usage_records(&srv, &k, 3).await.len(),
+        3,
+        "the refused request left no record"
+    );
+    srv.stop().await.unwrap();
 }

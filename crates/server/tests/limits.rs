@@ -21,6 +21,7 @@ fn free(c: &mut Config, requests: u32, predictions: u32, daily: Option<u32>) {
             predictions_per_minute: predictions,
             concurrent_predictions: 5,
             daily_predictions: daily,
+            tokens_per_minute: None,
         },
     );
 }
@@ -293,6 +294,13 @@ fn absurd_limits_are_refused_at_start() {
             },
             "daily_predictions",
         ),
+        (
+            TierLimits {
+                tokens_per_minute: Some(0),
+                ..limits()
+            },
+            "tokens_per_minute",
+        ),
     ] {
         let mut c = Config::default();
         c.limits.tiers.insert("pro".into(), edit);
@@ -317,6 +325,7 @@ fn limits() -> TierLimits {
         predictions_per_minute: 10,
         concurrent_predictions: 1,
         daily_predictions: None,
+        tokens_per_minute: None,
     }
 }
 
@@ -408,6 +417,7 @@ async fn an_accounts_running_predictions_are_capped_and_the_rest_wait() {
                 predictions_per_minute: 25,
                 concurrent_predictions: 2,
                 daily_predictions: None,
+                tokens_per_minute: None,
             },
         );
         c.queue.workers = 6;

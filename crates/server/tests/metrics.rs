@@ -18,6 +18,7 @@ fn with_metrics(c: &mut Config) {
             predictions_per_minute: 25,
             concurrent_predictions: 5,
             daily_predictions: None,
+            tokens_per_minute: None,
         },
     );
 }

@@ -55,6 +55,7 @@ fn settings(dir: &std::path::Path, mode: SandboxMode) -> SandboxSettings {
         devices: Vec::new(),
         device_wait: Duration::from_secs(60),
         engine_runs: 2,
+        engine_streams: 16,
         engine_queue: 64,
     }
 }

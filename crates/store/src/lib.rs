@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use skygate_core::predictions::{
-    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunMetrics, UsageRecord,
+    Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunMetrics, StoredOutput,
+    UsageRecord,
 };
 use skygate_core::session::{NewSession, PasswordRecord, SessionRecord, SetupPurpose};
 use skygate_core::token::NewAccessToken;
@@ -339,8 +340,21 @@ pub trait Store: Send + Sync + 'static {
         progress: u8,
         now: Timestamp,
     ) -> Result<LeaseCheck>;
+    /// Records the output a running prediction produced so far (text only; anything else is `Invalid`),
+    /// sealed like the final output (same column, AAD and the prediction's shred key), and marks it
+    /// `processing`, if the lease is still held and it is still running; otherwise writes nothing
+    /// (`Lost`). Reads show it until the prediction ends: completion replaces it with the final output
+    /// (or clears it when failed or cancelled), and a requeue, release, reclaim or purge clears it.
+    async fn report_partial_output(
+        &self,
+        id: &PredictionId,
+        token: &str,
+        output: &StoredOutput,
+        now: Timestamp,
+    ) -> Result<LeaseCheck>;
     /// Moves a claimed prediction to its terminal status (sealing output or error) with its usage record,
-    /// in one transaction, if the lease is still held. Returns false (and writes nothing) otherwise.
+    /// in one transaction, if the lease is still held. Returns false (and writes nothing) otherwise. The
+    /// output column ends holding the final output, or nothing when the prediction did not succeed.
     #[allow(clippy::too_many_arguments)]
     async fn complete_prediction(
         &self,
@@ -464,6 +478,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// An account's usage records, newest first, created at or after `since`.
     async fn usage(&self, account: &AccountId, since: Timestamp, limit: u32) -> Result<Vec<UsageRecord>>;
+    /// Records the usage of a run that left no prediction behind (the OpenAI-compatible routes, which
+    /// store nothing of what was asked or answered), sealed under the account's key like every usage
+    /// record, under `record.prediction` as its unique id. False (nothing written) when the account is
+    /// gone.
+    async fn record_usage(&self, account: &AccountId, record: &UsageRecord, now: Timestamp) -> Result<bool>;
 
     // ── audit chain ────────────────────────────────────────────────────────────────────────────────
 

@@ -9,6 +9,11 @@
 //!
 //! Every status change also writes its webhook delivery in the same transaction (`enqueue_webhook`, see
 //! [`crate::webhooks`]): claim, complete, cancel, reclaim and purge.
+//!
+//! A running prediction may hold a partial output (the text a language model produced so far), sealed
+//! in the `output` column exactly like the final one. Only the lease holder writes it, only while the
+//! prediction runs; completion replaces it (or clears it for `failed` and `cancelled`), and every path
+//! that gives up a run (requeue, release, reclaim, purge) clears it, so no output outlives its run.
 
 use std::time::Duration;
 
@@ -59,7 +64,7 @@ pub(crate) fn count_sql() -> String {
 }
 
 pub(crate) const CANCEL_PENDING: &str = "UPDATE predictions SET status = 'cancelled', cancel_requested = 1, \
-     completed_at = $1, updated_at = $1, purge_at = $2 WHERE id = $3 AND status = 'pending'";
+     output = NULL, completed_at = $1, updated_at = $1, purge_at = $2 WHERE id = $3 AND status = 'pending'";
 pub(crate) const REQUEST_CANCEL: &str = "UPDATE predictions SET cancel_requested = 1, updated_at = $1 \
      WHERE id = $2 AND status IN ('starting', 'processing')";
 
@@ -101,6 +106,18 @@ pub(crate) const RENEW_LEASE: &str = "UPDATE predictions SET lease_until = $1 \
 pub(crate) const REPORT_PROGRESS: &str = "UPDATE predictions SET status = 'processing', progress = $1, \
      started_at = COALESCE(started_at, $2), updated_at = $2 \
      WHERE id = $3 AND lease_token = $4 AND status IN ('starting', 'processing') RETURNING cancel_requested";
+/// A partial output: like [`REPORT_PROGRESS`], the lease must be held and the prediction running.
+pub(crate) const REPORT_OUTPUT: &str = "UPDATE predictions SET status = 'processing', output = $1, \
+     started_at = COALESCE(started_at, $2), updated_at = $2 \
+     WHERE id = $3 AND lease_token = $4 AND status IN ('starting', 'processing') RETURNING cancel_requested";
+/// What a lease-guarded update returned: the row's `cancel_requested` when the lease is held.
+pub(crate) fn lease_check(cancel: Option<i64>) -> crate::LeaseCheck {
+    match cancel {
+        Some(c) => crate::LeaseCheck::Held { cancel: c != 0 },
+        None => crate::LeaseCheck::Lost,
+    }
+}
+
 pub(crate) const SELECT_SEAL_PLACE: &str = "SELECT account_id, shred_id FROM predictions WHERE id = $1";
 pub(crate) const COMPLETE: &str = "UPDATE predictions SET status = $1, output = $2, error = $3, \
      progress = CASE WHEN $1 = 'succeeded' THEN 100 ELSE progress END, \
@@ -117,13 +134,13 @@ pub(crate) const SELECT_USAGE: &str = "SELECT prediction_id, record FROM usage_r
 pub(crate) const SELECT_EXPIRED: &str = "SELECT id, account_id, shred_id, attempts, cancel_requested, lease_token \
      FROM predictions WHERE status IN ('starting', 'processing') AND lease_until < $1 ORDER BY lease_until LIMIT 500";
 pub(crate) const REQUEUE: &str = "UPDATE predictions SET status = 'pending', lease_token = NULL, \
-     lease_until = NULL, updated_at = $1 WHERE id = $2 AND lease_token = $3 AND lease_until < $1 \
-     AND status IN ('starting', 'processing')";
+     lease_until = NULL, output = NULL, updated_at = $1 \
+     WHERE id = $2 AND lease_token = $3 AND lease_until < $1 AND status IN ('starting', 'processing')";
 pub(crate) const RELEASE: &str = "UPDATE predictions SET status = 'pending', lease_token = NULL, \
-     lease_until = NULL, attempts = attempts - 1, progress = 0, updated_at = $1 \
+     lease_until = NULL, attempts = attempts - 1, progress = 0, output = NULL, updated_at = $1 \
      WHERE id = $2 AND lease_token = $3 AND status IN ('starting', 'processing') AND cancel_requested = 0";
 pub(crate) const FINISH_EXPIRED: &str = "UPDATE predictions SET status = $1, error = $2, completed_at = $3, \
-     updated_at = $3, purge_at = $4, lease_token = NULL, lease_until = NULL \
+     output = NULL, updated_at = $3, purge_at = $4, lease_token = NULL, lease_until = NULL \
      WHERE id = $5 AND lease_token = $6 AND lease_until < $3 AND status IN ('starting', 'processing')";
 
 pub(crate) const SELECT_DUE: &str = "SELECT id, account_id FROM predictions \
@@ -459,10 +476,7 @@ macro_rules! prediction_methods {
                 .bind(token)
                 .fetch_optional(&self.pool)
                 .await?;
-            Ok(match cancel {
-                Some(c) => $crate::LeaseCheck::Held { cancel: c != 0 },
-                None => $crate::LeaseCheck::Lost,
-            })
+            Ok($crate::predictions::lease_check(cancel))
         }
 
         async fn report_progress(
@@ -479,10 +493,44 @@ macro_rules! prediction_methods {
                 .bind(token)
                 .fetch_optional(&self.pool)
                 .await?;
-            Ok(match cancel {
-                Some(c) => $crate::LeaseCheck::Held { cancel: c != 0 },
-                None => $crate::LeaseCheck::Lost,
-            })
+            Ok($crate::predictions::lease_check(cancel))
+        }
+
+        async fn report_partial_output(
+            &self,
+            id: &skygate_core::predictions::PredictionId,
+            token: &str,
+            output: &skygate_core::predictions::StoredOutput,
+            now: skygate_core::Timestamp,
+        ) -> $crate::Result<$crate::LeaseCheck> {
+            use $crate::predictions as q;
+            if !matches!(output, skygate_core::predictions::StoredOutput::Text { .. }) {
+                return Err($crate::StoreError::Invalid(
+                    "a partial output is text (files are stored when the prediction succeeds)".into(),
+                ));
+            }
+            let place: Option<(String, i64)> = sqlx::query_as(q::SELECT_SEAL_PLACE)
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some((account, shred)) = place else {
+                return Ok($crate::LeaseCheck::Lost);
+            };
+            // The same place, key and AAD as the final output: it is the same column, replaced later.
+            let sealed = self.sealer.seal(
+                ("predictions", id.as_str(), "output"),
+                &account,
+                shred as u64,
+                &q::to_json(output, "output")?,
+            )?;
+            let cancel: Option<i64> = sqlx::query_scalar(q::REPORT_OUTPUT)
+                .bind(sealed)
+                .bind(now.as_micros())
+                .bind(id.as_str())
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok($crate::predictions::lease_check(cancel))
         }
 
         #[allow(clippy::too_many_arguments)]
@@ -748,6 +796,43 @@ macro_rules! prediction_methods {
                         .map_err(|e| $crate::rows::corrupt("usage_records", "record", e))
                 })
                 .collect()
+        }
+
+        async fn record_usage(
+            &self,
+            account: &skygate_core::AccountId,
+            record: &skygate_core::predictions::UsageRecord,
+            now: skygate_core::Timestamp,
+        ) -> $crate::Result<bool> {
+            use $crate::predictions as q;
+            let shred: Option<i64> = sqlx::query_scalar(q::SELECT_ACCOUNT_SHRED)
+                .bind(account.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(shred) = shred else {
+                return Ok(false);
+            };
+            let id = record.prediction.as_str();
+            let sealed = self.sealer.seal(
+                ("usage_records", id, "record"),
+                account.as_str(),
+                shred as u64,
+                &q::to_json(record, "usage record")?,
+            )?;
+            // The account may be erased between the two statements: its row is then gone and the
+            // foreign key refuses the insert, which is the same answer.
+            let done = sqlx::query(q::INSERT_USAGE)
+                .bind(id)
+                .bind(account.as_str())
+                .bind(now.as_micros())
+                .bind(sealed)
+                .execute(&self.pool)
+                .await;
+            match done {
+                Ok(r) => Ok(r.rows_affected() == 1),
+                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(false),
+                Err(e) => Err(e.into()),
+            }
         }
     };
 }

@@ -276,6 +276,16 @@ macro_rules! impl_store {
                 <$store>::report_progress(self, id, token, progress, now).await
             }
 
+            async fn report_partial_output(
+                &self,
+                id: &skygate_core::predictions::PredictionId,
+                token: &str,
+                output: &skygate_core::predictions::StoredOutput,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<$crate::LeaseCheck> {
+                <$store>::report_partial_output(self, id, token, output, now).await
+            }
+
             async fn complete_prediction(
                 &self,
                 id: &skygate_core::predictions::PredictionId,
@@ -350,6 +360,15 @@ macro_rules! impl_store {
                 limit: u32,
             ) -> $crate::Result<Vec<skygate_core::predictions::UsageRecord>> {
                 <$store>::usage(self, account, since, limit).await
+            }
+
+            async fn record_usage(
+                &self,
+                account: &skygate_core::AccountId,
+                record: &skygate_core::predictions::UsageRecord,
+                now: skygate_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                <$store>::record_usage(self, account, record, now).await
             }
 
             // ── webhooks: the bodies are `webhooks::webhook_methods!`, forwarded for the same reason.

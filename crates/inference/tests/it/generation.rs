@@ -207,3 +207,108 @@ fn bad_parameters_and_long_prompts_are_refused_by_name() {
     };
     assert!(ask(&mut llm, "hi", &penal).0.is_ok());
 }
+
+/// A paced generation through the worker's line protocol: the engine answers `yield` after every
+/// token but the last and decodes nothing more until it is granted a `step`; the text is the same as
+/// unpaced, and a `cancel` in place of a step ends it.
+#[test]
+fn paced_generation_waits_for_each_step() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Duration;
+
+    use skygate_inference::worker::{self, Reply, Request};
+
+    let test = "paced_generation_waits_for_each_step";
+    let Some(path) = model(GGUF, test) else {
+        return;
+    };
+    let Some(mut llm) = load(test) else {
+        return;
+    };
+    let greedy = Sampling {
+        max_tokens: 6,
+        temperature: 0.0,
+        ..Sampling::default()
+    };
+    let (_, unpaced, _) = ask(&mut llm, "Name a colour.", &greedy);
+    drop(llm);
+
+    let (host_in, engine_in) = std::io::pipe().unwrap();
+    let (host_out, engine_out) = std::io::pipe().unwrap();
+    let engine = std::thread::spawn(move || {
+        let load = move || {
+            Llm::load(
+                &path,
+                LlmOptions {
+                    context: Some(512),
+                    ..LlmOptions::default()
+                },
+            )
+        };
+        worker::serve_llm(load, BufReader::new(host_in), engine_out)
+    });
+    let mut to_engine = engine_in;
+    let (tx, replies) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(host_out).lines() {
+            let reply: Reply = serde_json::from_str(&line.unwrap()).unwrap();
+            if tx.send(reply).is_err() {
+                return;
+            }
+        }
+    });
+    let mut send = |r: &Request| {
+        let mut line = serde_json::to_vec(r).unwrap();
+        line.push(b'\n');
+        to_engine.write_all(&line).unwrap();
+        to_engine.flush().unwrap();
+    };
+    let next = || replies.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(matches!(next(), Reply::Ready { .. }));
+    let chat = |max_tokens| Request::Chat {
+        messages: vec![Message {
+            role: "user".into(),
+            content: "Name a colour.".into(),
+        }],
+        sampling: Sampling {
+            max_tokens,
+            ..greedy.clone()
+        },
+        paced: true,
+    };
+    send(&chat(6));
+    let (mut text, mut yields) = (String::new(), 0);
+    let done = loop {
+        match next() {
+            Reply::Started { .. } => {}
+            Reply::Text(t) => text.push_str(&t),
+            Reply::Yield => {
+                yields += 1;
+                if yields == 1 {
+                    // Nothing more comes until the step is granted.
+                    assert!(replies.recv_timeout(Duration::from_millis(300)).is_err());
+                }
+                send(&Request::Step);
+            }
+            Reply::Done(c) => break c,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(text, unpaced);
+    assert_eq!(done.completion_tokens, 6);
+    assert_eq!(yields, 5, "a yield after every token but the last");
+
+    // A cancel in place of a step ends the generation there.
+    send(&chat(6));
+    let done = loop {
+        match next() {
+            Reply::Yield => send(&Request::Cancel),
+            Reply::Done(c) => break c,
+            Reply::Started { .. } | Reply::Text(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((done.finish, done.completion_tokens), (Finish::Cancelled, 1));
+    drop(to_engine);
+    assert_eq!(engine.join().unwrap(), 0);
+}

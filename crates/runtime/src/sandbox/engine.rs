@@ -25,6 +25,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
 use super::host::{self, Pipes, Run};
+use super::schedule::Scheduler;
 use super::spec::{Bind, Status, ENGINE_GGUF};
 use super::{start_run, Inner, Launch, Payload};
 
@@ -278,13 +279,16 @@ async fn send(e: &mut Engine, req: &Request) -> Result<(), ()> {
 }
 
 impl super::SandboxRunner {
-    /// Generates an answer to `messages` with `model` in `tenant`'s sandbox. Events arrive on the
-    /// returned channel; dropping it cancels the generation before its next token. Past `deadline`
-    /// the generation is cancelled and ends with [`EngineError::Failed`].
+    /// Generates an answer to `messages` with `model` in `tenant`'s sandbox, once the node's scheduler
+    /// admits it (at most `cap` of `tenant`'s runs at once). Events arrive on the returned channel;
+    /// dropping it cancels the generation before its next token. Past `deadline` the generation is
+    /// cancelled and ends with [`EngineError::Failed`].
+    #[allow(clippy::too_many_arguments)]
     pub fn chat(
         &self,
         model: &EngineModel,
         tenant: &str,
+        cap: usize,
         messages: Vec<Message>,
         sampling: Sampling,
         deadline: Duration,
@@ -295,7 +299,7 @@ impl super::SandboxRunner {
         tokio::spawn(async move {
             // Waiting for a run ends when the caller goes away.
             let admitted = tokio::select! {
-                p = inner.schedule.admit(&key.1) => p,
+                p = inner.schedule.admit(&key.1, cap) => p,
                 () = tx.closed() => return,
             };
             let Ok(_permit) = admitted else {
@@ -309,8 +313,12 @@ impl super::SandboxRunner {
                     return;
                 }
             };
-            let (result, keep) =
-                drive_chat(&mut e, Request::Chat { messages, sampling }, &tx, deadline).await;
+            let req = Request::Chat {
+                messages,
+                sampling,
+                paced: true,
+            };
+            let (result, keep) = drive_chat(&mut e, req, &tx, deadline, &inner.steps, &key.1).await;
             if let Err(err) = result {
                 let _ = tx.send(Err(err)).await;
             }
@@ -323,11 +331,12 @@ impl super::SandboxRunner {
         rx
     }
 
-    /// Embeds `inputs` with `model` in `tenant`'s sandbox.
+    /// Embeds `inputs` with `model` in `tenant`'s sandbox (at most `cap` of `tenant`'s runs at once).
     pub async fn embed(
         &self,
         model: &EngineModel,
         tenant: &str,
+        cap: usize,
         inputs: Vec<EmbedInput>,
         deadline: Duration,
     ) -> Result<Embedded, EngineError> {
@@ -335,10 +344,16 @@ impl super::SandboxRunner {
         let _permit = self
             .inner
             .schedule
-            .admit(tenant)
+            .admit(tenant, cap)
             .await
             .map_err(|_| EngineError::Busy)?;
         let mut e = acquire(&self.inner, &key).await?;
+        let _step = self
+            .inner
+            .steps
+            .admit(tenant, usize::MAX)
+            .await
+            .map_err(|_| EngineError::Busy)?;
         let fail = |m: &str| EngineError::Failed(m.to_owned());
         let answer = async {
             send(&mut e, &Request::Embed { inputs })
@@ -404,12 +419,22 @@ async fn drive_chat(
     req: Request,
     tx: &mpsc::Sender<Result<ChatEvent, EngineError>>,
     deadline: Duration,
+    steps: &Arc<Scheduler>,
+    tenant: &str,
 ) -> (Result<(), EngineError>, bool) {
+    let timer = tokio::time::sleep(deadline);
+    tokio::pin!(timer);
+    // The prompt and the first token are the first step.
+    let mut step = tokio::select! {
+        p = steps.admit(tenant, usize::MAX) => p.ok(),
+        () = tx.closed() => return (Ok(()), true),
+        () = &mut timer => {
+            return (Err(EngineError::Failed("the generation did not finish in time".into())), true)
+        }
+    };
     if send(e, &req).await.is_err() {
         return (Err(EngineError::Failed(died(e).await)), false);
     }
-    let timer = tokio::time::sleep(deadline);
-    tokio::pin!(timer);
     // Set once a cancel was sent: replies are drained to `done` but no longer forwarded.
     let mut cancelled: Option<Result<(), EngineError>> = None;
     loop {
@@ -430,6 +455,33 @@ async fn drive_chat(
                 continue;
             }
         };
+        if let Some(Ok(Reply::Yield)) = reply {
+            // The token is made: the compute goes to whoever is next, then (in turn) back here.
+            drop(step.take());
+            if cancelled.is_some() {
+                // The cancel already sent answers this yield.
+                continue;
+            }
+            let next = tokio::select! {
+                p = steps.admit(tenant, usize::MAX) => Ok(p.ok()),
+                () = tx.closed() => Err(Ok(())),
+                () = &mut timer => Err(Err(EngineError::Failed("the generation did not finish in time".into()))),
+            };
+            let answer = match next {
+                Ok(p) => {
+                    step = p;
+                    Request::Step
+                }
+                Err(why) => {
+                    cancelled = Some(why);
+                    Request::Cancel
+                }
+            };
+            if send(e, &answer).await.is_err() {
+                return (Err(EngineError::Failed(died(e).await)), false);
+            }
+            continue;
+        }
         let event = match reply {
             Some(Ok(Reply::Started { prompt_tokens })) => ChatEvent::Started { prompt_tokens },
             Some(Ok(Reply::Text(t))) => ChatEvent::Text(t),
@@ -568,9 +620,9 @@ pub(super) fn prediction_request(
     Ok((messages, sampling))
 }
 
-/// Turns a chat stream into a prediction's end: the text as its output, progress as the share of
-/// `max_tokens` produced; a cancel or the deadline of the prediction drops the stream (which
-/// cancels the generation).
+/// Turns a chat stream into a prediction's end: the text as its output, published as it grows (one
+/// change per piece, see `RunHandle::partial`), progress as the share of `max_tokens` produced; a
+/// cancel or the deadline of the prediction drops the stream (which cancels the generation).
 pub(super) async fn relay_prediction(
     mut events: mpsc::Receiver<Result<ChatEvent, EngineError>>,
     max_tokens: u32,
@@ -584,6 +636,7 @@ pub(super) async fn relay_prediction(
                 Some(Ok(ChatEvent::Started { .. })) => {}
                 Some(Ok(ChatEvent::Text(t))) => {
                     text.push_str(&t);
+                    side.append_text(&t);
                     tokens += 1;
                     let pct = (u64::from(tokens) * 99 / u64::from(max_tokens.max(1))).min(99);
                     side.progress(u8::try_from(pct).unwrap_or(99));

@@ -70,9 +70,12 @@ pub struct SandboxSettings {
     pub devices: Vec<PathBuf>,
     /// How long a job waits for its devices before it fails (never past its deadline).
     pub device_wait: Duration,
-    /// Real-model runs (generations, embeddings) this node computes at once; more wait, served
-    /// round-robin across accounts.
+    /// Real-model runs (generations, embeddings) this node computes at once: generations are granted
+    /// one token at a time, round-robin across accounts, so a long run never holds compute for long.
     pub engine_runs: usize,
+    /// Real-model runs in progress at once on this node (each holds a warm sandbox); more wait,
+    /// admitted round-robin across accounts.
+    pub engine_streams: usize,
     /// Real-model requests that may wait for a run at once; past it they are refused (busy).
     pub engine_queue: usize,
 }
@@ -97,6 +100,9 @@ struct Inner {
     engines: engine::Pool,
     /// Admits real-model runs, round-robin across accounts.
     schedule: Arc<schedule::Scheduler>,
+    /// Grants the admitted runs their compute, a token (or an embedding batch) at a time,
+    /// round-robin across accounts.
+    steps: Arc<schedule::Scheduler>,
 }
 
 /// One sandbox to start.
@@ -152,7 +158,9 @@ impl SandboxRunner {
                 devices,
                 warm: warm::Pool::default(),
                 engines: engine::Pool::default(),
-                schedule: schedule::Scheduler::new(settings.engine_runs, settings.engine_queue),
+                schedule: schedule::Scheduler::new(settings.engine_streams, settings.engine_queue),
+                // Every waiting step belongs to an admitted run: the admission bounds them.
+                steps: schedule::Scheduler::new(settings.engine_runs, usize::MAX),
                 settings,
             }),
         })
@@ -449,7 +457,8 @@ impl Runner for SandboxRunner {
                     .tenant
                     .unwrap_or_else(|| format!("prediction:{}", job.prediction_id));
                 let max = sampling.max_tokens;
-                let events = self.chat(m, &tenant, messages, sampling, job.deadline);
+                // The queue's claim already held the account to its concurrent-run cap.
+                let events = self.chat(m, &tenant, usize::MAX, messages, sampling, job.deadline);
                 let (handle, side) = pair();
                 tokio::spawn(engine::relay_prediction(events, max, job.deadline, side));
                 Ok(handle)

@@ -8,7 +8,7 @@
 //! naming it, never silently ignored; unknown parameters are refused as OpenAI refuses them.
 
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -19,17 +19,18 @@ use base64::Engine as _;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Map, Value};
 use skygate_core::models::{Backend, EngineKind, EngineModel};
-use skygate_core::Mode;
+use skygate_core::predictions::{PredictionId, TokenUsage, UsageRecord};
+use skygate_core::{AccountId, Mode, ProjectId, Timestamp};
 use skygate_inference::embed::EmbedInput;
 use skygate_inference::{Completion, Finish, Message, Sampling};
-use skygate_proto::ErrorId;
+use skygate_proto::{ErrorId, PredictionStatus};
 use skygate_runtime::sandbox::{ChatEvent, EngineError};
 use tokio::sync::mpsc;
 
 use crate::auth::CreateAuth;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::limits::RateSlot;
+use crate::limits::{RateInfo, RateSlot, TokenGrant};
 use crate::state::AppState;
 
 /// The most inputs one embeddings request may carry (OpenAI's limit).
@@ -182,19 +183,47 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Authenticates, checks the request and create limits of `model` (headers set either way), and
-/// finds the engine model of `kind`.
+/// Authenticates, checks the request, create and token limits of `model` (headers set either way:
+/// the token limit's numbers land in `tokens`), and finds the engine model of `kind`. `estimate`
+/// gives the tokens the request may use at most, from the model it names (`None`: unknown model).
+#[allow(clippy::too_many_arguments)]
 async fn admit<'a>(
     state: &'a AppState,
     CreateAuth(auth): CreateAuth,
     slot: Option<&RateSlot>,
+    tokens: &mut Option<RateInfo>,
     model: Option<&str>,
     kind: EngineKind,
     route: &str,
-) -> Reply<(crate::auth::ApiKeyAuth, &'a EngineModel, String)> {
+    estimate: impl FnOnce(Option<&EngineModel>) -> u32,
+) -> Reply<(crate::auth::ApiKeyAuth, &'a EngineModel, Metered)> {
     let spec = model.and_then(|m| state.models().get(m));
     let counted = spec.map_or("-", |s| s.slug.as_str());
-    let checked = state.limits().check_create(&auth, counted).await;
+    let engine = spec.and_then(|s| match &s.backend {
+        Backend::Engine(m) => Some(m),
+        _ => None,
+    });
+    let (checked, grant) = state
+        .limits()
+        .check_tokens(&auth, counted, estimate(engine))
+        .await;
+    *tokens = grant.as_ref().map(|g| g.info);
+    let mut metered = Metered {
+        state: state.clone(),
+        account: auth.account().clone(),
+        project: auth.project().clone(),
+        mode: auth.mode(),
+        model: counted.to_owned(),
+        billable: spec.is_some_and(|s| s.billable),
+        grant,
+        started: Instant::now(),
+        tokens: None,
+        status: PredictionStatus::Failed,
+    };
+    if checked.1.is_err() {
+        // Refused: nothing was taken, nothing to give back.
+        metered.grant = None;
+    }
     RateSlot::fill(slot, checked)?;
     let slug = model.ok_or_else(|| OpenAiError::invalid("model", "you must provide a model parameter"))?;
     let m = match spec.map(|s| (s, &s.backend)) {
@@ -214,7 +243,104 @@ async fn admit<'a>(
             EngineError::Unavailable(format!("The model `{slug}` is unavailable on this server.")).into(),
         );
     }
-    Ok((auth, m, slug.to_owned()))
+    Ok((auth, m, metered))
+}
+
+/// A text's share of a token estimate: a token is about four bytes of English, rounded up.
+fn estimate_text(text: &str) -> u32 {
+    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// One admitted run's accounting, done once when the run ends however it ends (answered, failed,
+/// or its client gone mid-stream): the token limit is corrected from the estimate to the tokens
+/// really used, and a usage record (model, prompt and completion tokens, time; never the text) is
+/// sealed. A run the engine never started took nothing: its estimate comes back and no record is
+/// written.
+struct Metered {
+    state: AppState,
+    account: AccountId,
+    project: ProjectId,
+    mode: Mode,
+    model: String,
+    billable: bool,
+    grant: Option<TokenGrant>,
+    started: Instant,
+    /// `None` until the engine accepted the request.
+    tokens: Option<TokenUsage>,
+    /// How the run ended so far: once started, `Cancelled` until it is answered or fails.
+    status: PredictionStatus,
+}
+
+impl Metered {
+    fn started(&mut self, prompt: u32) {
+        self.tokens = Some(TokenUsage {
+            prompt,
+            completion: 0,
+        });
+        self.status = PredictionStatus::Cancelled;
+    }
+
+    /// One more piece of text streamed (a token, as the engine reports them).
+    fn produced(&mut self) {
+        if let Some(t) = &mut self.tokens {
+            t.completion = t.completion.saturating_add(1);
+        }
+    }
+
+    fn finished(&mut self, completion: u32) {
+        if let Some(t) = &mut self.tokens {
+            t.completion = completion;
+        }
+        self.status = PredictionStatus::Succeeded;
+    }
+
+    fn failed(&mut self) {
+        self.status = PredictionStatus::Failed;
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let (grant, tokens) = (self.grant.take(), self.tokens);
+        if grant.is_none() && tokens.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = self.state.clone();
+        let account = self.account.clone();
+        let record = tokens.and_then(|t| {
+            let units = if self.billable && self.mode == Mode::Live {
+                f64::from(t.total())
+            } else {
+                0.0
+            };
+            Some(UsageRecord {
+                prediction: PredictionId::generate().ok()?,
+                project: self.project.clone(),
+                model: std::mem::take(&mut self.model),
+                mode: self.mode,
+                status: self.status,
+                predict_time: self.started.elapsed().as_secs_f64(),
+                units,
+                unit: "tokens".to_owned(),
+                at: Timestamp::now(),
+                tokens: Some(t),
+            })
+        });
+        runtime.spawn(async move {
+            if let Some(grant) = grant {
+                let used = tokens.map_or(0, |t| t.total());
+                state.limits().settle_tokens(&grant, used).await;
+            }
+            if let Some(record) = record {
+                if let Err(e) = state.store().record_usage(&account, &record, record.at).await {
+                    tracing::warn!(error = %e, "could not record the usage of a model run");
+                }
+            }
+        });
+    }
 }
 
 fn object(body: Value) -> Reply<Map<String, Value>> {
@@ -542,19 +668,34 @@ fn parse_messages(v: Option<&Value>) -> Reply<Vec<Message>> {
     Ok(out)
 }
 
-/// OpenAI's request-limit headers beside skygate's own (which the rate-limit middleware adds): the
-/// per-key request limit this answer counted against.
-fn with_rate_headers(slot: Option<&RateSlot>, answer: Reply<Response>) -> Response {
+/// OpenAI's limit headers beside skygate's own (which the rate-limit middleware adds): the per-key
+/// request limit this answer counted against, and the account's token limit for the model.
+fn with_rate_headers(slot: Option<&RateSlot>, tokens: Option<RateInfo>, answer: Reply<Response>) -> Response {
     let mut res = answer.into_response();
-    if let Some(info) = slot.and_then(RateSlot::get) {
-        let h = res.headers_mut();
-        h.insert("x-ratelimit-limit-requests", HeaderValue::from(info.limit));
-        h.insert(
-            "x-ratelimit-remaining-requests",
-            HeaderValue::from(info.remaining),
-        );
+    let h = res.headers_mut();
+    for (info, [limit, remaining, reset]) in [
+        (
+            slot.and_then(RateSlot::get),
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ] {
+        let Some(info) = info else { continue };
+        h.insert(limit, HeaderValue::from(info.limit));
+        h.insert(remaining, HeaderValue::from(info.remaining));
         if let Ok(v) = HeaderValue::from_str(&format!("{}s", info.reset_secs)) {
-            h.insert("x-ratelimit-reset-requests", v);
+            h.insert(reset, v);
         }
     }
     res
@@ -568,27 +709,49 @@ pub async fn chat_completions(
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
     let slot = slot.as_ref().map(|Extension(s)| s);
-    with_rate_headers(slot, chat(&state, auth, slot, body).await)
+    let mut tokens = None;
+    let answer = chat(&state, auth, slot, &mut tokens, body).await;
+    with_rate_headers(slot, tokens, answer)
+}
+
+/// The most tokens a chat request may use: its prompt (estimated from its text) and the completion it
+/// allows, within the model's window.
+fn chat_estimate(req: &ChatRequest, model: Option<&EngineModel>) -> u32 {
+    // A few tokens per message for the chat template's markers around it.
+    let prompt = req
+        .messages
+        .iter()
+        .map(|m| estimate_text(&m.content).saturating_add(4))
+        .fold(2u32, u32::saturating_add);
+    let Some(model) = model else {
+        return prompt.saturating_add(req.max_tokens.unwrap_or(0));
+    };
+    let completion = req.max_tokens.unwrap_or(model.max_tokens);
+    prompt.saturating_add(completion).min(model.context_length)
 }
 
 async fn chat(
     state: &AppState,
     auth: Result<CreateAuth, ApiError>,
     slot: Option<&RateSlot>,
+    tokens: &mut Option<RateInfo>,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Reply<Response> {
     // Authentication first: an unauthenticated caller learns nothing about its body.
     let auth = auth?;
     let req = parse_chat(body?.0)?;
-    let (auth, model, slug) = admit(
+    let (auth, model, mut metered) = admit(
         state,
         auth,
         slot,
+        tokens,
         req.model.as_deref(),
         EngineKind::Llm,
         "v1/chat/completions",
+        |m| chat_estimate(&req, m),
     )
     .await?;
+    let slug = metered.model.clone();
     let mut sampling = req.sampling;
     // Without max_tokens: the model's default, shortened to what the window leaves after the prompt.
     sampling.fit_to_context = req.max_tokens.is_none();
@@ -608,7 +771,15 @@ async fn chat(
         .engines()
         .ok_or_else(|| OpenAiError::server(StatusCode::SERVICE_UNAVAILABLE, "This node runs no models."))?;
     let deadline = state.config().queue.job_timeout;
-    let mut events = engines.chat(model, auth.account().as_str(), req.messages, sampling, deadline);
+    let cap = state.limits().concurrent_runs(auth.tier());
+    let mut events = engines.chat(
+        model,
+        auth.account().as_str(),
+        cap,
+        req.messages,
+        sampling,
+        deadline,
+    );
     // The first event says whether the request was accepted: errors before it are plain answers.
     let prompt_tokens = match events.recv().await {
         Some(Ok(ChatEvent::Started { prompt_tokens })) => prompt_tokens,
@@ -620,6 +791,7 @@ async fn chat(
             ))
         }
     };
+    metered.started(prompt_tokens);
     let id = format!(
         "chatcmpl-{}",
         skygate_core::base62::random(24)
@@ -631,24 +803,32 @@ async fn chat(
         model: slug,
     };
     if req.stream {
-        let stream = sse_stream(head, events, prompt_tokens, req.include_usage);
+        let stream = sse_stream(head, events, metered, prompt_tokens, req.include_usage);
         return Ok(Sse::new(stream).into_response());
     }
     let mut text = String::new();
     let done = loop {
         match events.recv().await {
-            Some(Ok(ChatEvent::Text(t))) => text.push_str(&t),
+            Some(Ok(ChatEvent::Text(t))) => {
+                metered.produced();
+                text.push_str(&t);
+            }
             Some(Ok(ChatEvent::Done(c))) => break c,
             Some(Ok(ChatEvent::Started { .. })) => {}
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(e)) => {
+                metered.failed();
+                return Err(e.into());
+            }
             None => {
+                metered.failed();
                 return Err(OpenAiError::server(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "The model ended without an answer.",
-                ))
+                ));
             }
         }
     };
+    metered.finished(done.completion_tokens);
     Ok(Json(json!({
         "id": head.id,
         "object": "chat.completion",
@@ -708,20 +888,26 @@ fn usage(prompt_tokens: u32, c: &Completion) -> Value {
 
 /// The SSE body: the role delta, content deltas as the engine produces them, the finish chunk,
 /// the usage chunk (with `include_usage`) and `[DONE]`. The engine's channel lives in the stream,
-/// so a client that disconnects drops it and the generation stops before its next token.
+/// so a client that disconnects drops it and the generation stops before its next token; the run's
+/// accounting lives there too and settles whenever the stream ends.
 fn sse_stream(
     head: Head,
     events: mpsc::Receiver<Result<ChatEvent, EngineError>>,
+    metered: Metered,
     prompt_tokens: u32,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let first = head.delta(json!({"role": "assistant", "content": ""}), None);
-    let rest = stream::unfold(Some((head, events)), move |st| async move {
-        let (head, mut events) = st?;
+    let rest = stream::unfold(Some((head, events, metered)), move |st| async move {
+        let (head, mut events, mut metered) = st?;
         let out: Vec<Event> = match events.recv().await {
-            Some(Ok(ChatEvent::Text(t))) => vec![head.delta(json!({"content": t}), None)],
+            Some(Ok(ChatEvent::Text(t))) => {
+                metered.produced();
+                vec![head.delta(json!({"content": t}), None)]
+            }
             Some(Ok(ChatEvent::Started { .. })) => Vec::new(),
             Some(Ok(ChatEvent::Done(c))) => {
+                metered.finished(c.completion_tokens);
                 let mut out = vec![head.delta(json!({}), Some(finish_reason(c.finish)))];
                 if include_usage {
                     let mut chunk = json!({
@@ -735,10 +921,12 @@ fn sse_stream(
                 return Some((out, None));
             }
             Some(Err(e)) => {
+                metered.failed();
                 let e = OpenAiError::from(e);
                 return Some((vec![Event::default().data(e.body().to_string())], None));
             }
             None => {
+                metered.failed();
                 let e = OpenAiError::server(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "The model ended without an answer.",
@@ -746,7 +934,7 @@ fn sse_stream(
                 return Some((vec![Event::default().data(e.body().to_string())], None));
             }
         };
-        Some((out, Some((head, events))))
+        Some((out, Some((head, events, metered))))
     })
     .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
     stream::once(async move { Ok(first) }).chain(rest)
@@ -760,13 +948,16 @@ pub async fn embeddings(
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
     let slot = slot.as_ref().map(|Extension(s)| s);
-    with_rate_headers(slot, embed(&state, auth, slot, body).await)
+    let mut tokens = None;
+    let answer = embed(&state, auth, slot, &mut tokens, body).await;
+    with_rate_headers(slot, tokens, answer)
 }
 
 async fn embed(
     state: &AppState,
     auth: Result<CreateAuth, ApiError>,
     slot: Option<&RateSlot>,
+    tokens: &mut Option<RateInfo>,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Reply<Response> {
     let auth = auth?;
@@ -791,15 +982,26 @@ async fn embed(
         None | Some(Value::Null) => None,
         Some(_) => return Err(OpenAiError::invalid("model", "model must be a string")),
     };
-    let (auth, model, slug) = admit(
+    // Each input's tokens plus the two markers around it ([CLS] and [SEP]).
+    let estimate = inputs
+        .iter()
+        .map(|i| match i {
+            EmbedInput::Text(t) => estimate_text(t).saturating_add(2),
+            EmbedInput::Tokens(t) => u32::try_from(t.len()).unwrap_or(u32::MAX),
+        })
+        .fold(0u32, u32::saturating_add);
+    let (auth, model, mut metered) = admit(
         state,
         auth,
         slot,
+        tokens,
         model_name,
         EngineKind::Embedding,
         "v1/embeddings",
+        |_| estimate,
     )
     .await?;
+    let slug = metered.model.clone();
     match body.get("dimensions") {
         None | Some(Value::Null) => {}
         Some(d) if d.as_u64().is_some() && d.as_u64() == model.dimensions.map(u64::from) => {}
@@ -815,7 +1017,13 @@ async fn embed(
         .ok_or_else(|| OpenAiError::server(StatusCode::SERVICE_UNAVAILABLE, "This node runs no models."))?;
     let deadline = state.config().queue.job_timeout;
     let done = engines
-        .embed(model, auth.account().as_str(), inputs, deadline)
+        .embed(
+            model,
+            auth.account().as_str(),
+            state.limits().concurrent_runs(auth.tier()),
+            inputs,
+            deadline,
+        )
         .await
         .map_err(|e| match e {
             EngineError::Input(skygate_inference::Error::ContextLengthExceeded(m)) => {
@@ -826,6 +1034,8 @@ async fn embed(
             }
             other => other.into(),
         })?;
+    metered.started(done.prompt_tokens);
+    metered.finished(0);
     let data: Vec<Value> = done
         .vectors
         .iter()

@@ -462,7 +462,11 @@ fn paths() -> Paths {
                         .description(
                             "The Prediction JSON; with `Accept: text/event-stream`, Server-Sent Events \
                              instead: `status`, `progress`, `output` and `done` events with JSON data, \
-                             until the prediction is terminal.",
+                             until the prediction is terminal. `output` events carry `id`, `output` (as \
+                             the Prediction shows it) and, for text, `delta`: the text added since the \
+                             previous `output` event (a text model's output streams, one event each time \
+                             it grew; `\"reset\": true` marks a run that started over, its `delta` the \
+                             whole text).",
                         )
                         .content(
                             JSON,

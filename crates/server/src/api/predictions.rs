@@ -1,7 +1,9 @@
 //! Predictions API (DESIGN §3): create (`POST /v1/predictions`, `POST /v1/predict`), get, list, cancel,
 //! delete (`DELETE /v1/predictions/{id}` and `…/{id}/delete`), and `GET …/{id}/stream` (the Prediction
 //! JSON, or Server-Sent Events with `Accept: text/event-stream`). Every lookup is scoped to the key's
-//! project and mode: anything else is `404 PREDICTION_NOT_FOUND`, exactly like an unknown id.
+//! project and mode: anything else is `404 PREDICTION_NOT_FOUND`, exactly like an unknown id. A text
+//! model's output streams: while it runs, its partial output shows in the Prediction's `output` and
+//! arrives as `output` events carrying the new text (`delta`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use skygate_core::models::{is_valid_slug, ModelSpec};
 use skygate_core::predictions::{
-    date_range, FilterError, ListFilter, NewPrediction, PredictionId, PredictionRecord,
+    date_range, FilterError, ListFilter, NewPrediction, PredictionId, PredictionRecord, StoredOutput,
 };
 use skygate_core::{Mode, Timestamp};
 use skygate_proto::{CreatePrediction, ErrorId, Pagination, Prediction, PredictionList, Success};
@@ -392,7 +394,7 @@ pub async fn delete(
 
 /// `GET /v1/predictions/{id}/stream`: the Prediction JSON (what the SDK's `stream_prediction` reads), or
 /// with `Accept: text/event-stream` a stream of `status`, `progress`, `output` and `done` events that
-/// ends once the prediction is terminal.
+/// ends once the prediction is terminal (see [`sse_events`]).
 pub async fn stream(
     State(state): State<AppState>,
     auth: ApiKeyAuth,
@@ -426,9 +428,58 @@ fn event(name: &str, data: &impl serde::Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().event(name).data("{}"))
 }
 
+/// The text an `output` event adds to what the stream already sent.
+#[derive(Debug, PartialEq, Eq)]
+enum TextStep<'a> {
+    /// Nothing new.
+    Same,
+    /// The text grew by this.
+    Grew(&'a str),
+    /// The text does not continue what was sent: the run started over (its worker stopped and the
+    /// prediction was retried), so the whole text replaces what was sent.
+    Restarted,
+}
+
+fn text_step<'a>(sent: &str, now: &'a str) -> TextStep<'a> {
+    match now.strip_prefix(sent) {
+        Some("") => TextStep::Same,
+        Some(delta) => TextStep::Grew(delta),
+        None => TextStep::Restarted,
+    }
+}
+
+/// The data of the `output` event for a text output (`text`, shown on the wire as `output`), given the
+/// text already sent (updated); `None` when there is nothing new to say.
+fn text_event(
+    id: &PredictionId,
+    terminal: bool,
+    text: &str,
+    output: &Value,
+    sent: &mut Option<String>,
+) -> Option<Value> {
+    let before = sent.as_deref().unwrap_or("");
+    let mut data = match text_step(before, text) {
+        // A final text that is empty still gets its one `output` event.
+        TextStep::Same if sent.is_some() || !terminal => return None,
+        TextStep::Same => serde_json::json!({"delta": ""}),
+        TextStep::Grew(delta) => serde_json::json!({"delta": delta}),
+        TextStep::Restarted => serde_json::json!({"delta": text, "reset": true}),
+    };
+    data["id"] = Value::from(id.as_str());
+    data["output"] = output.clone();
+    *sent = Some(text.to_owned());
+    Some(data)
+}
+
 /// The SSE feed of one prediction: `status` (on every status change, starting with the current one),
-/// `progress` (on every progress change), `output` (once, when it succeeded), then `done` with the final
-/// Prediction object.
+/// `progress` (on every progress change), `output`, then `done` with the final Prediction object.
+///
+/// `output` events carry `{"id", "output"}`, `output` as the Prediction shows it. For a text output
+/// they also carry `delta`, the text added since the previous `output` event: while the prediction
+/// runs, one event each time its partial output grew (as read: several writes may arrive as one),
+/// and at the end one more only if text is left (so the deltas add up to the final text). An event
+/// with `"reset": true` replaces the text sent so far (the run started over after its worker
+/// stopped): its `delta` is the whole text. A file output gets one `output` event when it succeeded.
 fn sse_events(
     state: AppState,
     auth: ApiKeyAuth,
@@ -440,6 +491,8 @@ fn sse_events(
         let id = rec.id.clone();
         let mut last_status = None;
         let mut last_progress = None;
+        // The text sent in `output` events so far (`None` before the first).
+        let mut sent: Option<String> = None;
         loop {
             if last_status != Some(rec.status) {
                 last_status = Some(rec.status);
@@ -459,16 +512,21 @@ fn sse_events(
                     ))
                     .await;
             }
-            if rec.status.is_terminal() {
-                let w = wire(&state, &rec);
-                if w.output.is_some() {
-                    let _ = tx
-                        .send(event(
-                            "output",
-                            &serde_json::json!({"id": id.as_str(), "output": w.output}),
-                        ))
-                        .await;
+            let w = wire(&state, &rec);
+            let terminal = rec.status.is_terminal();
+            let output = match (&rec.output, &w.output) {
+                (Some(StoredOutput::Text { text }), Some(out)) => {
+                    text_event(&id, terminal, text, out, &mut sent)
                 }
+                (Some(StoredOutput::Files { .. }), Some(out)) if terminal => {
+                    Some(serde_json::json!({"id": id.as_str(), "output": out}))
+                }
+                _ => None,
+            };
+            if let Some(data) = output {
+                let _ = tx.send(event("output", &data)).await;
+            }
+            if terminal {
                 let _ = tx.send(event("done", &w)).await;
                 return;
             }
@@ -505,4 +563,41 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_events_carry_only_new_text() {
+        let id = PredictionId::generate().unwrap();
+        let mut sent = None;
+        let mut step =
+            |terminal: bool, text: &str| text_event(&id, terminal, text, &Value::from(text), &mut sent);
+        assert_eq!(step(false, ""), None, "nothing produced yet");
+        let first = step(false, "Hel").unwrap();
+        assert_eq!(
+            (first["delta"].as_str(), first["output"].as_str()),
+            (Some("Hel"), Some("Hel"))
+        );
+        assert_eq!(first["id"], id.as_str());
+        assert_eq!(step(false, "Hel"), None);
+        assert_eq!(step(false, "Hello, w").unwrap()["delta"], "lo, w");
+        assert_eq!(step(true, "Hello, w"), None, "the final text was all sent");
+        let reset = step(false, "Hi").unwrap();
+        assert_eq!(
+            (reset["delta"].as_str(), reset["reset"].as_bool()),
+            (Some("Hi"), Some(true))
+        );
+        assert_eq!(step(true, "Hi there").unwrap()["delta"], " there");
+
+        let mut sent = None;
+        let empty = text_event(&id, true, "", &Value::from(""), &mut sent).unwrap();
+        assert_eq!(
+            (empty["delta"].as_str(), empty["output"].as_str()),
+            (Some(""), Some(""))
+        );
+    }
 }

@@ -32,9 +32,13 @@ pub struct SandboxConfig {
     #[serde(with = "humantime_serde")]
     pub device_wait: Duration,
     /// Real-model runs (generations, embeddings) computed at once on this node (default: the
-    /// machine's cores, each run using `threads` of its model); further requests wait, admitted
-    /// round-robin across accounts.
+    /// machine's cores, each run using `threads` of its model). Generations are granted compute a
+    /// token at a time, round-robin across accounts, so one account's long streams cannot hold it.
     pub engine_runs: usize,
+    /// Real-model runs in progress at once on this node, each holding a warm sandbox (default 16);
+    /// further requests wait, admitted round-robin across accounts (and each account to its tier's
+    /// `concurrent_predictions`).
+    pub engine_streams: usize,
     /// Real-model requests that may wait for a run at once (default 256); past it they are refused
     /// with 503 and `Retry-After`.
     pub engine_queue: usize,
@@ -73,6 +77,7 @@ impl Default for SandboxConfig {
             devices: Vec::new(),
             device_wait: Duration::from_secs(60),
             engine_runs: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            engine_streams: 16,
             engine_queue: 256,
             limits: SandboxLimits::default(),
         }
@@ -126,6 +131,9 @@ impl SandboxConfig {
         skygate_runtime::sandbox::devices::validate(&self.devices)?;
         if self.engine_runs == 0 || self.engine_runs > 1024 {
             return Err("sandbox.engine_runs must be between 1 and 1024".into());
+        }
+        if self.engine_streams == 0 || self.engine_streams > 100_000 {
+            return Err("sandbox.engine_streams must be between 1 and 100000".into());
         }
         if self.engine_queue > 100_000 {
             return Err("sandbox.engine_queue must be at most 100000".into());
@@ -188,6 +196,7 @@ impl SandboxConfig {
             devices: self.devices.clone(),
             device_wait: self.device_wait,
             engine_runs: self.engine_runs,
+            engine_streams: self.engine_streams,
             engine_queue: self.engine_queue,
         })
     }

@@ -146,6 +146,9 @@ impl Hub {
 }
 
 /// Builds the wire object for a stored record. `base` is the public URL without a trailing slash.
+///
+/// `output` is the final output once succeeded, and the partial output (the text so far) while
+/// processing; in every other status, and once the data is removed, it is `null`.
 pub fn to_wire(
     rec: &PredictionRecord,
     spec: Option<&ModelSpec>,
@@ -165,8 +168,12 @@ pub fn to_wire(
             .collect(),
         _ => Vec::new(),
     };
+    let shows_output = matches!(
+        rec.status,
+        PredictionStatus::Processing | PredictionStatus::Succeeded
+    );
     let output = match &rec.output {
-        _ if rec.data_removed => None,
+        _ if rec.data_removed || !shows_output => None,
         Some(StoredOutput::Text { text }) => Some(Value::String(text.clone())),
         Some(StoredOutput::Files { .. }) => Some(Value::Array(
             files.iter().map(|f| Value::String(f.url.clone())).collect(),

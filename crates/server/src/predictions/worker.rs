@@ -8,6 +8,11 @@
 //! files it wrote). A worker that dies (kill -9) leaves an expiring lease: the reclaimer requeues the
 //! prediction, or fails it after `queue.max_attempts` runs.
 //!
+//! A run that produces text as it goes (a language model) has its text so far recorded as the
+//! prediction's partial output (sealed like the final one) while the lease is held, so `GET` and the
+//! SSE stream show it growing. Writes are coalesced: one at a time, at most one per [`PARTIAL_EVERY`],
+//! each carrying the latest text, however fast the model produces tokens.
+//!
 //! The sweeper destroys the data of predictions whose retention ran out ([`sweep`]), and then the shred
 //! keys of spent retention windows. It takes the time as an argument so tests drive it with a fake clock.
 
@@ -44,6 +49,9 @@ pub fn output_aad(account: &AccountId, id: &PredictionId, file: &str) -> Aad {
 /// Longest gap between a worker's check-ins (lease renewal and cancel check) while a job runs. A cancel
 /// asked on another node is therefore seen within this.
 const CHECK_IN: Duration = Duration::from_millis(400);
+
+/// The shortest gap between two writes of a run's partial output (so at most 10 a second).
+const PARTIAL_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs the queue until `stop`: claims work into free slots and supervises the running jobs. On stop,
 /// running jobs are stopped and given back to the queue (the attempt not counted), so another node, or
@@ -253,7 +261,7 @@ fn sandbox_metrics(r: &SandboxReport) -> SandboxMetrics {
     }
 }
 
-/// Watches one running job: forwards progress, renews the lease, passes cancels on.
+/// Watches one running job: forwards progress and partial output, renews the lease, passes cancels on.
 async fn supervise(
     state: &AppState,
     id: &PredictionId,
@@ -269,6 +277,10 @@ async fn supervise(
     let hard_deadline =
         tokio::time::Instant::now() + state.config().queue.job_timeout + Duration::from_secs(5);
     let mut progress = handle.progress();
+    let mut partial = handle.partial();
+    // Whether the partial output channel is still open, and whether it holds text not written yet.
+    let (mut partial_open, mut partial_dirty) = (true, false);
+    let mut partial_next = tokio::time::Instant::now();
     let mut cancels = state.hub().subscribe_cancels();
     let mut cancelled = false;
     // Visible as `processing` from here on.
@@ -301,6 +313,26 @@ async fn supervise(
                     }
                     state.hub().changed(id);
                 }
+            }
+            changed = partial.changed(), if partial_open => {
+                if changed.is_err() {
+                    // The job ended: its final output is written with the terminal status.
+                    (partial_open, partial_dirty) = (false, false);
+                } else {
+                    partial_dirty = true;
+                }
+            }
+            () = tokio::time::sleep_until(partial_next), if partial_dirty => {
+                partial_dirty = false;
+                let text = partial.borrow_and_update().clone();
+                let output = StoredOutput::Text { text };
+                let check = store.report_partial_output(id, token, &output, Timestamp::now()).await;
+                partial_next = tokio::time::Instant::now() + PARTIAL_EVERY;
+                match heed(check, &handle, id, "could not record a partial output") {
+                    Err(ended) => return ended,
+                    Ok(c) => cancelled |= c,
+                }
+                state.hub().changed(id);
             }
             _ = tick.tick() => {
                 let check = store.renew_lease(id, token, Timestamp::now().saturating_add(lease)).await;
@@ -422,6 +454,7 @@ fn usage_record(
         units: if billable { units } else { 0.0 },
         unit: unit.to_owned(),
         at: Timestamp::now(),
+        tokens: None,
     })
 }
 

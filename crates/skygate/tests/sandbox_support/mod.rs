@@ -48,6 +48,7 @@ pub fn settings(dir: &Path, mode: SandboxMode) -> SandboxSettings {
         devices: Vec::new(),
         device_wait: Duration::from_secs(60),
         engine_runs: 2,
+        engine_streams: 16,
         engine_queue: 64,
     }
 }

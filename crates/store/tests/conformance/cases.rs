@@ -7,6 +7,7 @@ use crate::{Db, Raw};
 
 pub use crate::access::*;
 pub use crate::console::*;
+pub use crate::partial_output::*;
 pub use crate::predictions::*;
 pub use crate::webhooks::*;
 

@@ -8,6 +8,7 @@
 mod access;
 mod cases;
 mod console;
+mod partial_output;
 mod predictions;
 mod schema;
 mod webhooks;
@@ -173,8 +174,11 @@ conformance!(
     retire_windows_shreds_purged_windows,
     tampered_prediction_values_fail_closed,
     erase_removes_predictions_and_usage,
+    usage_without_a_prediction_is_sealed_and_erased,
     rewrap_covers_prediction_columns,
     release_lease_requeues_without_counting,
+    partial_output_is_sealed_leased_and_replaced,
+    partial_output_does_not_outlive_its_run,
     outbox_rows_follow_subscribed_transitions,
     status_change_and_outbox_row_commit_together,
     unknown_webhook_events_are_invalid,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use skygate_core::predictions::{
     Claimed, Completion, ListFilter, NewPrediction, PredictionId, PredictionRecord, RunMetrics, RunningCaps,
-    SandboxMetrics, StoredFile, StoredOutput, UsageRecord,
+    SandboxMetrics, StoredFile, StoredOutput, TokenUsage, UsageRecord,
 };
 use skygate_core::{
     AccountId, KeyId, Mode, NewAccount, NewAuditEntry, NewProject, ProjectId, Tier, Timestamp,
@@ -111,6 +111,7 @@ fn usage_of(r: &PredictionRecord, status: PredictionStatus, now: Timestamp, unit
         units,
         unit: "image".into(),
         at: now,
+        tokens: None,
     }
 }
 
@@ -1815,4 +1816,53 @@ pub async fn release_lease_requeues_without_counting(db: Db) {
         .unwrap();
     assert!(!s.release_lease(&q.id, &cq.lease.token, at(17)).await.unwrap());
     assert_eq!(get(&s, &q.id).await.status, PredictionStatus::Starting);
+}
+
+/// A run that left no prediction (the OpenAI-compatible routes) records its usage, tokens included,
+/// sealed under the account's key (the model name never in plaintext), listed with the account's
+/// other usage, once per id, never for an unknown account, and gone when the account is erased.
+pub async fn usage_without_a_prediction_is_sealed_and_erased(db: Db) {
+    let s = db.migrated().await;
+    let a = tenant(&s, "chat@example.com").await;
+    let record = UsageRecord {
+        prediction: PredictionId::generate().unwrap(),
+        project: a.project.clone(),
+        model: "secret-model-name-xyz".into(),
+        mode: Mode::Live,
+        status: PredictionStatus::Succeeded,
+        predict_time: 0.5,
+        units: 57.0,
+        unit: "tokens".into(),
+        at: at(5),
+        tokens: Some(TokenUsage {
+            prompt: 40,
+            completion: 17,
+        }),
+    };
+    assert!(s.record_usage(&a.account, &record, at(5)).await.unwrap());
+    // The same id again writes nothing new.
+    assert!(!s.record_usage(&a.account, &record, at(6)).await.unwrap());
+    assert_eq!(
+        s.usage(&a.account, at(0), 10).await.unwrap(),
+        vec![record.clone()]
+    );
+    for raw in db.raw_column("usage_records", "record").await {
+        let Raw::Bytes(b) = raw else {
+            panic!("sealed records are bytes: {raw:?}")
+        };
+        assert!(!String::from_utf8_lossy(&b).contains("secret-model-name-xyz"));
+    }
+    let stranger = AccountId::generate().unwrap();
+    let other = UsageRecord {
+        prediction: PredictionId::generate().unwrap(),
+        ..record.clone()
+    };
+    assert!(!s.record_usage(&stranger, &other, at(7)).await.unwrap());
+    assert!(s.usage(&stranger, at(0), 10).await.unwrap().is_empty());
+    assert!(s
+        .erase_account(&a.account, &audit("account.erase", a.account.as_str(), at(30)))
+        .await
+        .unwrap());
+    assert!(s.usage(&a.account, at(0), 10).await.unwrap().is_empty());
+    assert!(db.raw_column("usage_records", "record").await.is_empty());
 }
