@@ -31,9 +31,11 @@ pub struct SandboxConfig {
     /// How long a prediction waits for its devices before it fails (never past its deadline).
     #[serde(with = "humantime_serde")]
     pub device_wait: Duration,
-    /// Real-model runs (generations, embeddings) computed at once on this node (default: the
-    /// machine's cores, each run using `threads` of its model). Generations are granted compute a
-    /// token at a time, round-robin across accounts, so one account's long streams cannot hold it.
+    /// Real-model runs (generations, embeddings) computed at once on this node, each using `threads`
+    /// of its model (default: as many as fit the cores at the models' default threads, `cores /
+    /// min(cores, 8)`: more runs than that oversubscribe the CPU, which llama.cpp's spinning OpenMP
+    /// threads punish hard; BENCHMARKS.md). Generations are granted compute a token at a time,
+    /// round-robin across accounts, so one account's long streams cannot hold it.
     pub engine_runs: usize,
     /// Real-model runs in progress at once on this node, each holding a warm sandbox (default 16);
     /// further requests wait, admitted round-robin across accounts (and each account to its tier's
@@ -76,7 +78,7 @@ impl Default for SandboxConfig {
             helper: None,
             devices: Vec::new(),
             device_wait: Duration::from_secs(60),
-            engine_runs: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            engine_runs: default_engine_runs(),
             engine_streams: 16,
             engine_queue: 256,
             limits: SandboxLimits::default(),
@@ -200,4 +202,10 @@ impl SandboxConfig {
             engine_queue: self.engine_queue,
         })
     }
+}
+
+/// Runs at once that keep runs × the models' default threads (`min(cores, 8)`) within the cores.
+fn default_engine_runs() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    (cores / cores.min(8)).max(1)
 }
