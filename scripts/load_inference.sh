@@ -57,7 +57,12 @@ ttft() { # key -> seconds from starting the request (a new TLS connection) to th
   local t0=$EPOCHREALTIME t1
   t1=$(curl -fsS -N --cacert "$ca" -H "authorization: Bearer $1" -H 'content-type: application/json' \
     -d "$(body 1 'Write one sentence about the sea.')" "$url/v1/chat/completions" |
-    { IFS= read -r _; echo "$EPOCHREALTIME"; cat >/dev/null; })
+    { IFS= read -r _ || true; echo "$EPOCHREALTIME"; cat >/dev/null; })
+  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.6f\n", b - a}'
+}
+connect() { # seconds for the same kind of curl call answered without a model: a new TLS connection and GET /healthz
+  local t0=$EPOCHREALTIME t1
+  t1=$(curl -fsS --cacert "$ca" "$url/healthz" | { IFS= read -r _ || true; echo "$EPOCHREALTIME"; cat >/dev/null; })
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.6f\n", b - a}'
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -68,6 +73,7 @@ decode() { # key -> tokens/s between the first and the last content chunk of a 2
     awk 'NR == 1 {first = $1} {last = $1; n++} END {if (n > 1) printf "%.1f\n", (n - 1) / (last - first)}'
 }
 
+base=$(for _ in $(seq "$rounds"); do connect; done | median)
 ttft "$key_a" >/dev/null # A's sandbox warm
 warm=$(for _ in $(seq "$rounds"); do ttft "$key_a"; done | median)
 fresh=$(for i in $(seq "$rounds"); do ttft "$(new_key "fresh$i@example.com")"; done | median)
@@ -83,7 +89,8 @@ sleep 3 # every stream admitted and generating
 loaded_b=$(for _ in $(seq "$rounds"); do ttft "$key_b"; done | median)
 kill $(jobs -p | tail -n "$streams") 2>/dev/null || true
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); profile $profile; rounds $rounds"
-printf 'TTFT warm sandbox:  %6.1f ms\n' "$(awk -v x="$warm" 'BEGIN {print x * 1000}')"
+printf 'a new connection and GET /healthz: %.1f ms (in every TTFT below)\n' "$(awk -v x="$base" 'BEGIN {print x * 1000}')"
+printf 'TTFT warm sandbox:  %6.1f ms (%.1f ms past the connection)\n' "$(awk -v x="$warm" 'BEGIN {print x * 1000}')" "$(awk -v x="$warm" -v b="$base" 'BEGIN {print (x - b) * 1000}')"
 printf 'TTFT fresh sandbox: %6.1f ms (%+.1f ms)\n' "$(awk -v x="$fresh" 'BEGIN {print x * 1000}')" "$(awk -v x="$fresh" -v w="$warm" 'BEGIN {print (x - w) * 1000}')"
 printf 'decode through the API: %.1f tokens/s\n' "$speed"
 printf 'fairness: B TTFT idle %.1f ms, with A running %s streams %.1f ms: %.2fx\n' \

@@ -96,9 +96,9 @@ pub struct TierLimits {
     /// Prediction creates per day per account (unset: no daily quota).
     #[serde(default)]
     pub daily_predictions: Option<u32>,
-    /// Language-model tokens (prompt + completion) per minute per account and model, on the
-    /// OpenAI-compatible routes and language-model predictions (unset: the tier's default, free 40k,
-    /// pro 200k, business 1M, enterprise 5M).
+    /// Model tokens (prompt + completion) per minute per account and model, on the OpenAI-compatible
+    /// routes (unset: the tier's default, free 40k, pro 200k, business 1M, enterprise 5M).
+    /// Language-model predictions count against `predictions_per_minute` instead.
     #[serde(default)]
     pub tokens_per_minute: Option<u32>,
 }
