@@ -47,7 +47,9 @@ fn models_dir(test: &str) -> Option<PathBuf> {
 fn engine(backend: &str, path: PathBuf) -> ModelConfig {
     let mut m: ModelConfig = toml::from_str(&format!("backend = \"{backend}\"")).unwrap();
     m.path = Some(path);
-    m.threads = Some(2);
+    // One thread: the test binary runs two tests at once on CI's two cores, and two engines of two
+    // OpenMP threads each would oversubscribe them (llama.cpp's spinning threads then crawl).
+    m.threads = Some(1);
     m.context = Some(1024);
     m
 }
