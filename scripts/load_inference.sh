@@ -53,10 +53,13 @@ ca="$data/tls/ca.pem"
 body() { # max_tokens content
   printf '{"model":"smol","stream":true,"max_tokens":%s,"temperature":0,"messages":[{"role":"user","content":"%s"}]}' "$1" "$2"
 }
+# The TTFT request's messages are the engine bench's (crates/inference/benches/engines.rs), so the two
+# TTFTs process the same prompt tokens.
+ttft_body='{"model":"smol","stream":true,"max_tokens":1,"temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a short story about a lighthouse keeper."}]}'
 ttft() { # key -> seconds from starting the request (a new TLS connection) to the first SSE line
   local t0=$EPOCHREALTIME t1
   t1=$(curl -fsS -N --cacert "$ca" -H "authorization: Bearer $1" -H 'content-type: application/json' \
-    -d "$(body 1 'Write one sentence about the sea.')" "$url/v1/chat/completions" |
+    -d "$ttft_body" "$url/v1/chat/completions" |
     { IFS= read -r _ || true; echo "$EPOCHREALTIME"; cat >/dev/null; })
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.6f\n", b - a}'
 }
