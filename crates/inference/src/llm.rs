@@ -143,10 +143,20 @@ pub struct Piece<'a> {
     pub last: bool,
 }
 
-/// A loaded model with its context, ready to generate.
+/// The smallest KV cache a context is made with, in tokens. A context is sized to what a request
+/// needs (prompt and `max_tokens`, rounded up to a power of two from this), not to the whole window:
+/// the KV cache is most of what a warm engine holds beyond the shared, memory-mapped weights (23 KB a
+/// token for SmolLM2-135M, so 188 MB for its 8,192-token window against 12 MB for 512 tokens).
+pub const MIN_CONTEXT: u32 = 512;
+
+/// A loaded model, ready to generate.
 pub struct Llm {
     model: &'static LlamaModel,
-    ctx: LlamaContext<'static>,
+    /// The current context and its size in tokens; `None` until a request needs one, and again
+    /// after a request needed one larger than [`MIN_CONTEXT`] (so an idle engine keeps no large KV
+    /// cache).
+    ctx: Option<(LlamaContext<'static>, u32)>,
+    params: LlamaContextParams,
     template: ChatTemplate,
     n_ctx: u32,
     batch: u32,
@@ -200,9 +210,6 @@ impl Llm {
             } else {
                 llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
             });
-        let ctx = model
-            .new_context(backend, params)
-            .map_err(|e| Error::Load(format!("llama.cpp could not make a context: {e}")))?;
         let vocab = model.vocab();
         let text_of =
             |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
@@ -210,14 +217,50 @@ impl Llm {
         let source = model.meta_val_str("tokenizer.chat_template").ok();
         let template = ChatTemplate::new(source.as_deref().unwrap_or(CHATML), &bos, &eos)?;
         let add_bos = vocab.should_add_bos();
-        Ok(Llm {
+        let mut llm = Llm {
             model,
-            ctx,
+            ctx: None,
+            params,
             template,
             n_ctx,
             batch,
             add_bos,
-        })
+        };
+        // A first context now, so that a model llama.cpp cannot run fails at load, not mid-request.
+        llm.context_for(1)?;
+        Ok(llm)
+    }
+
+    /// A context holding at least `tokens` (at most the window), made when the current one is smaller.
+    /// Returns it with the prompt tokens it takes per step.
+    fn context_for(&mut self, tokens: u32) -> Result<(&mut LlamaContext<'static>, u32), Error> {
+        let size = tokens
+            .max(MIN_CONTEXT)
+            .checked_next_power_of_two()
+            .unwrap_or(u32::MAX)
+            .min(self.n_ctx);
+        if self
+            .ctx
+            .as_ref()
+            .is_none_or(|(_, have)| *have < tokens.min(self.n_ctx))
+        {
+            self.ctx = None; // the old KV cache goes before the new one is allocated
+            let params = self
+                .params
+                .clone()
+                .with_n_ctx(NonZeroU32::new(size))
+                .with_n_batch(self.batch.min(size))
+                .with_n_ubatch(self.batch.min(size));
+            let ctx = self
+                .model
+                .new_context(backend()?, params)
+                .map_err(|e| Error::Engine(format!("llama.cpp could not make a context: {e}")))?;
+            self.ctx = Some((ctx, size));
+        }
+        match &mut self.ctx {
+            Some((ctx, size)) => Ok((ctx, self.batch.min(*size))),
+            None => Err(Error::Engine("llama.cpp has no context".into())),
+        }
     }
 
     /// The context window (prompt and completion together), in tokens.
@@ -283,8 +326,27 @@ impl Llm {
                 format!("token {bad} is not in the model's vocabulary"),
             ));
         }
-        self.ctx.clear_kv_cache();
-        let batch_len = usize::try_from(self.batch).unwrap_or(512);
+        let result = self.run(prompt, s, wanted, on);
+        if self.ctx.as_ref().is_some_and(|(_, size)| *size > MIN_CONTEXT) {
+            self.ctx = None;
+        }
+        result
+    }
+
+    fn run(
+        &mut self,
+        prompt: &[i32],
+        s: &Sampling,
+        wanted: u64,
+        on: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
+    ) -> Result<Completion, Error> {
+        let n_prompt = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        let model = self.model;
+        let (n_vocab, vocab) = (model.n_vocab(), model.vocab());
+        let n_ctx = self.n_ctx;
+        let (ctx, batch_size) = self.context_for(u32::try_from(wanted).unwrap_or(u32::MAX))?;
+        ctx.clear_kv_cache();
+        let batch_len = usize::try_from(batch_size).unwrap_or(512);
         let mut batch = LlamaBatch::new(batch_len, 1);
         let engine = |e: &dyn std::fmt::Display| Error::Engine(format!("llama.cpp failed: {e}"));
         for (i, chunk) in prompt.chunks(batch_len).enumerate() {
@@ -297,16 +359,15 @@ impl Llm {
                     .add(LlamaToken(t), pos, &[0], last)
                     .map_err(|e| engine(&e))?;
             }
-            self.ctx.decode(&mut batch).map_err(|e| engine(&e))?;
+            ctx.decode(&mut batch).map_err(|e| engine(&e))?;
         }
-        let mut sampler = sampler_for(s, n_vocab, self.n_ctx);
-        let vocab = self.model.vocab();
+        let mut sampler = sampler_for(s, n_vocab, n_ctx);
         let (mut utf8, mut stops) = (Utf8Stream::default(), StopText::new(s.stop.clone()));
         let (mut text, mut bytes) = (String::new(), Vec::with_capacity(16));
         let mut pos = i32::try_from(prompt.len()).map_err(|e| engine(&e))?;
         let mut produced = 0u32;
         let finish = loop {
-            let token = sampler.sample(&self.ctx, batch.n_tokens() - 1);
+            let token = sampler.sample(ctx, batch.n_tokens() - 1);
             produced += 1;
             text.clear();
             let eog = vocab.is_eog(token);
@@ -352,7 +413,7 @@ impl Llm {
             batch.clear();
             batch.add(token, pos, &[0], true).map_err(|e| engine(&e))?;
             pos += 1;
-            self.ctx.decode(&mut batch).map_err(|e| engine(&e))?;
+            ctx.decode(&mut batch).map_err(|e| engine(&e))?;
         };
         Ok(Completion {
             prompt_tokens: n_prompt,

@@ -312,3 +312,38 @@ fn paced_generation_waits_for_each_step() {
     drop(to_engine);
     assert_eq!(engine.join().unwrap(), 0);
 }
+
+/// The KV cache is sized to each request, not to the window: a request longer than the smallest
+/// context gets a larger one (and is answered), and the requests after it give the same tokens as
+/// before it.
+#[test]
+fn contexts_are_sized_to_each_request() {
+    let Some(path) = model(GGUF, "contexts_are_sized_to_each_request") else {
+        return;
+    };
+    let opts = LlmOptions {
+        context: Some(4096),
+        ..LlmOptions::default()
+    };
+    let mut llm = Llm::load(&path, opts).unwrap();
+    assert_eq!(llm.context_length(), 4096);
+    let greedy = |max_tokens| Sampling {
+        max_tokens,
+        temperature: 0.0,
+        ..Sampling::default()
+    };
+    let (r, before, _) = ask(&mut llm, "Name three colours.", &greedy(24));
+    assert_eq!(r.unwrap().completion_tokens, 24);
+    // ~1,500 prompt tokens: past 512 and 1,024, within the window.
+    let long = format!(
+        "{} Summarise the text above.",
+        "The keeper lit the lamp at dusk. ".repeat(180)
+    );
+    let (r, text, _) = ask(&mut llm, &long, &greedy(300));
+    let done = r.unwrap();
+    assert!(done.prompt_tokens > 1024, "{done:?}");
+    assert!(done.completion_tokens > 0 && !text.is_empty(), "{done:?}");
+    let (r, after, _) = ask(&mut llm, "Name three colours.", &greedy(24));
+    assert_eq!(r.unwrap().completion_tokens, 24);
+    assert_eq!(before, after);
+}
