@@ -6,7 +6,8 @@ models, prompt and threads as `cargo bench -p skygate-inference --bench engines`
 
     /work/refs-venv/bin/python scripts/bench_references.py MODELS_DIR [ROUNDS]
 
-MODELS_DIR is the models/ folder that scripts/models.sh fills. THREADS (default 2) sets the threads.
+MODELS_DIR is the models/ folder that scripts/models.sh fills. THREADS (default 2) sets the threads;
+ONLY=llm or ONLY=embeddings runs one part.
 Prints one line per figure, medians of ROUNDS rounds (default 5):
   llama.cpp: prompt processing tok/s (512 tokens), decode tok/s (64 greedy tokens after the 37-token chat
   prompt), time to first token (ms) and the process's RSS after loading;
@@ -105,5 +106,8 @@ def bench_st(models: Path, rounds: int) -> None:
 if __name__ == "__main__":
     models = Path(sys.argv[1])
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    bench_llama(models, rounds)
-    bench_st(models, rounds)
+    only = os.environ.get("ONLY", "")
+    if only != "embeddings":
+        bench_llama(models, rounds)
+    if only != "llm":
+        bench_st(models, rounds)

@@ -7,7 +7,7 @@
 //!   (the engine choice in BENCHMARKS.md);
 //! - embeddings: sentences/s for batches of 32 with all-MiniLM-L6-v2.
 //!
-//! Threads: `THREADS` (default 2). Prints one line per figure; no criterion (each round loads
+//! Threads: `THREADS` (default 2). `ONLY=llm` or `ONLY=embeddings` runs one part. Prints one line per figure; no criterion (each round loads
 //! nothing, but a round is seconds long).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -45,6 +45,16 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(5);
+    let only = std::env::var("ONLY").unwrap_or_default();
+    if only != "embeddings" {
+        bench_llm(&dir, threads, rounds);
+    }
+    if only != "llm" {
+        bench_embeddings(&dir, threads, rounds);
+    }
+}
+
+fn bench_llm(dir: &std::path::Path, threads: u16, rounds: usize) {
     let opts = LlmOptions {
         threads,
         context: Some(1024),
@@ -117,7 +127,9 @@ fn main() {
         median(c_decode),
         median(c_ttft)
     );
+}
 
+fn bench_embeddings(dir: &std::path::Path, threads: u16, rounds: usize) {
     let emb = Embedder::load(&dir.join(MINILM), EmbedderOptions { threads, batch: 32 }).unwrap();
     let sentences: Vec<EmbedInput> = (0..32)
         .map(|i| EmbedInput::Text(format!("Sentence number {i} talks about lighthouses, the sea and the keepers who tend the light at night.")))
