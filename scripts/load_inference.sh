@@ -6,9 +6,10 @@
 #   3. fairness: account B's TTFT while account A runs STREAMS concurrent long streams, against B's
 #      idle TTFT (the target: at most 3x);
 #   4. memory of the warm engine sandboxes after step 1 (one per account, each having answered a
-#      chat completion): each model process's RSS, its anonymous part (what a further tenant adds:
-#      the weights are a shared, read-only file mapping) and its PSS (the shared file split between
-#      the processes that map it).
+#      chat completion), just after their requests and again once idle (an engine gives back its KV
+#      cache after 5 s without a request): each model process's RSS, its anonymous part (what a
+#      further tenant adds: the weights are a shared, read-only file mapping) and its PSS (the shared
+#      file split between the processes that map it).
 # Every figure is the median of ROUNDS tries. TTFT is the time from starting curl (a new TLS 1.3
 # connection each time) to the first SSE line: the role chunk, written once the engine has processed
 # the prompt and made the first token. (curl's own time_starttransfer is not used: for a POST it
@@ -85,12 +86,14 @@ warm=$(for _ in $(seq "$rounds"); do ttft "$key_a"; done | median)
 fresh=$(for i in $(seq "$rounds"); do ttft "$(new_key "fresh$i@example.com")"; done | median)
 memory() { # the model processes of the warm engine sandboxes: "rss anon file pss" in kB, one line each
   local pid
-  for pid in $(pgrep -f -- '__sandbox inner .*"Engine"'); do
+  for pid in $(pgrep -f -- '__sandbox inner .*"engine"'); do
     awk '/^VmRSS|^RssAnon|^RssFile/ {v[$1] = $2} END {printf "%s %s %s ", v["VmRSS:"], v["RssAnon:"], v["RssFile:"]}' "/proc/$pid/status"
     awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup"
   done
 }
 mem=$(memory)
+sleep 6 # past the engines' idle time (RELEASE_IDLE, 5 s), when they give back their contexts
+mem_idle=$(memory)
 speed=$(for _ in $(seq "$rounds"); do decode "$key_a"; done | median)
 ttft "$key_b" >/dev/null
 idle_b=$(for _ in $(seq "$rounds"); do ttft "$key_b"; done | median)
@@ -106,9 +109,14 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 printf 'a new connection and GET /healthz: %.1f ms (in every TTFT below)\n' "$(awk -v x="$base" 'BEGIN {print x * 1000}')"
 printf 'TTFT warm sandbox:  %6.1f ms (%.1f ms past the connection)\n' "$(awk -v x="$warm" 'BEGIN {print x * 1000}')" "$(awk -v x="$warm" -v b="$base" 'BEGIN {print (x - b) * 1000}')"
 printf 'TTFT fresh sandbox: %6.1f ms (%+.1f ms)\n' "$(awk -v x="$fresh" 'BEGIN {print x * 1000}')" "$(awk -v x="$fresh" -v w="$warm" 'BEGIN {print (x - w) * 1000}')"
-printf 'memory of %s warm engine sandboxes (model file %.1f MB): RSS %s MB; anonymous (each further tenant) %s MB; PSS %s MB\n' \
-  "$(wc -l <<<"$mem")" "$(stat -c %s "$data/models/smol.gguf" | awk '{print $1 / 1048576}')" \
-  "$(awk '{print $1 / 1024}' <<<"$mem" | median)" "$(awk '{print $2 / 1024}' <<<"$mem" | median)" "$(awk '{print $4 / 1024}' <<<"$mem" | median)"
+report_memory() { # when, "rss anon file pss" lines
+  printf 'memory of %s warm engine sandboxes %s (model file %.1f MB), medians: RSS %.1f MB, anonymous (each further tenant) %.1f MB, file-backed %.1f MB, PSS %.1f MB\n' \
+    "$(wc -l <<<"$2")" "$1" "$(stat -c %s "$data/models/smol.gguf" | awk '{print $1 / 1048576}')" \
+    "$(awk '{print $1 / 1024}' <<<"$2" | median)" "$(awk '{print $2 / 1024}' <<<"$2" | median)" \
+    "$(awk '{print $3 / 1024}' <<<"$2" | median)" "$(awk '{print $4 / 1024}' <<<"$2" | median)"
+}
+report_memory "just after their requests" "$mem"
+report_memory "idle 6 s later" "$mem_idle"
 printf 'decode through the API: %.1f tokens/s\n' "$speed"
 printf 'fairness: B TTFT idle %.1f ms, with A running %s streams %.1f ms: %.2fx\n' \
   "$(awk -v x="$idle_b" 'BEGIN {print x * 1000}')" "$streams" "$(awk -v x="$loaded_b" 'BEGIN {print x * 1000}')" \

@@ -146,15 +146,16 @@ pub struct Piece<'a> {
 /// The smallest KV cache a context is made with, in tokens. A context is sized to what a request
 /// needs (prompt and `max_tokens`, rounded up to a power of two from this), not to the whole window:
 /// the KV cache is most of what a warm engine holds beyond the shared, memory-mapped weights (23 KB a
-/// token for SmolLM2-135M, so 188 MB for its 8,192-token window against 12 MB for 512 tokens).
+/// token for SmolLM2-135M, so 188 MB for its 8,192-token window against 12 MB for 512 tokens). It is
+/// kept for the next request (making one costs milliseconds: the cache is zeroed and the compute
+/// graph planned) until the engine is idle, when [`Llm::release_context`] gives it back.
 pub const MIN_CONTEXT: u32 = 512;
 
 /// A loaded model, ready to generate.
 pub struct Llm {
     model: &'static LlamaModel,
     /// The current context and its size in tokens; `None` until a request needs one, and again
-    /// after a request needed one larger than [`MIN_CONTEXT`] (so an idle engine keeps no large KV
-    /// cache).
+    /// after [`Llm::release_context`].
     ctx: Option<(LlamaContext<'static>, u32)>,
     params: LlamaContextParams,
     template: ChatTemplate,
@@ -326,11 +327,13 @@ impl Llm {
                 format!("token {bad} is not in the model's vocabulary"),
             ));
         }
-        let result = self.run(prompt, s, wanted, on);
-        if self.ctx.as_ref().is_some_and(|(_, size)| *size > MIN_CONTEXT) {
-            self.ctx = None;
-        }
-        result
+        self.run(prompt, s, wanted, on)
+    }
+
+    /// Gives back the context (its KV cache and compute buffers) until the next request makes one:
+    /// what an idle engine does, so that a warm engine holds little beyond the shared weights.
+    pub fn release_context(&mut self) {
+        self.ctx = None;
     }
 
     fn run(

@@ -178,6 +178,10 @@ fn requests(input: impl BufRead + Send + 'static) -> mpsc::Receiver<Result<Reque
     rx
 }
 
+/// How long an engine waits for its next request before it gives back its context (the KV cache):
+/// a burst of requests reuses one context, an idle warm engine holds little beyond the shared weights.
+pub const RELEASE_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves a language model until stdin closes. `load` runs here, so its failure is reported as an
 /// `error` line. Returns the process exit status.
 pub fn serve_llm(
@@ -202,7 +206,18 @@ pub fn serve_llm(
         return 1;
     }
     let rx = requests(input);
-    while let Ok(req) = rx.recv() {
+    loop {
+        let req = match rx.recv_timeout(RELEASE_IDLE) {
+            Ok(req) => req,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                llm.release_context();
+                match rx.recv() {
+                    Ok(req) => req,
+                    Err(_) => break,
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let (messages, sampling, paced) = match req {
             Ok(Request::Chat {
                 messages,

@@ -314,8 +314,8 @@ fn paced_generation_waits_for_each_step() {
 }
 
 /// The KV cache is sized to each request, not to the window: a request longer than the smallest
-/// context gets a larger one (and is answered), and the requests after it give the same tokens as
-/// before it.
+/// context gets a larger one (and is answered), and the requests after it, and after the context is
+/// given back, give the same tokens as before it.
 #[test]
 fn contexts_are_sized_to_each_request() {
     let Some(path) = model(GGUF, "contexts_are_sized_to_each_request") else {
@@ -346,4 +346,9 @@ fn contexts_are_sized_to_each_request() {
     let (r, after, _) = ask(&mut llm, "Name three colours.", &greedy(24));
     assert_eq!(r.unwrap().completion_tokens, 24);
     assert_eq!(before, after);
+    // An idle engine gives its context back; the next request makes one again.
+    llm.release_context();
+    let (r, again, _) = ask(&mut llm, "Name three colours.", &greedy(24));
+    assert_eq!(r.unwrap().completion_tokens, 24);
+    assert_eq!(before, again);
 }
