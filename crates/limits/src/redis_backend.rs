@@ -131,12 +131,7 @@ impl RedisLimiter {
                 .arg(tolerance)
                 .arg(l.weight);
         }
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        }
+        self.invoke(&call).await
     }
 
     async fn run_adjust(&self, limit: &Limit<'_>, delta: i64) -> Result<i64, String> {
@@ -144,6 +139,14 @@ impl RedisLimiter {
         call.key(format!("{}{}", self.prefix, limit.key))
             .arg(limit.quota.interval_us())
             .arg(delta);
+        self.invoke(&call).await
+    }
+
+    /// Runs a prepared script call within the timeout; the reason as text when it fails.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
             Ok(Ok(reply)) => Ok(reply),

@@ -414,6 +414,11 @@ fn from_wire(w: worker::WireError) -> EngineError {
 
 /// Runs one chat request on `e`, forwarding events to `tx`. Returns the error to report (if any) and
 /// whether the sandbox can serve another request.
+/// A generation stopped at its deadline.
+fn too_late() -> EngineError {
+    EngineError::Failed("the generation did not finish in time".into())
+}
+
 async fn drive_chat(
     e: &mut Engine,
     req: Request,
@@ -429,7 +434,7 @@ async fn drive_chat(
         p = steps.admit(tenant, usize::MAX) => p.ok(),
         () = tx.closed() => return (Ok(()), true),
         () = &mut timer => {
-            return (Err(EngineError::Failed("the generation did not finish in time".into())), true)
+            return (Err(too_late()), true)
         }
     };
     if send(e, &req).await.is_err() {
@@ -449,9 +454,9 @@ async fn drive_chat(
             }
             () = &mut timer, if cancelled.is_none() => {
                 if send(e, &Request::Cancel).await.is_err() {
-                    return (Err(EngineError::Failed("the generation did not finish in time".into())), false);
+                    return (Err(too_late()), false);
                 }
-                cancelled = Some(Err(EngineError::Failed("the generation did not finish in time".into())));
+                cancelled = Some(Err(too_late()));
                 continue;
             }
         };
@@ -465,7 +470,7 @@ async fn drive_chat(
             let next = tokio::select! {
                 p = steps.admit(tenant, usize::MAX) => Ok(p.ok()),
                 () = tx.closed() => Err(Ok(())),
-                () = &mut timer => Err(Err(EngineError::Failed("the generation did not finish in time".into()))),
+                () = &mut timer => Err(Err(too_late())),
             };
             let answer = match next {
                 Ok(p) => {
